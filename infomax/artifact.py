@@ -1,0 +1,205 @@
+"""The serving artifact: a folder that rebuilds an encoder with no training code and no pickle.
+
+    ARTIFACT/encoder.safetensors   encoder weights only (safetensors: no code is ever unpickled)
+    ARTIFACT/encoder.json          how to rebuild it: {"format_version", "arch", "arch_kwargs",
+                                   "z_dim", "input_size", "in_channels", "normalization",
+                                   "weights_sha256", "dataset", "metrics", "command", ...}
+
+``weights_sha256`` is the artifact's identity: an index records it and refuses an encoder whose
+weights differ. Both files are written through a temporary file and a rename, weights first, so
+a crash leaves either the previous artifact or a JSON whose hash does not match (refused on load).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from infomax.atomic import atomic_write_bytes, atomic_write_json
+from infomax.encoders import build_encoder
+from infomax.transforms import Normalize
+
+WEIGHTS = "encoder.safetensors"
+CONFIG = "encoder.json"
+FORMAT_VERSION = 1
+
+
+class ArtifactError(ValueError):
+    """The artifact folder is missing, incomplete or inconsistent; the message names the file."""
+
+
+def save_artifact(
+    encoder: nn.Module,
+    path: str | Path,
+    *,
+    arch: str,
+    arch_kwargs: dict,
+    normalization: dict,
+    dataset: str | None = None,
+    metrics: dict | None = None,
+    command: str | None = None,
+    **extra: Any,
+) -> Path:
+    """Writes ``encoder``'s weights and the JSON that rebuilds it into the folder ``path``."""
+    from safetensors.torch import save
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in encoder.state_dict().items()}
+    blob = save(state)
+    config = {
+        "format_version": FORMAT_VERSION,
+        "arch": arch,
+        "arch_kwargs": dict(arch_kwargs),
+        "z_dim": int(arch_kwargs["z_dim"]),
+        "input_size": int(arch_kwargs["input_size"]),
+        "in_channels": int(arch_kwargs["in_channels"]),
+        "normalization": {"mean": list(normalization["mean"]), "std": list(normalization["std"])},
+        "weights_sha256": hashlib.sha256(blob).hexdigest(),
+        "dataset": dataset,
+        "metrics": metrics or {},
+        "command": command,
+        "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        **extra,
+    }
+    atomic_write_bytes(path / WEIGHTS, blob)
+    atomic_write_json(path / CONFIG, config)
+    return path
+
+
+def read_config(path: str | Path) -> dict:
+    """Reads and checks ``encoder.json`` of an artifact folder."""
+    path = Path(path)
+    cfg_path = path / CONFIG
+    if not path.is_dir():
+        raise ArtifactError(f"no artifact folder at {path}: expected a folder holding {WEIGHTS} and {CONFIG}")
+    if not cfg_path.is_file():
+        raise ArtifactError(f"{cfg_path} is missing: {path} is not an infomax artifact folder")
+    try:
+        config = json.loads(cfg_path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ArtifactError(f"{cfg_path} is not valid JSON ({e}); re-export the artifact") from None
+    missing = [k for k in ("arch", "arch_kwargs", "normalization", "weights_sha256") if k not in config]
+    if not isinstance(config, dict) or missing:
+        raise ArtifactError(f"{cfg_path} lacks {missing}: not an infomax artifact (or a damaged one)")
+    if config.get("format_version", 1) > FORMAT_VERSION:
+        raise ArtifactError(
+            f"{cfg_path} has format_version {config['format_version']}, newer than this infomax "
+            f"understands ({FORMAT_VERSION}); upgrade infomax"
+        )
+    return config
+
+
+class InferenceEncoder(nn.Module):
+    """An encoder rebuilt from an artifact: images in, mu out. No Lightning, no critics.
+
+    ``embed`` accepts a uint8 tensor (B, C, H, W) or (C, H, W), a uint8 numpy array
+    (B, H, W, C), (H, W, C) or (H, W), a PIL image, or a list of PIL images; PIL images of any size
+    and mode are converted and resized as the data loaders do.
+    """
+
+    def __init__(self, config: dict, encoder: nn.Module) -> None:
+        super().__init__()
+        self.config = config
+        self.encoder = encoder
+        self.normalize = Normalize(config["normalization"]["mean"], config["normalization"]["std"])
+        self.z_dim = int(config["z_dim"])
+        self.input_size = int(config["input_size"])
+        self.in_channels = int(config["in_channels"])
+        self.id = config["weights_sha256"]
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.encoder.parameters()).device
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.encoder(self.normalize(images)).mu
+
+    def to_tensor(self, images) -> torch.Tensor:
+        """Any accepted image input -> uint8 (B, C, S, S) on the CPU."""
+        from PIL import Image
+
+        if isinstance(images, Image.Image):
+            images = [images]
+        if isinstance(images, Sequence) and not isinstance(images, (str, bytes)):
+            if not images:
+                raise ValueError("no images given")
+            if all(isinstance(im, Image.Image) for im in images):
+                from infomax.data import load_image
+
+                return torch.stack([load_image(im, self.input_size, self.in_channels) for im in images])
+            raise TypeError("a list of images must hold PIL images only")
+        if isinstance(images, np.ndarray):
+            arr = images
+            if arr.ndim == 2:
+                arr = arr[None, :, :, None]
+            elif arr.ndim == 3:
+                arr = arr[None]
+            if arr.ndim != 4:
+                raise ValueError(f"expected a (B, H, W, C) array, got shape {images.shape}")
+            images = torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2)
+        if not isinstance(images, torch.Tensor):
+            raise TypeError(f"cannot embed {type(images).__name__}: give uint8 tensors, arrays or PIL images")
+        if images.dim() == 3:
+            images = images.unsqueeze(0)
+        if images.dim() != 4:
+            raise ValueError(f"expected images of shape (B, C, H, W), got {tuple(images.shape)}")
+        expected = (self.in_channels, self.input_size, self.input_size)
+        if tuple(images.shape[1:]) != expected:
+            raise ValueError(
+                f"images of shape {tuple(images.shape[1:])} do not fit this encoder, which takes "
+                f"{expected}; pass PIL images to have them resized"
+            )
+        return images
+
+    @torch.inference_mode()
+    def embed(self, images, batch_size: int = 256) -> torch.Tensor:
+        """Returns mu, float32 (B, z_dim) on the CPU, computed in batches of ``batch_size``."""
+        x = self.to_tensor(images)
+        was_training = self.training
+        self.eval()
+        try:
+            out = [self(x[i : i + batch_size].to(self.device, non_blocking=True)).float().cpu()
+                   for i in range(0, len(x), batch_size)]
+        finally:
+            self.train(was_training)
+        return torch.cat(out)
+
+
+def load_encoder(path: str | Path, device: str | torch.device = "cpu") -> InferenceEncoder:
+    """Rebuilds the encoder of an artifact folder, checks its weights against the recorded hash,
+    and returns it in eval mode on ``device``."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    path = Path(path)
+    config = read_config(path)
+    weights = path / WEIGHTS
+    if not weights.is_file():
+        raise ArtifactError(f"{weights} is missing: the artifact is incomplete; re-export it")
+    blob = weights.read_bytes()
+    if hashlib.sha256(blob).hexdigest() != config["weights_sha256"]:
+        raise ArtifactError(
+            f"{weights} does not match the weights_sha256 recorded in {path / CONFIG}: the file is "
+            f"damaged or belongs to another artifact; re-export it"
+        )
+    try:
+        state = load(blob)
+    except (SafetensorError, ValueError) as e:
+        raise ArtifactError(f"{weights} is not a readable safetensors file ({e})") from None
+    try:
+        encoder = build_encoder(config["arch"], **config["arch_kwargs"])
+        encoder.load_state_dict(state)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise ArtifactError(f"{path}: cannot rebuild the encoder from {CONFIG} and {WEIGHTS}: {e}") from None
+    model = InferenceEncoder(config, encoder).to(device)
+    model.eval()
+    return model

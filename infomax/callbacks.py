@@ -1,0 +1,138 @@
+"""Training callbacks: the online k-NN monitor and the export of the serving artifact."""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import sys
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import Callback
+
+from infomax.knn import knn_accuracy
+
+log = logging.getLogger(__name__)
+
+
+class KNNMonitor(Callback):
+    """Logs ``val/knn_top1``: cosine-weighted k-NN top-1 of the validation codes (mu) against a
+    fixed random subset of the train split, after every ``every_n_epochs``-th validation.
+
+    Works on detached codes in eval mode; under DDP each rank encodes a shard and the codes are
+    gathered, so every rank logs the same figure. Data without labels is skipped with one notice.
+    """
+
+    def __init__(
+        self,
+        k: int = 200,
+        temperature: float = 0.1,
+        bank_size: int = 10_000,
+        max_queries: int = 10_000,
+        batch_size: int = 512,
+        every_n_epochs: int = 1,
+        seed: int = 0,
+    ) -> None:
+        if bank_size < 1 or max_queries < 1 or batch_size < 1 or every_n_epochs < 1:
+            raise ValueError(
+                f"bank_size={bank_size}, max_queries={max_queries}, batch_size={batch_size}, "
+                f"every_n_epochs={every_n_epochs}: all must be >= 1"
+            )
+        self.k, self.temperature = k, temperature
+        self.bank_size, self.max_queries = bank_size, max_queries
+        self.batch_size, self.every_n_epochs, self.seed = batch_size, every_n_epochs, seed
+        self._warned = False
+
+    def _labelled(self, dm) -> bool:
+        ok = (
+            dm is not None
+            and getattr(dm, "num_classes", 0)
+            and getattr(dm, "val_labels", None) is not None
+            and len(dm.val_labels) > 0
+            and bool((dm.val_labels >= 0).all())
+            and bool((dm.train_labels >= 0).all())
+        )
+        if not ok and not self._warned:
+            self._warned = True
+            log.info("KNNMonitor: the data has no labels or no validation split; val/knn_top1 is not logged")
+        return bool(ok)
+
+    @torch.no_grad()
+    def _encode(self, trainer: pl.Trainer, module: pl.LightningModule, images: torch.Tensor) -> torch.Tensor:
+        rank, world = trainer.global_rank, trainer.world_size
+        idx = torch.arange(rank, len(images), world)
+        per_rank = -(-len(images) // world)
+        if len(idx) < per_rank:  # pad so every rank gathers the same shape
+            idx = torch.cat([idx, idx[-1:].expand(per_rank - len(idx))])
+        codes = torch.cat([module(images[i].to(module.device)) for i in idx.split(self.batch_size)])
+        if world == 1:
+            return codes.float()
+        gathered = module.all_gather(codes)  # (world, per_rank, d)
+        out = torch.empty(len(images), codes.shape[1], device=codes.device)
+        for r in range(world):
+            n_r = len(range(r, len(images), world))
+            out[r::world] = gathered[r, :n_r].float()
+        return out
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs:
+            return
+        dm = trainer.datamodule
+        if not self._labelled(dm):
+            return
+        g = torch.Generator().manual_seed(self.seed)
+        bank_idx = torch.randperm(len(dm.train_images), generator=g)[: self.bank_size]
+        query_idx = torch.randperm(len(dm.val_images), generator=g)[: self.max_queries]
+        bank = self._encode(trainer, pl_module, dm.train_images[bank_idx])
+        queries = self._encode(trainer, pl_module, dm.val_images[query_idx])
+        acc = knn_accuracy(
+            queries, dm.val_labels[query_idx], bank, dm.train_labels[bank_idx],
+            num_classes=dm.num_classes, k=self.k, temperature=self.temperature,
+        )
+        # Every rank holds the same figure; sync_dist only keeps Lightning's DDP bookkeeping quiet.
+        pl_module.log("val/knn_top1", acc, prog_bar=True, sync_dist=True)
+
+
+class ExportArtifact(Callback):
+    """At the end of training writes the serving artifact (``encoder.safetensors`` + ``encoder.json``)
+    to ``dirpath`` (default: ``<log dir>/artifact``), from the best checkpoint when there is one."""
+
+    def __init__(self, dirpath: str | None = None, use_best: bool = True) -> None:
+        self.dirpath = dirpath
+        self.use_best = use_best
+        self.command = shlex.join(["infomax", *sys.argv[1:]]) if sys.argv else None
+        self.path: Path | None = None
+
+    def target(self, trainer: pl.Trainer) -> Path:
+        if self.dirpath:
+            return Path(self.dirpath)
+        return Path(trainer.log_dir or trainer.default_root_dir) / "artifact"
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.interrupted:  # Ctrl-C: keep the checkpoints, export on demand (`infomax export`)
+            return
+        target = self.target(trainer)  # on every rank: trainer.log_dir is a collective under DDP
+        if trainer.is_global_zero:
+            self._export(trainer, pl_module, target)
+
+    def _export(self, trainer: pl.Trainer, pl_module: pl.LightningModule, target: Path) -> None:
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
+        info: dict = {"metrics": metrics, "epochs": trainer.current_epoch, "steps": trainer.global_step}
+        # The exported weights are the best checkpoint's: its score is the artifact's metric, and
+        # the last epoch's figures are kept apart so the two are never confused.
+        ckpt = trainer.checkpoint_callback
+        state = None
+        if self.use_best and ckpt is not None and getattr(ckpt, "best_model_path", ""):
+            state = torch.load(ckpt.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
+            info["checkpoint"] = str(ckpt.best_model_path)
+            info["last_epoch_metrics"] = info.pop("metrics")
+            info["metrics"] = {}
+            if ckpt.monitor and ckpt.best_model_score is not None:
+                info["metrics"][ckpt.monitor] = float(ckpt.best_model_score)
+        dm = trainer.datamodule
+        self.path = pl_module.export(
+            target, state_dict=state, dataset=getattr(dm, "name", None), command=self.command, **info
+        )
+        log.info("serving artifact written to %s", self.path)
+        print(f"infomax: serving artifact written to {self.path}", file=sys.stderr)

@@ -1,0 +1,975 @@
+"""Data loading for Deep INFOMAX: standard data sets, image folders and LightningDataModules.
+
+Everything is decoded once into a single ``uint8`` tensor per split and kept in memory:
+CIFAR-10 (150 MB), (Fashion-)MNIST (47 MB) and typical image folders fit easily, and batching
+then costs one tensor index per batch instead of per-image PIL work in the training loop.
+Normalisation is left to the model, which does it on its own device after a cheap ``uint8``
+transfer; the data modules expose the ``mean``/``std`` it needs.
+
+Files are read directly (CIFAR-10 pickles, idx files for MNIST-style data) rather than through
+``torchvision.datasets``, because torchvision refuses files whose md5 differs from the original
+release (the offline CIFAR-10 copy is such a case). torchvision is still used to *download*
+missing files when ``download=True``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import logging
+import math
+import os
+import pickle
+import struct
+import warnings
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO, Callable, Sequence, Union
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from PIL import Image, ImageOps
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.data._utils.collate import default_collate
+
+__all__ = [
+    "DATASET_STATS",
+    "CIFAR10",
+    "DataNotFoundError",
+    "FashionMNIST",
+    "FolderData",
+    "IMAGE_EXTENSIONS",
+    "ImageFolder",
+    "InMemoryDataModule",
+    "InMemoryDataset",
+    "MNIST",
+    "collate_batch",
+    "list_images",
+    "load_cifar10",
+    "load_dataset",
+    "load_fashion_mnist",
+    "load_image",
+    "load_image_folder",
+    "load_mnist",
+    "read_idx",
+    "resolve_data_dir",
+]
+
+logger = logging.getLogger(__name__)
+
+PathLike = Union[str, os.PathLike]
+ImageSource = Union[PathLike, BinaryIO, bytes, bytearray, memoryview, Image.Image]
+
+DATA_DIR_ENV = "INFOMAX_DATA_DIR"
+DEFAULT_DATA_DIR = Path("~/.cache/infomax/data")
+SPLITS = ("train", "test")
+
+# Standard per-channel statistics of the official training splits (pixel values in [0, 1]).
+DATASET_STATS: dict[str, dict[str, Any]] = {
+    "cifar10": dict(
+        mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616), size=32, channels=3, num_classes=10
+    ),
+    "fmnist": dict(mean=(0.2860,), std=(0.3530,), size=28, channels=1, num_classes=10),
+    "mnist": dict(mean=(0.1307,), std=(0.3081,), size=28, channels=1, num_classes=10),
+}
+
+# Accepted spellings of each data set name, mapped to the canonical key of DATASET_STATS.
+_DATASET_ALIASES = {
+    "cifar10": "cifar10",
+    "cifar-10": "cifar10",
+    "cifar_10": "cifar10",
+    "fmnist": "fmnist",
+    "fashion-mnist": "fmnist",
+    "fashion_mnist": "fmnist",
+    "fashionmnist": "fmnist",
+    "mnist": "mnist",
+}
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+# --------------------------------------------------------------------------------------------
+# Errors and data directory
+# --------------------------------------------------------------------------------------------
+
+
+class DataNotFoundError(FileNotFoundError):
+    """Data files are missing: says where we looked, what we expected and how to fix it."""
+
+    DEFAULT_HINT = (
+        f"Set {DATA_DIR_ENV} to the folder holding the data, pass data_dir=..., "
+        "or use download=True to fetch it."
+    )
+
+    def __init__(self, folder: PathLike, expected: Sequence[str] = (), hint: str | None = None) -> None:
+        self.folder = Path(folder)
+        self.expected = tuple(expected)
+        self.hint = self.DEFAULT_HINT if hint is None else hint
+        wanted = f": expected {', '.join(self.expected)}" if self.expected else ""
+        super().__init__(f"data not found in {self.folder}{wanted}. {self.hint}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Exceptions are re-created from their args when pickled (DataLoader workers, DDP);
+        # ours has a richer signature than the single message FileNotFoundError stores.
+        return (type(self), (self.folder, self.expected, self.hint))
+
+
+def resolve_data_dir(data_dir: PathLike | None = None) -> Path:
+    """Return the data root: explicit ``data_dir`` > ``$INFOMAX_DATA_DIR`` > ``~/.cache/infomax/data``.
+
+    The folder is not created or checked here; loaders raise :class:`DataNotFoundError` when
+    their files are missing.
+    """
+    if data_dir is not None and str(data_dir) != "":
+        return Path(data_dir).expanduser()
+    env = os.environ.get(DATA_DIR_ENV, "").strip()
+    if env:
+        return Path(env).expanduser()
+    return DEFAULT_DATA_DIR.expanduser()
+
+
+def _check_split(split: str) -> str:
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    return split
+
+
+def canonical_dataset_name(name: str) -> str:
+    """Map a user-facing data set name (any accepted spelling) to its DATASET_STATS key."""
+    key = str(name).strip().lower()
+    if key not in _DATASET_ALIASES:
+        valid = ", ".join(sorted(_DATASET_ALIASES))
+        raise ValueError(f"unknown dataset {name!r}; valid names: {valid}")
+    return _DATASET_ALIASES[key]
+
+
+# --------------------------------------------------------------------------------------------
+# idx files (MNIST, Fashion-MNIST)
+# --------------------------------------------------------------------------------------------
+
+# idx type codes (third byte of the magic number) -> big-endian numpy dtype.
+_IDX_DTYPES = {
+    0x08: np.dtype(">u1"),
+    0x09: np.dtype(">i1"),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
+
+
+def _read_maybe_gzip(path: Path) -> bytes:
+    """Read a file's bytes, transparently decompressing gzip (detected by content, not name)."""
+    raw = path.read_bytes()
+    if raw[:2] != b"\x1f\x8b":
+        return raw
+    try:
+        return gzip.decompress(raw)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise ValueError(f"{path}: corrupt gzip data ({exc})") from exc
+
+
+def read_idx(path: PathLike) -> np.ndarray:
+    """Read an idx file (plain or gzipped) into a native-endian numpy array.
+
+    Raises ValueError naming the file when the magic number, the dimensions or the length
+    do not describe a valid idx file (e.g. a truncated download).
+    """
+    path = Path(path)
+    data = _read_maybe_gzip(path)
+    if len(data) < 4:
+        raise ValueError(f"{path}: not an idx file (only {len(data)} bytes)")
+    zero, type_code, ndim = data[:2], data[2], data[3]
+    if zero != b"\x00\x00" or type_code not in _IDX_DTYPES or ndim == 0:
+        raise ValueError(f"{path}: bad idx magic number 0x{data[:4].hex()} (expected 0x0000TTNN)")
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise ValueError(f"{path}: truncated idx header ({len(data)} bytes, need {header})")
+    dims = struct.unpack(f">{ndim}I", data[4:header])
+    dtype = _IDX_DTYPES[type_code]
+    expected = math.prod(dims) * dtype.itemsize
+    actual = len(data) - header
+    if actual != expected:
+        what = "truncated" if actual < expected else "has trailing bytes"
+        raise ValueError(
+            f"{path}: idx file {what}: dims {list(dims)} need {expected} data bytes, found {actual}"
+        )
+    array = np.frombuffer(data, dtype=dtype, offset=header).reshape(dims)
+    # astype copies into native byte order and gives a writable array (torch.from_numpy wants one).
+    return array.astype(dtype.newbyteorder("="))
+
+
+def _idx_file(folder: Path, stem: str) -> Path | None:
+    """Find ``stem`` in ``folder``, preferring the decompressed file over ``stem.gz``."""
+    for candidate in (folder / stem, folder / f"{stem}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _idx_stems(split: str) -> tuple[str, str]:
+    prefix = "train" if split == "train" else "t10k"
+    return f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte"
+
+
+def _load_idx_dataset(root: PathLike | None, folder_name: str, split: str, download: bool,
+                      downloader: Callable[[Path, str], None]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Load an MNIST-layout data set from ``root/folder_name/raw``."""
+    _check_split(split)
+    root = resolve_data_dir(root)
+    raw = root / folder_name / "raw"
+    stems = _idx_stems(split)
+    files = [_idx_file(raw, stem) for stem in stems]
+    if download and None in files:
+        downloader(root, split)
+        files = [_idx_file(raw, stem) for stem in stems]
+    if None in files:
+        raise DataNotFoundError(raw, [f"{stem}[.gz]" for stem in stems])
+    image_file, label_file = files
+    images, labels = read_idx(image_file), read_idx(label_file)
+    if images.ndim != 3 or images.dtype != np.uint8:
+        raise ValueError(f"{image_file}: expected uint8 images [N, H, W], got {images.dtype} {list(images.shape)}")
+    if labels.ndim != 1 or len(labels) != len(images):
+        raise ValueError(
+            f"{label_file}: expected {len(images)} labels to match {image_file.name}, got shape {list(labels.shape)}"
+        )
+    return torch.from_numpy(images).unsqueeze(1).contiguous(), torch.from_numpy(labels.astype(np.int64))
+
+
+def _torchvision_download(cls_name: str) -> Callable[[Path, str], None]:
+    """Return a function that downloads a torchvision data set into ``root`` (online use only)."""
+
+    def download(root: Path, split: str) -> None:
+        import torchvision.datasets  # imported lazily: only needed for downloads
+
+        logger.info("downloading %s (%s) into %s", cls_name, split, root)
+        root.mkdir(parents=True, exist_ok=True)
+        getattr(torchvision.datasets, cls_name)(str(root), train=split == "train", download=True)
+
+    return download
+
+
+def load_mnist(root: PathLike | None = None, split: str = "train",
+               download: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """MNIST from ``root/MNIST/raw``: uint8 images [N, 1, 28, 28] and int64 labels [N]."""
+    return _load_idx_dataset(root, "MNIST", split, download, _torchvision_download("MNIST"))
+
+
+def load_fashion_mnist(root: PathLike | None = None, split: str = "train",
+                       download: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fashion-MNIST from ``root/FashionMNIST/raw``: uint8 images [N, 1, 28, 28], int64 labels [N]."""
+    return _load_idx_dataset(root, "FashionMNIST", split, download, _torchvision_download("FashionMNIST"))
+
+
+# --------------------------------------------------------------------------------------------
+# CIFAR-10 (python pickles)
+# --------------------------------------------------------------------------------------------
+
+CIFAR10_FOLDER = "cifar-10-batches-py"
+_CIFAR10_FILES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
+
+
+def _numpy_multiarray(name: str) -> Callable[[], Any]:
+    def get() -> Any:
+        try:  # numpy >= 2 moved the internals; importing numpy.core would warn there
+            from numpy._core import multiarray
+        except ImportError:  # pragma: no cover - numpy 1.x
+            from numpy.core import multiarray
+        return getattr(multiarray, name)
+
+    return get
+
+
+def _codecs_encode() -> Callable[..., bytes]:
+    import codecs
+
+    return codecs.encode
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """Unpickler that only rebuilds numpy arrays and plain data: a data file must not run code."""
+
+    _ALLOWED = {
+        ("numpy", "ndarray"): lambda: np.ndarray,
+        ("numpy", "dtype"): lambda: np.dtype,
+        ("numpy.core.multiarray", "_reconstruct"): _numpy_multiarray("_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"): _numpy_multiarray("_reconstruct"),
+        ("numpy.core.multiarray", "scalar"): _numpy_multiarray("scalar"),
+        ("numpy._core.multiarray", "scalar"): _numpy_multiarray("scalar"),
+        # Python 3 writes bytes as _codecs.encode(str, "latin1") in protocol-2 pickles.
+        ("_codecs", "encode"): _codecs_encode,
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        factory = self._ALLOWED.get((module, name))
+        if factory is None:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a data file")
+        return factory()
+
+
+def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Read one CIFAR-10 python batch: (uint8 [N, 3072], int64 [N])."""
+    try:
+        with path.open("rb") as f:
+            batch = _NumpyOnlyUnpickler(f, encoding="latin1").load()
+        data = np.asarray(batch["data"], dtype=np.uint8)
+        labels = np.asarray(batch["labels"], dtype=np.int64)
+    except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: not a valid CIFAR-10 batch ({type(exc).__name__}: {exc})") from exc
+    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(labels) != len(data):
+        raise ValueError(f"{path}: unexpected CIFAR-10 shapes data={list(data.shape)} labels={list(labels.shape)}")
+    return data, labels
+
+
+def load_cifar10(root: PathLike | None = None, split: str = "train",
+                 download: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """CIFAR-10 from ``root/cifar-10-batches-py``: uint8 images [N, 3, 32, 32], int64 labels [N]."""
+    _check_split(split)
+    root = resolve_data_dir(root)
+    folder = root / CIFAR10_FOLDER
+    names = _CIFAR10_FILES[split]
+    missing = lambda: [n for n in names if not (folder / n).is_file()]  # noqa: E731
+    if download and missing():
+        _torchvision_download("CIFAR10")(root, split)
+    if missing():
+        raise DataNotFoundError(folder, names)
+    parts = [_read_cifar_batch(folder / n) for n in names]
+    data = np.concatenate([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
+    labels = np.concatenate([p[1] for p in parts]) if len(parts) > 1 else parts[0][1]
+    # Rows hold the R, G and B planes of 32x32 in row-major order, i.e. already CHW.
+    images = torch.from_numpy(data).reshape(-1, 3, 32, 32).contiguous()
+    return images, torch.from_numpy(labels)
+
+
+_LOADERS: dict[str, Callable[..., tuple[torch.Tensor, torch.Tensor]]] = {
+    "cifar10": load_cifar10,
+    "fmnist": load_fashion_mnist,
+    "mnist": load_mnist,
+}
+
+
+def load_dataset(name: str, root: PathLike | None = None, split: str = "train",
+                 download: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Load a standard data set by name ("cifar10", "fmnist"/"fashion-mnist", "mnist")."""
+    return _LOADERS[canonical_dataset_name(name)](root, split=split, download=download)
+
+
+# --------------------------------------------------------------------------------------------
+# Single images and image folders
+# --------------------------------------------------------------------------------------------
+
+
+def _check_size_channels(size: int, channels: int) -> None:
+    if not isinstance(size, int) or size < 1:
+        raise ValueError(f"size must be a positive int, got {size!r}")
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels!r}")
+
+
+def _high_bit_depth_to_l(img: Image.Image) -> Image.Image:
+    """Map 16/32-bit integer and float greyscale images to 8-bit "L".
+
+    PIL's own convert("L") clips (it does not rescale) 16-bit values, which turns most 16-bit
+    photos white; we rescale instead.
+    """
+    arr = np.asarray(img).astype(np.float64)
+    if img.mode == "F":
+        finite_max = np.nanmax(arr) if arr.size else 0.0
+        scale = 255.0 if finite_max <= 1.0 else 1.0  # float images are usually in [0, 1]
+    elif img.mode == "I" and arr.size and arr.max() <= 255:
+        scale = 1.0  # an "I" image that holds 8-bit values (e.g. made by PIL from "L")
+    else:
+        scale = 255.0 / 65535.0  # 16-bit range
+    out = np.clip(np.nan_to_num(arr * scale), 0, 255).round().astype(np.uint8)
+    return Image.fromarray(out, mode="L")
+
+
+def _to_mode(img: Image.Image, channels: int) -> Image.Image:
+    """Convert any PIL mode to "RGB" (channels=3) or "L" (channels=1).
+
+    Transparent images are composited on white, because fully transparent pixels often hold
+    arbitrary colours that a plain convert would expose.
+    """
+    if img.mode.startswith("I") or img.mode == "F":
+        img = _high_bit_depth_to_l(img)
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode in ("RGBA", "RGBa", "LA", "La", "PA"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba).convert("RGB")
+    target = "RGB" if channels == 3 else "L"
+    if img.mode != target:
+        img = img.convert(target)  # CMYK, YCbCr, LAB, HSV, 1, L<->RGB
+    return img
+
+
+def _resize_center_crop(img: Image.Image, size: int) -> Image.Image:
+    """Resize the shorter side to ``size`` and center-crop to ``size`` x ``size``.
+
+    Done as one resample of the central square (``box=``), which is the same geometry but
+    never materialises a huge intermediate image for extreme aspect ratios.
+    """
+    width, height = img.size
+    if width == 0 or height == 0:
+        raise ValueError("image has zero width or height")
+    if width == height == size:
+        return img
+    side = min(width, height)
+    left, top = (width - side) / 2, (height - side) / 2
+    return img.resize(
+        (size, size), Image.Resampling.BICUBIC, box=(left, top, left + side, top + side), reducing_gap=3.0
+    )
+
+
+def _pil_to_tensor(img: Image.Image) -> torch.Tensor:
+    array = np.array(img, dtype=np.uint8)  # copy: writable, owned by the tensor
+    if array.ndim == 2:
+        return torch.from_numpy(array).unsqueeze(0)
+    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+
+
+def _prepare(img: Image.Image, size: int, channels: int) -> torch.Tensor:
+    img.load()  # decode now, so a broken file fails here with PIL's own error
+    try:
+        img = ImageOps.exif_transpose(img)
+    except (OSError, ValueError, TypeError, KeyError, SyntaxError, struct.error) as exc:
+        # A malformed EXIF block should not make otherwise readable pixels unusable.
+        logger.debug("ignoring unreadable EXIF orientation: %s", exc)
+    img = _to_mode(img, channels)
+    return _pil_to_tensor(_resize_center_crop(img, size))
+
+
+def load_image(source: ImageSource, size: int, channels: int = 3) -> torch.Tensor:
+    """Load one image as uint8 [channels, size, size].
+
+    ``source`` is a path, a binary file object, raw bytes or a PIL image. The image is
+    EXIF-rotated, converted to RGB or L (palette, alpha, CMYK and 16-bit handled), its shorter
+    side resized to ``size`` (bicubic, antialiased) and center-cropped. PIL's errors
+    (``UnidentifiedImageError``, ``OSError`` for truncated files...) propagate.
+    """
+    _check_size_channels(size, channels)
+    if isinstance(source, Image.Image):
+        return _prepare(source, size, channels)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        source = io.BytesIO(bytes(source))
+    with Image.open(source) as img:
+        if img.format == "JPEG":
+            # Let libjpeg decode at a reduced scale that still covers size x size: much
+            # faster for large photos, and the later bicubic resize hides the difference.
+            img.draft("L" if channels == 1 else None, (size, size))
+        return _prepare(img, size, channels)
+
+
+def list_images(folder: PathLike) -> list[Path]:
+    """All image files under ``folder`` (recursive, sorted, case-insensitive extension match).
+
+    Hidden files and folders (name starting with ".", e.g. macOS "._x.jpg" resource forks)
+    below ``folder`` are skipped; ``folder`` itself may sit inside a hidden directory.
+    """
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise DataNotFoundError(
+            folder, [f"a folder of images ({', '.join(IMAGE_EXTENSIONS)})"],
+            hint="Pass the path of an existing folder of images.",
+        )
+    found: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]  # prune hidden dirs
+        for name in filenames:
+            if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS):
+                found.append(Path(dirpath) / name)
+    return sorted(found, key=lambda p: p.relative_to(folder).as_posix())
+
+
+@dataclass
+class FolderData:
+    """Images decoded from a folder, in sorted path order."""
+
+    images: torch.Tensor  # uint8 [N, C, S, S]
+    labels: torch.Tensor  # int64 [N], -1 when the folder has no class structure
+    paths: list[str]
+    classes: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+
+
+# Errors that mean "this file is not a usable image" rather than a bug in our code.
+_UNREADABLE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, Image.DecompressionBombError)
+
+
+def _error_reason(exc: BaseException, path: Path) -> str:
+    """Short reason for a skipped file, without the path PIL likes to repeat in its messages."""
+    message = str(exc)
+    for variant in (repr(str(path)), str(path)):
+        message = message.replace(variant, "")
+    message = message.strip().rstrip(":").strip()
+    return message or type(exc).__name__
+
+
+def _folder_labels(relative_paths: Sequence[Path]) -> tuple[torch.Tensor, list[str]]:
+    """Class labels from first-level subfolders, or all -1 when there is no class structure."""
+    if relative_paths and all(len(p.parts) >= 2 for p in relative_paths):
+        classes = sorted({p.parts[0] for p in relative_paths})
+        if len(classes) >= 2:
+            index = {name: i for i, name in enumerate(classes)}
+            return torch.tensor([index[p.parts[0]] for p in relative_paths], dtype=torch.int64), classes
+    return torch.full((len(relative_paths),), -1, dtype=torch.int64), []
+
+
+def load_image_folder(folder: PathLike, size: int, channels: int = 3, num_workers: int = 0) -> FolderData:
+    """Decode every image under ``folder`` to uint8 [N, channels, size, size].
+
+    Unreadable files are skipped and reported once with a single warning. Labels come from
+    first-level subfolders when every image sits in one and there are at least two; otherwise
+    they are all -1. ``num_workers`` > 0 decodes with that many threads (PIL releases the GIL).
+    Raises :class:`DataNotFoundError` when no readable image is found.
+    """
+    _check_size_channels(size, channels)
+    folder = Path(folder).expanduser().absolute()
+    candidates = list_images(folder)
+    expected = [f"image files ({', '.join(IMAGE_EXTENSIONS)})"]
+    if not candidates:
+        raise DataNotFoundError(folder, expected, hint="The folder contains no image files.")
+
+    def decode(path: Path) -> torch.Tensor | str:
+        try:
+            return load_image(path, size, channels)
+        except _UNREADABLE_ERRORS as exc:
+            return _error_reason(exc, path)
+
+    if num_workers > 0:
+        with ThreadPoolExecutor(max_workers=num_workers) as pool:
+            results = list(pool.map(decode, candidates))
+    else:
+        results = [decode(p) for p in candidates]
+
+    tensors: list[torch.Tensor] = []
+    kept: list[Path] = []
+    skipped: list[tuple[str, str]] = []
+    for path, result in zip(candidates, results):
+        if isinstance(result, str):
+            skipped.append((str(path), result))
+            logger.debug("skipping unreadable image %s: %s", path, result)
+        else:
+            tensors.append(result)
+            kept.append(path)
+    if skipped:
+        first_path, first_reason = skipped[0]
+        noun = "file" if len(skipped) == 1 else "files"
+        warnings.warn(
+            f"skipped {len(skipped)} unreadable {noun} in {folder}, "
+            f"e.g. {Path(first_path).relative_to(folder).as_posix()}: {first_reason}",
+            stacklevel=2,
+        )
+    if not tensors:
+        raise DataNotFoundError(
+            folder, expected,
+            hint=f"None of the {len(candidates)} image files could be read (e.g. {skipped[0][0]}: {skipped[0][1]}).",
+        )
+    labels, classes = _folder_labels([p.relative_to(folder) for p in kept])
+    return FolderData(torch.stack(tensors), labels, [str(p) for p in kept], classes, skipped)
+
+
+# --------------------------------------------------------------------------------------------
+# Datasets and DataModules
+# --------------------------------------------------------------------------------------------
+
+
+class InMemoryDataset(Dataset):
+    """(image, label) pairs backed by two tensors; batches are gathered with one index op.
+
+    ``__getitems__`` returns an already stacked ``(images, labels)`` batch, which the DataLoader
+    hands to :func:`collate_batch` unchanged. It works with any sampler, including the
+    DistributedSampler Lightning installs under DDP.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        if len(images) != len(labels):
+            raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        self.images = images
+        self.labels = labels
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.images[index], self.labels[index]
+
+    def __getitems__(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        index = torch.as_tensor(indices, dtype=torch.long)
+        return self.images[index], self.labels[index]
+
+
+def collate_batch(batch: Any) -> Any:
+    """Pass through batches stacked by ``__getitems__``; stack lists of samples otherwise."""
+    if isinstance(batch, tuple):
+        return batch
+    return default_collate(batch)
+
+
+@dataclass
+class _Splits:
+    train_images: torch.Tensor
+    train_labels: torch.Tensor
+    val_images: torch.Tensor | None = None
+    val_labels: torch.Tensor | None = None
+    test_images: torch.Tensor | None = None
+    test_labels: torch.Tensor | None = None
+
+
+def _split_indices(n: int, val_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded random (train, val) index split; both sorted so data keeps its original order."""
+    generator = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(n, generator=generator)
+    return perm[val_size:].sort().values, perm[:val_size].sort().values
+
+
+def _check_positive(name: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+def _check_non_negative(name: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name} must be a non-negative int, got {value!r}")
+
+
+class InMemoryDataModule(pl.LightningDataModule):
+    """Base class: train/val/test held as uint8 tensors, batched as ``(uint8 [B,C,H,W], int64 [B])``.
+
+    Subclasses implement :meth:`_load` and the ``in_channels``/``input_size``/``mean``/``std``/
+    ``num_classes``/``name`` properties. Labels are -1 where unknown. No normalisation here:
+    the model normalises on its device.
+    """
+
+    def __init__(self, batch_size: int = 64, num_workers: int = 0, seed: int = 0) -> None:
+        super().__init__()
+        _check_positive("batch_size", batch_size)
+        _check_non_negative("num_workers", num_workers)
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.seed = seed
+        self.train_images: torch.Tensor | None = None
+        self.train_labels: torch.Tensor | None = None
+        self.val_images: torch.Tensor | None = None
+        self.val_labels: torch.Tensor | None = None
+        self.test_images: torch.Tensor | None = None
+        self.test_labels: torch.Tensor | None = None
+        self._loaded = False
+
+    # -- to be provided by subclasses -----------------------------------------------------
+    def _load(self) -> _Splits:
+        raise NotImplementedError
+
+    @property
+    def in_channels(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def input_size(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def mean(self) -> tuple[float, ...]:
+        raise NotImplementedError
+
+    @property
+    def std(self) -> tuple[float, ...]:
+        raise NotImplementedError
+
+    @property
+    def num_classes(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def name(self) -> str:  # type: ignore[override]  # LightningDataModule has a plain attribute
+        raise NotImplementedError
+
+    # -- loading ----------------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        """Load all splits once (later calls, e.g. per stage, are no-ops)."""
+        if self._loaded:
+            return
+        splits = self._load()
+        expected = (self.in_channels, self.input_size, self.input_size)
+        for split in ("train", "val", "test"):
+            images = getattr(splits, f"{split}_images")
+            labels = getattr(splits, f"{split}_labels")
+            if images is None:
+                continue
+            if images.dtype != torch.uint8 or tuple(images.shape[1:]) != expected:
+                raise ValueError(
+                    f"{self.name} {split} images are {images.dtype} {list(images.shape)}, "
+                    f"expected uint8 [N, {', '.join(map(str, expected))}]"
+                )
+            setattr(self, f"{split}_images", images.contiguous())
+            setattr(self, f"{split}_labels", labels.to(torch.int64))
+        self._loaded = True
+        logger.info(
+            "%s: %d train, %d val, %d test images", self.name, len(self.train_images),
+            0 if self.val_images is None else len(self.val_images),
+            0 if self.test_images is None else len(self.test_images),
+        )
+
+    def _ensure_loaded(self) -> None:
+        if not self._loaded:
+            self.setup()
+
+    # -- loaders ----------------------------------------------------------------------------
+    def _loader(self, images: torch.Tensor | None, labels: torch.Tensor | None, train: bool = False
+                ) -> DataLoader | list:
+        self._ensure_loaded()
+        if images is None or len(images) == 0:
+            return []
+        drop_last = train
+        if train and len(images) < self.batch_size:
+            # drop_last would leave zero batches: better a short batch than silently no training.
+            warnings.warn(
+                f"{self.name}: only {len(images)} train images for batch_size={self.batch_size}; "
+                "keeping the partial batch",
+                stacklevel=3,
+            )
+            drop_last = False
+        return DataLoader(
+            InMemoryDataset(images, labels),
+            batch_size=self.batch_size,
+            shuffle=train,
+            drop_last=drop_last,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+            collate_fn=collate_batch,
+        )
+
+    def train_dataloader(self) -> DataLoader | list:
+        """Shuffled train batches, incomplete last batch dropped."""
+        self._ensure_loaded()
+        return self._loader(self.train_images, self.train_labels, train=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        """Validation batches in order, or [] when there is no validation split."""
+        self._ensure_loaded()
+        return self._loader(self.val_images, self.val_labels)
+
+    def test_dataloader(self) -> DataLoader | list:
+        """Test batches in order, or [] when there is no test split."""
+        self._ensure_loaded()
+        return self._loader(self.test_images, self.test_labels)
+
+    def predict_dataloader(self) -> DataLoader | list:
+        """The train split in its stored order, every image once (e.g. to build an index)."""
+        self._ensure_loaded()
+        return self._loader(self.train_images, self.train_labels)
+
+
+class _StandardDataModule(InMemoryDataModule):
+    """A standard data set: val carved from the official train split, test = official test."""
+
+    dataset_name = ""  # key of DATASET_STATS, set by subclasses
+
+    def __init__(
+        self,
+        data_dir: str | None = None,
+        batch_size: int = 64,
+        val_size: int = 5000,
+        num_workers: int = 0,
+        download: bool = False,
+        seed: int = 0,
+        limit_train: int | None = None,
+    ) -> None:
+        super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed)
+        _check_non_negative("val_size", val_size)
+        if limit_train is not None:
+            _check_positive("limit_train", limit_train)
+        self.save_hyperparameters()
+        self.data_dir = resolve_data_dir(data_dir)
+        self.val_size = val_size
+        self.download = download
+        self.limit_train = limit_train
+        self.train_indices: torch.Tensor | None = None  # into the official train split
+        self.val_indices: torch.Tensor | None = None
+
+    @property
+    def _stats(self) -> dict[str, Any]:
+        return DATASET_STATS[self.dataset_name]
+
+    @property
+    def in_channels(self) -> int:
+        return self._stats["channels"]
+
+    @property
+    def input_size(self) -> int:
+        return self._stats["size"]
+
+    @property
+    def mean(self) -> tuple[float, ...]:
+        return tuple(self._stats["mean"])
+
+    @property
+    def std(self) -> tuple[float, ...]:
+        return tuple(self._stats["std"])
+
+    @property
+    def num_classes(self) -> int:
+        return self._stats["num_classes"]
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        return self.dataset_name
+
+    def prepare_data(self) -> None:
+        """Download missing files (Lightning calls this on one process only)."""
+        if self.download:
+            for split in SPLITS:
+                load_dataset(self.dataset_name, self.data_dir, split=split, download=True)
+
+    def _load(self) -> _Splits:
+        images, labels = load_dataset(self.dataset_name, self.data_dir, "train", download=self.download)
+        if self.val_size >= len(images):
+            raise ValueError(f"val_size={self.val_size} must be smaller than the {len(images)} train images")
+        train_idx, val_idx = _split_indices(len(images), self.val_size, self.seed)
+        if self.limit_train is not None:
+            train_idx = train_idx[: self.limit_train]
+        self.train_indices, self.val_indices = train_idx, val_idx
+        test_images, test_labels = load_dataset(self.dataset_name, self.data_dir, "test", download=self.download)
+        has_val = len(val_idx) > 0
+        return _Splits(
+            images[train_idx], labels[train_idx],
+            images[val_idx] if has_val else None, labels[val_idx] if has_val else None,
+            test_images, test_labels,
+        )
+
+
+class CIFAR10(_StandardDataModule):
+    """CIFAR-10 (32x32 RGB, 10 classes) from ``data_dir/cifar-10-batches-py``."""
+
+    dataset_name = "cifar10"
+
+
+class FashionMNIST(_StandardDataModule):
+    """Fashion-MNIST (28x28 grey, 10 classes) from ``data_dir/FashionMNIST/raw``."""
+
+    dataset_name = "fmnist"
+
+
+class MNIST(_StandardDataModule):
+    """MNIST (28x28 grey, 10 classes) from ``data_dir/MNIST/raw``."""
+
+    dataset_name = "mnist"
+
+
+def _channel_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean/std of uint8 images in [0, 1], in float64 chunks to bound memory."""
+    channels = images.shape[1]
+    total = torch.zeros(channels, dtype=torch.float64)
+    total_sq = torch.zeros(channels, dtype=torch.float64)
+    for start in range(0, len(images), chunk):
+        block = images[start : start + chunk].to(torch.float64).div_(255.0)
+        total += block.sum(dim=(0, 2, 3))
+        total_sq += block.pow(2).sum(dim=(0, 2, 3))
+    count = images.numel() / channels
+    mean = total / count
+    var = (total_sq / count - mean.pow(2)).clamp_min(0.0)
+    # A constant channel would give std 0 and an infinite normalisation: floor at one grey level.
+    std = var.sqrt().clamp_min(1.0 / 255.0)
+    return tuple(round(v, 6) for v in mean.tolist()), tuple(round(v, 6) for v in std.tolist())
+
+
+def _parse_val_size(val_size: float | int) -> float | int:
+    """Validate an ImageFolder ``val_size``: a fraction in [0, 1) or a non-negative count.
+
+    Integral floats >= 1 count as counts, because a config/CLI value "500" may arrive as 500.0.
+    """
+    if isinstance(val_size, bool) or not isinstance(val_size, (int, float)) or not math.isfinite(val_size):
+        raise ValueError(f"val_size must be a fraction in [0, 1) or a count, got {val_size!r}")
+    if val_size < 0:
+        raise ValueError(f"val_size must be non-negative, got {val_size!r}")
+    if isinstance(val_size, float) and val_size >= 1.0:
+        if not val_size.is_integer():
+            raise ValueError(f"val_size must be a fraction in [0, 1) or a whole count, got {val_size!r}")
+        return int(val_size)
+    return val_size
+
+
+class ImageFolder(InMemoryDataModule):
+    """A folder of images (optionally one subfolder per class), resized and center-cropped.
+
+    ``val_size`` is a fraction (float in [0, 1)) or a count (int) of images held out, chosen
+    with a seeded permutation. There is no test split. ``mean``/``std`` are computed from the
+    train images; properties that need the data load it on first access.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        input_size: int = 32,
+        channels: int = 3,
+        batch_size: int = 64,
+        val_size: float | int = 0.1,
+        num_workers: int = 0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed)
+        _check_positive("input_size", input_size)
+        _check_size_channels(input_size, channels)
+        self.save_hyperparameters()
+        self.val_size = _parse_val_size(val_size)
+        self.path = path
+        self._input_size = input_size
+        self._channels = channels
+        self.classes: list[str] = []
+        self.paths: list[str] = []
+        self.skipped: list[tuple[str, str]] = []
+        self.train_indices: torch.Tensor | None = None  # into ``paths``
+        self.val_indices: torch.Tensor | None = None
+        self._mean: tuple[float, ...] | None = None
+        self._std: tuple[float, ...] | None = None
+
+    @property
+    def in_channels(self) -> int:
+        return self._channels
+
+    @property
+    def input_size(self) -> int:
+        return self._input_size
+
+    @property
+    def mean(self) -> tuple[float, ...]:
+        self._ensure_loaded()
+        return self._mean
+
+    @property
+    def std(self) -> tuple[float, ...]:
+        self._ensure_loaded()
+        return self._std
+
+    @property
+    def num_classes(self) -> int:
+        self._ensure_loaded()
+        return len(self.classes)
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        return "imagefolder"
+
+    def _val_count(self, n: int) -> int:
+        count = round(self.val_size * n) if isinstance(self.val_size, float) else self.val_size
+        if count >= n:
+            raise ValueError(f"val_size={self.val_size!r} leaves no train images out of {n} in {self.path}")
+        return count
+
+    def _load(self) -> _Splits:
+        data = load_image_folder(self.path, self._input_size, self._channels, num_workers=self.num_workers)
+        self.classes, self.paths, self.skipped = data.classes, data.paths, data.skipped
+        train_idx, val_idx = _split_indices(len(data.images), self._val_count(len(data.images)), self.seed)
+        self.train_indices, self.val_indices = train_idx, val_idx
+        train_images = data.images[train_idx]
+        self._mean, self._std = _channel_stats(train_images)
+        has_val = len(val_idx) > 0
+        return _Splits(
+            train_images, data.labels[train_idx],
+            data.images[val_idx] if has_val else None, data.labels[val_idx] if has_val else None,
+        )

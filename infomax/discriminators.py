@@ -1,0 +1,89 @@
+"""Critics T(x, y) that score pairs for the mutual-information bounds.
+
+Two families, each usable for the global term (x = z, y = z) and the local term (x = z broadcast
+over positions, y = a local feature vector C(x)_p; a 1x1 convolution over a feature map is the
+same linear map applied at every position, so vectors of shape (..., c) are used throughout):
+
+* :class:`ConcatCritic`: an MLP on the concatenation [x, y] (the reference recipe: a dense net for
+  the global term, 1x1 convolutions for the local term);
+* :class:`DotCritic`: separate embeddings of x and y compared by a dot product (the paper's
+  "encode-and-dot-product" critic), cheap for all-pairs negatives.
+
+Each has ``forward(x, y)`` for aligned pairs (leading dimensions broadcast, one score per pair) and
+``pairs(x, y)``: every x_i against every y_j, x (N, dx), y (M, ..., dy) -> scores (N, M, ...).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def _mlp_tail(hidden: int, n_layers: int) -> nn.Sequential:
+    """Everything after the first linear layer: ReLU, (n_layers - 2) hidden layers, output 1."""
+    layers: list[nn.Module] = [nn.ReLU(inplace=True)]
+    for _ in range(n_layers - 2):
+        layers += [nn.Linear(hidden, hidden), nn.ReLU(inplace=True)]
+    layers.append(nn.Linear(hidden, 1))
+    return nn.Sequential(*layers)
+
+
+class ConcatCritic(nn.Module):
+    """T(x, y) = MLP([x, y]) with ``n_layers`` linear layers of width ``hidden``.
+
+    The first layer on a concatenation is W [x, y] + b = W_x x + W_y y + b, so ``pairs`` computes
+    W_x x and W_y y once and broadcasts their sum, instead of materialising every concatenation.
+    """
+
+    def __init__(self, x_dim: int, y_dim: int, hidden: int = 512, n_layers: int = 3) -> None:
+        super().__init__()
+        for name, v in (("x_dim", x_dim), ("y_dim", y_dim), ("hidden", hidden)):
+            if v < 1:
+                raise ValueError(f"{name}={v}: must be >= 1")
+        if n_layers < 2:
+            raise ValueError(f"n_layers={n_layers}: a critic needs at least 2 layers")
+        self.x_in = nn.Linear(x_dim, hidden)
+        self.y_in = nn.Linear(y_dim, hidden, bias=False)
+        self.tail = _mlp_tail(hidden, n_layers)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.tail(self.x_in(x) + self.y_in(y)).squeeze(-1)
+
+    def pairs(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        hx = self.x_in(x)  # (N, H)
+        hy = self.y_in(y)  # (M, ..., H)
+        hx = hx.view(hx.shape[0], *[1] * (hy.dim() - 1), hx.shape[-1])  # (N, 1, ..., H)
+        return self.tail(hx + hy.unsqueeze(0)).squeeze(-1)
+
+
+class DotCritic(nn.Module):
+    """T(x, y) = <f(x), g(y)> / sqrt(d) with two-layer embeddings f and g of width ``hidden``.
+
+    The 1/sqrt(d) keeps initial scores O(1) whatever the width.
+    """
+
+    def __init__(self, x_dim: int, y_dim: int, hidden: int = 512) -> None:
+        super().__init__()
+        for name, v in (("x_dim", x_dim), ("y_dim", y_dim), ("hidden", hidden)):
+            if v < 1:
+                raise ValueError(f"{name}={v}: must be >= 1")
+        self.f = nn.Sequential(nn.Linear(x_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, hidden))
+        self.g = nn.Sequential(nn.Linear(y_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, hidden))
+        self.scale = hidden**-0.5
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return (self.f(x) * self.g(y)).sum(-1) * self.scale
+
+    def pairs(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        fx = self.f(x)  # (N, H)
+        gy = self.g(y)  # (M, ..., H)
+        return torch.einsum("nh,m...h->nm...", fx, gy) * self.scale
+
+
+CRITICS = {"concat": ConcatCritic, "dot": DotCritic}
+
+
+def build_critic(kind: str, x_dim: int, y_dim: int, hidden: int = 512) -> nn.Module:
+    if kind not in CRITICS:
+        raise ValueError(f"critic={kind!r} is unknown; choose one of {sorted(CRITICS)}")
+    return CRITICS[kind](x_dim, y_dim, hidden=hidden)

@@ -1,0 +1,158 @@
+"""Encoder architectures: image -> (local feature map C(x), mu(x), log sigma^2(x)).
+
+Every encoder takes a normalised float batch ``x`` of shape (B, C, H, W) and returns an
+:class:`EncoderOutput` with
+
+* ``local``:  (B, c, h, w) feature map C(x), the "local" features of Deep INFOMAX;
+* ``mu``:     (B, z_dim) mean of the Gaussian code p(z|x);
+* ``logvar``: (B, z_dim) log sigma^2 of that code.
+
+Architectures are chosen by name through :data:`ARCHITECTURES` so that a serving artifact can
+store the name and its keyword arguments and rebuild the network without any training code.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+
+class EncoderOutput(NamedTuple):
+    local: torch.Tensor
+    mu: torch.Tensor
+    logvar: torch.Tensor
+
+
+def _conv_block(c_in: int, c_out: int, pool: bool, ceil_mode: bool = True) -> nn.Sequential:
+    layers: list[nn.Module] = [
+        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),  # BN follows: a bias would be redundant
+        nn.BatchNorm2d(c_out),
+        nn.LeakyReLU(0.2, inplace=True),
+    ]
+    if pool:
+        # ceil_mode lets 28 px input reach the same 4x4 map as 32 px (28 -> 14 -> 7 -> 4).
+        layers.append(nn.MaxPool2d(2, ceil_mode=ceil_mode))
+    return nn.Sequential(*layers)
+
+
+class ConvEncoder(nn.Module):
+    """The reference CNN of the method.
+
+    ``n_blocks`` x [conv3x3 - BN - LeakyReLU(0.2) - maxpool 2] -> local map (4x4 at 28, 32 or 64 px),
+    then ``n_global_blocks`` x [conv3x3 - BN - LeakyReLU(0.2)], global max pool, and two linear
+    heads for mu and log sigma^2. Widths double from 64 and stop at 512: 64-128-256 for 32 px
+    (3 blocks), 64-128-256-512 for 64 px (4 blocks). ``n_blocks`` defaults to
+    ceil(log2(input_size / 4)) so the local map is about 4x4 whatever the input size.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        input_size: int = 32,
+        z_dim: int = 256,
+        n_blocks: int | None = None,
+        n_global_blocks: int = 2,
+        base_width: int = 64,
+    ) -> None:
+        super().__init__()
+        _check_common(in_channels, input_size, z_dim)
+        if input_size < 8:
+            raise ValueError(f"input_size={input_size}: the conv encoder needs images of at least 8 px")
+        if n_blocks is None:
+            n_blocks = max(1, math.ceil(math.log2(input_size / 4)))
+        if n_blocks < 1:
+            raise ValueError(f"n_blocks={n_blocks}: must be >= 1")
+        if input_size / 2**n_blocks < 1:
+            raise ValueError(
+                f"input_size={input_size} is too small for n_blocks={n_blocks} "
+                f"(each block halves the image); use fewer blocks or larger images"
+            )
+        if n_global_blocks < 0:
+            raise ValueError(f"n_global_blocks={n_global_blocks}: must be >= 0")
+        if base_width < 1:
+            raise ValueError(f"base_width={base_width}: must be >= 1")
+        widths = [min(base_width * 2**i, 512) for i in range(n_blocks)]
+        blocks, c = [], in_channels
+        for w in widths:
+            blocks.append(_conv_block(c, w, pool=True))
+            c = w
+        self.local_net = nn.Sequential(*blocks)
+        self.global_net = nn.Sequential(*[_conv_block(c, c, pool=False) for _ in range(n_global_blocks)])
+        self.mu = nn.Linear(c, z_dim)
+        self.logvar = nn.Linear(c, z_dim)
+        self.local_channels = c
+        self.local_size = _map_size(input_size, n_blocks)
+        self.z_dim = z_dim
+
+    def forward(self, x: torch.Tensor) -> EncoderOutput:
+        local = self.local_net(x)
+        h = self.global_net(local).amax(dim=(2, 3))  # global max pool
+        return EncoderOutput(local, self.mu(h), self.logvar(h))
+
+
+class ResNet18Encoder(nn.Module):
+    """torchvision's ResNet-18 with a CIFAR stem (3x3 first conv, stride 1, no max-pool).
+
+    The local map is the output of ``local_stage`` (``layer3`` by default: 8x8x256 at 32 px); the
+    remaining stages and a global average pool feed linear mu and log sigma^2 heads.
+    """
+
+    _STAGES = ("layer1", "layer2", "layer3", "layer4")
+
+    def __init__(
+        self, in_channels: int = 3, input_size: int = 32, z_dim: int = 256, local_stage: str = "layer3"
+    ) -> None:
+        super().__init__()
+        _check_common(in_channels, input_size, z_dim)
+        if input_size < 16:
+            raise ValueError(f"input_size={input_size}: the resnet18 encoder needs images of at least 16 px")
+        if local_stage not in self._STAGES[:-1]:
+            raise ValueError(f"local_stage={local_stage!r}: choose one of {self._STAGES[:-1]}")
+        from torchvision.models import resnet18  # imported lazily: torchvision is slow to import
+
+        net = resnet18(weights=None)
+        net.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
+        net.maxpool = nn.Identity()
+        cut = self._STAGES.index(local_stage) + 1
+        self.local_net = nn.Sequential(
+            net.conv1, net.bn1, net.relu, *[getattr(net, s) for s in self._STAGES[:cut]]
+        )
+        self.global_net = nn.Sequential(*[getattr(net, s) for s in self._STAGES[cut:]])
+        self.local_channels = {"layer1": 64, "layer2": 128, "layer3": 256}[local_stage]
+        self.local_size = _map_size(input_size, cut - 1)
+        self.mu = nn.Linear(512, z_dim)
+        self.logvar = nn.Linear(512, z_dim)
+        self.z_dim = z_dim
+
+    def forward(self, x: torch.Tensor) -> EncoderOutput:
+        local = self.local_net(x)
+        h = self.global_net(local).mean(dim=(2, 3))
+        return EncoderOutput(local, self.mu(h), self.logvar(h))
+
+
+ARCHITECTURES: dict[str, type[nn.Module]] = {"conv": ConvEncoder, "resnet18": ResNet18Encoder}
+
+
+def build_encoder(arch: str, **kwargs) -> nn.Module:
+    """Builds an encoder by name; unknown names raise ``ValueError`` listing the known ones."""
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"arch={arch!r} is not a known architecture; choose one of {sorted(ARCHITECTURES)}")
+    return ARCHITECTURES[arch](**kwargs)
+
+
+def _check_common(in_channels: int, input_size: int, z_dim: int) -> None:
+    if z_dim < 1:
+        raise ValueError(f"z_dim={z_dim}: must be >= 1")
+    if in_channels < 1:
+        raise ValueError(f"in_channels={in_channels}: must be >= 1")
+    if input_size < 1:
+        raise ValueError(f"input_size={input_size}: must be >= 1")
+
+
+def _map_size(size: int, n_halvings: int) -> int:
+    for _ in range(n_halvings):
+        size = math.ceil(size / 2)
+    return size

@@ -1,0 +1,197 @@
+"""DeepInfoMax: a thin LightningModule around an encoder and the DIM objective."""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+
+from infomax.encoders import build_encoder
+from infomax.objective import DIMObjective
+from infomax.transforms import Normalize
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training produced a NaN or infinite loss; raised instead of silently training a NaN model."""
+
+
+class DeepInfoMax(pl.LightningModule):
+    """Deep INFOMAX (Hjelm et al., ICLR 2019) with a Gaussian code and a prior term.
+
+    Defaults are the reference recipe for CIFAR-10: the ``conv`` encoder, z_dim 256,
+    alpha 0.5 (global), beta 1.5 (local), gamma 0.01 (prior), JSD bounds with one negative per
+    positive, KL prior, Adam at 1e-3. Batches are (uint8 images (B, C, H, W), labels); labels are
+    never used for training.
+
+    Args:
+        arch: encoder architecture, ``conv`` or ``resnet18``.
+        in_channels, input_size: image channels and side in pixels (linked from the data module).
+        z_dim: dimension of the code.
+        arch_kwargs: extra keyword arguments of the architecture (e.g. ``{"local_stage": "layer2"}``).
+        alpha, beta, gamma: weights of the global MI, local MI and prior terms (>= 0).
+        global_estimator, local_estimator: ``jsd``, ``infonce`` or ``dv``.
+        negatives: ``one`` (one negative per positive) or ``all`` (all pairs of the batch).
+        critic: ``concat`` (MLP / 1x1 convs on the concatenation) or ``dot`` (encode and dot product).
+        critic_hidden: width of the critics.
+        prior: ``kl`` (closed-form KL to N(0, I)) or ``adversarial`` (prior-matching discriminator).
+        lr, weight_decay: Adam's settings.
+        lr_schedule: ``constant`` or ``cosine`` (annealed to 0 over the whole run).
+        mean, std: per-channel normalisation (linked from the data module; 0.5 when unset).
+        nonfinite_check_every: on a GPU, how often (steps) the host checks for a non-finite loss;
+            checking every step would force a device sync. On the CPU every step is checked.
+    """
+
+    def __init__(
+        self,
+        arch: str = "conv",
+        in_channels: int = 3,
+        input_size: int = 32,
+        z_dim: int = 256,
+        arch_kwargs: dict | None = None,
+        alpha: float = 0.5,
+        beta: float = 1.5,
+        gamma: float = 0.01,
+        global_estimator: str = "jsd",
+        local_estimator: str = "jsd",
+        negatives: str = "one",
+        critic: str = "concat",
+        critic_hidden: int = 512,
+        prior: str = "kl",
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        lr_schedule: str = "constant",
+        mean: tuple[float, ...] | None = None,
+        std: tuple[float, ...] | None = None,
+        nonfinite_check_every: int = 50,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        if not lr > 0:
+            raise ValueError(f"lr={lr}: the learning rate must be > 0")
+        if not weight_decay >= 0:
+            raise ValueError(f"weight_decay={weight_decay}: must be >= 0")
+        if lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"lr_schedule={lr_schedule!r}: choose 'constant' or 'cosine'")
+        mean = tuple(mean) if mean is not None else (0.5,) * in_channels
+        std = tuple(std) if std is not None else (0.5,) * in_channels
+        if len(mean) != in_channels or len(std) != in_channels:
+            raise ValueError(f"mean={mean} and std={std} need one value per channel (in_channels={in_channels})")
+        self.normalize = Normalize(mean, std)
+        self._normalization = {"mean": list(mean), "std": list(std)}
+        self.encoder = build_encoder(
+            arch, in_channels=in_channels, input_size=input_size, z_dim=z_dim, **(arch_kwargs or {})
+        )
+        self.objective = DIMObjective(
+            z_dim,
+            self.encoder.local_channels,
+            alpha=alpha,
+            beta=beta,
+            gamma=gamma,
+            global_estimator=global_estimator,
+            local_estimator=local_estimator,
+            negatives=negatives,
+            critic=critic,
+            critic_hidden=critic_hidden,
+            prior=prior,
+        )
+        self._first_bad_step: torch.Tensor | None = None
+
+    # -- the encoder as the rest of the product sees it ------------------------------------------
+    def encoder_config(self) -> dict:
+        """What a serving artifact needs to rebuild the encoder without this module."""
+        hp = self.hparams
+        return {
+            "arch": hp.arch,
+            "arch_kwargs": {
+                "in_channels": hp.in_channels,
+                "input_size": hp.input_size,
+                "z_dim": hp.z_dim,
+                **(hp.arch_kwargs or {}),
+            },
+            "normalization": dict(self._normalization),
+        }
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 or [0, 1] float images (B, C, H, W) -> mu (B, z_dim)."""
+        return self.encoder(self.normalize(images)).mu
+
+    def export(self, path: str | Path, state_dict: dict | None = None, **info) -> Path:
+        """Writes the serving artifact of this encoder, or of the encoder weights found in a
+        checkpoint's ``state_dict`` (keys ``encoder.*``), to the folder ``path``."""
+        from infomax.artifact import save_artifact  # keeps safetensors out of training start-up
+
+        encoder = self.encoder
+        if state_dict is not None:
+            encoder = copy.deepcopy(self.encoder)
+            prefix = "encoder."
+            encoder.load_state_dict({k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)})
+        return save_artifact(encoder, path, **self.encoder_config(), **info)
+
+    @classmethod
+    def from_checkpoint_state(cls, state: dict) -> DeepInfoMax:
+        """Rebuilds the module from a loaded checkpoint dict (``torch.load(..., weights_only=True)``)."""
+        hparams = {k: v for k, v in state["hyper_parameters"].items() if not k.startswith("_")}
+        module = cls(**hparams)
+        module.load_state_dict(state["state_dict"])
+        return module
+
+    # -- training -----------------------------------------------------------------------------
+    def _losses(self, batch):
+        images = batch[0]
+        return self.objective(self.encoder(self.normalize(images)))
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        losses = self._losses(batch)
+        self._check_finite(losses.loss)
+        self.log("train/loss", losses.loss, prog_bar=True)
+        self.log_dict(
+            {"train/global_mi": losses.global_mi, "train/local_mi": losses.local_mi, "train/prior": losses.prior}
+        )
+        return losses.loss
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        losses = self._losses(batch)
+        self.log_dict(
+            {
+                "val/loss": losses.loss,
+                "val/global_mi": losses.global_mi,
+                "val/local_mi": losses.local_mi,
+                "val/prior": losses.prior,
+            },
+            sync_dist=True,
+        )
+
+    def _check_finite(self, loss: torch.Tensor) -> None:
+        # On a GPU, .item() every step would stall the pipeline: remember the first bad step on
+        # the device and look at it every `nonfinite_check_every` steps.
+        step = self.global_step
+        if self._first_bad_step is None or self._first_bad_step.device != loss.device:
+            self._first_bad_step = torch.full((), -1, dtype=torch.long, device=loss.device)
+        bad = ~torch.isfinite(loss.detach())
+        self._first_bad_step = torch.where(
+            bad & (self._first_bad_step < 0), torch.full_like(self._first_bad_step, step), self._first_bad_step
+        )
+        if loss.device.type == "cpu" or step % self.hparams.nonfinite_check_every == 0:
+            self.raise_if_nonfinite()
+
+    def raise_if_nonfinite(self) -> None:
+        if self._first_bad_step is not None and (first := int(self._first_bad_step)) >= 0:
+            raise NonFiniteLossError(
+                f"the training loss became NaN or infinite at step {first} (epoch {self.current_epoch}); "
+                f"training stopped so that no NaN model is exported. Try a lower learning rate "
+                f"(model.lr={self.hparams.lr}), precision 32, or check the input data."
+            )
+
+    def on_train_epoch_end(self) -> None:
+        self.raise_if_nonfinite()
+
+    def configure_optimizers(self):
+        opt = torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        if self.hparams.lr_schedule == "constant":
+            return opt
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -1,0 +1,160 @@
+"""Encoder shapes, critics against naive loops, and the objective's all-pairs terms."""
+
+import math
+
+import pytest
+import torch
+
+from infomax.discriminators import ConcatCritic, DotCritic, build_critic
+from infomax.encoders import build_encoder
+from infomax.estimators import infonce_bound, jsd_bound
+from infomax.objective import DIMObjective, reparameterize
+
+
+@pytest.mark.parametrize(
+    "arch,channels,size,local_shape",
+    [
+        ("conv", 3, 32, (256, 4, 4)),  # the reference recipe: 4x4x256 local map
+        ("conv", 1, 28, (256, 4, 4)),
+        ("conv", 3, 64, (512, 4, 4)),
+        ("resnet18", 3, 32, (256, 8, 8)),
+    ],
+)
+def test_encoder_shapes(arch, channels, size, local_shape):
+    enc = build_encoder(arch, in_channels=channels, input_size=size, z_dim=64)
+    out = enc(torch.randn(3, channels, size, size))
+    assert out.local.shape == (3, *local_shape)
+    assert out.mu.shape == out.logvar.shape == (3, 64)
+    assert enc.local_channels == local_shape[0] and enc.local_size == local_shape[1]
+
+
+def test_reference_conv_layout():
+    enc = build_encoder("conv")
+    convs = [m for m in enc.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [64, 128, 256, 256, 256]
+    assert all(c.kernel_size == (3, 3) for c in convs)
+    acts = [m for m in enc.modules() if isinstance(m, torch.nn.LeakyReLU)]
+    assert len(acts) == 5 and all(a.negative_slope == 0.2 for a in acts)
+    assert sum(isinstance(m, torch.nn.MaxPool2d) for m in enc.modules()) == 3
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(arch="vit"), "arch='vit'"),
+        (dict(arch="conv", z_dim=0), "z_dim=0"),
+        (dict(arch="conv", input_size=4), "input_size=4"),
+        (dict(arch="conv", in_channels=0), "in_channels=0"),
+        (dict(arch="resnet18", input_size=8), "input_size=8"),
+        (dict(arch="resnet18", local_stage="layer4"), "local_stage='layer4'"),
+    ],
+)
+def test_bad_encoder_settings_quote_the_value(kwargs, match):
+    with pytest.raises(ValueError, match=match.replace("(", r"\(").replace("[", r"\[")):
+        build_encoder(**kwargs)
+
+
+@pytest.mark.parametrize("cls", [ConcatCritic, DotCritic])
+def test_critic_pairs_match_a_naive_loop(cls):
+    torch.manual_seed(0)
+    critic = cls(5, 7, hidden=16)
+    x, y = torch.randn(4, 5), torch.randn(3, 6, 7)  # y: 3 items with 6 positions each
+    got = critic.pairs(x, y)
+    assert got.shape == (4, 3, 6)
+    for i in range(4):
+        for j in range(3):
+            for p in range(6):
+                assert got[i, j, p].item() == pytest.approx(critic(x[i], y[j, p]).item(), abs=1e-5)
+
+
+def test_concat_critic_is_an_mlp_on_the_concatenation():
+    torch.manual_seed(0)
+    critic = ConcatCritic(3, 2, hidden=8, n_layers=2)
+    x, y = torch.randn(5, 3), torch.randn(5, 2)
+    w = torch.cat([critic.x_in.weight, critic.y_in.weight], dim=1)
+    h = torch.relu(torch.cat([x, y], -1) @ w.T + critic.x_in.bias)
+    ref = critic.tail[-1](h).squeeze(-1)
+    assert torch.allclose(critic(x, y), ref, atol=1e-6)
+
+
+def test_bad_critic():
+    with pytest.raises(ValueError, match="critic='bilinear'"):
+        build_critic("bilinear", 4, 4)
+
+
+def _fake_output(n=6, z_dim=8, c=5, h=2):
+    torch.manual_seed(0)
+    from infomax.encoders import EncoderOutput
+
+    return EncoderOutput(torch.randn(n, c, h, h), torch.randn(n, z_dim), torch.randn(n, z_dim) * 0.1)
+
+
+def test_all_pairs_local_infonce_matches_a_naive_loop():
+    """negatives='all', local term: for each image i and position q, the positive is
+    T(z_i, C(x_i)_q) and the negatives are every position of every other image."""
+    out = _fake_output()
+    obj = DIMObjective(8, 5, alpha=0.0, beta=1.0, gamma=0.0, local_estimator="infonce",
+                       negatives="all", critic="dot", critic_hidden=16)
+    torch.manual_seed(5)
+    got = obj(out).local_mi
+    torch.manual_seed(5)
+    z = reparameterize(out.mu, out.logvar)
+    feats = out.local.flatten(2).transpose(1, 2)  # (N, P, c)
+    n, p = feats.shape[:2]
+    terms = []
+    with torch.no_grad():
+        for i in range(n):
+            negs = [obj.local_critic(z[i], feats[j, q]) for j in range(n) if j != i for q in range(p)]
+            for q in range(p):
+                pos = obj.local_critic(z[i], feats[i, q])
+                all_scores = torch.stack([pos, *negs])
+                terms.append(pos - torch.logsumexp(all_scores, 0) + math.log(len(all_scores)))
+    assert got.item() == pytest.approx(torch.stack(terms).mean().item(), abs=1e-5)
+
+
+def test_one_negative_global_jsd_matches_a_naive_computation():
+    out = _fake_output()
+    obj = DIMObjective(8, 5, alpha=1.0, beta=0.0, gamma=0.0, critic_hidden=16)
+    torch.manual_seed(7)
+    got = obj(out).global_mi
+    torch.manual_seed(7)
+    z = reparameterize(out.mu, out.logvar)
+    from infomax.estimators import derangement
+
+    perm = derangement(6)
+    with torch.no_grad():
+        pos = torch.stack([obj.global_critic(z[i], z[i]) for i in range(6)])
+        neg = torch.stack([obj.global_critic(z[i], z[perm[i]]) for i in range(6)])
+    ref = torch.log(torch.sigmoid(pos)).mean() + torch.log(1 - torch.sigmoid(neg)).mean()
+    assert got.item() == pytest.approx(ref.item(), abs=1e-5)
+    assert jsd_bound(pos, neg[:, None]).item() == pytest.approx(ref.item(), abs=1e-5)
+
+
+@pytest.mark.parametrize("negatives", ["one", "all"])
+@pytest.mark.parametrize("estimator", ["jsd", "infonce", "dv"])
+@pytest.mark.parametrize("prior", ["kl", "adversarial"])
+def test_every_combination_trains_the_encoder(negatives, estimator, prior):
+    torch.manual_seed(0)
+    enc = build_encoder("conv", in_channels=1, input_size=28, z_dim=16, n_global_blocks=1, base_width=8)
+    obj = DIMObjective(16, enc.local_channels, global_estimator=estimator, local_estimator=estimator,
+                       negatives=negatives, prior=prior, critic_hidden=16)
+    losses = obj(enc(torch.randn(5, 1, 28, 28)))
+    assert torch.isfinite(losses.loss)
+    losses.loss.backward()
+    assert enc.local_net[0][0].weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(alpha=-1.0), "alpha=-1.0"),
+        (dict(gamma=float("nan")), "gamma=nan"),
+        (dict(alpha=0.0, beta=0.0), "alpha=0"),
+        (dict(negatives="two"), "negatives='two'"),
+        (dict(prior="flow"), "prior='flow'"),
+        (dict(global_estimator="mine"), "estimator='mine'"),
+    ],
+)
+def test_bad_objective_settings_quote_the_value(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        DIMObjective(8, 4, **kwargs)

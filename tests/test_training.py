@@ -1,0 +1,198 @@
+"""The training module and the `infomax train` / `infomax export` commands, on real CIFAR-10 images."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from infomax import load_encoder
+from infomax.data import CIFAR10, load_cifar10
+from infomax.module import DeepInfoMax, NonFiniteLossError
+
+INFOMAX = str(Path(sys.executable).parent / "infomax")
+CONFIG = str(Path(__file__).parents[1] / "training" / "configs" / "cifar10.yaml")
+# A short run: 256 train images, 128 for validation, a small k-NN bank.
+SMALL = ["--data.limit_train", "256", "--data.val_size", "128", "--data.batch_size", "32",
+         "--knn.k", "20", "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _data_env(data_dir):
+    """The commands find the real data the way users' runs do: through INFOMAX_DATA_DIR."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("INFOMAX_DATA_DIR", str(data_dir))
+        yield
+
+
+def run_cli(*args: str, env_extra: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", **(env_extra or {})}
+    return subprocess.run([INFOMAX, *args], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def test_loss_decreases_over_a_few_dozen_steps_on_real_images(data_dir):
+    torch.manual_seed(0)
+    images, _ = load_cifar10(data_dir, "test")
+    batches = images[:128].split(32)
+    model = DeepInfoMax(z_dim=64)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    losses = []
+    for step in range(40):
+        loss = model._losses((batches[step % len(batches)],)).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    first, last = sum(losses[:8]) / 8, sum(losses[-8:]) / 8
+    assert last < first - 0.3, losses
+
+
+class _PoisonAt(pl.Callback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            with torch.no_grad():
+                module.encoder.mu.weight.fill_(float("nan"))
+
+
+def test_a_nonfinite_loss_stops_training_naming_the_step(data_dir):
+    dm = CIFAR10(data_dir=str(data_dir), limit_train=128, val_size=64, batch_size=16)
+    model = DeepInfoMax(z_dim=16)
+    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, callbacks=[_PoisonAt(3)],
+                         num_sanity_val_steps=0)
+    with pytest.raises(NonFiniteLossError, match="at step 3"):
+        trainer.fit(model, datamodule=dm)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(lr=0.0), "lr=0.0"),
+        (dict(lr_schedule="step"), "lr_schedule='step'"),
+        (dict(in_channels=1, mean=(0.5, 0.5, 0.5)), "one value per channel"),
+        (dict(beta=-2.0), "beta=-2.0"),
+    ],
+)
+def test_bad_module_settings_quote_the_value(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        DeepInfoMax(**kwargs)
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, data_dir):
+    """One short real run of `infomax train`, shared by the tests below."""
+    root = tmp_path_factory.mktemp("runs")
+    r = run_cli("train", "--config", CONFIG, *SMALL, "--model.z_dim", "64", "--trainer.max_epochs", "1",
+                "--trainer.default_root_dir", str(root))
+    assert r.returncode == 0, r.stderr[-3000:]
+    return root / "infomax" / "version_0", r
+
+
+def test_train_writes_logs_checkpoints_and_the_artifact(trained_run):
+    run, result = trained_run
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert list((run / "checkpoints").glob("best-*.ckpt"))
+    assert list(run.glob("events.out.tfevents.*")), "TensorBoard log missing"
+    assert (run / "config.yaml").is_file()
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    knn = [float(r["val/knn_top1"]) for r in rows if r.get("val/knn_top1")]
+    assert len(knn) == 1 and 0.0 <= knn[0] <= 1.0
+    config = json.loads((run / "artifact" / "encoder.json").read_text())
+    assert config["arch"] == "conv" and config["z_dim"] == 64 and config["dataset"] == "cifar10"
+    assert config["input_size"] == 32 and config["in_channels"] == 3
+    assert config["normalization"]["mean"] == pytest.approx([0.4914, 0.4822, 0.4465])
+    assert "val/knn_top1" in config["metrics"]
+    assert config["command"].startswith("infomax train --config")
+    assert "serving artifact written to" in result.stderr
+
+
+def test_the_artifact_reproduces_the_trained_encoder_without_lightning(trained_run, data_dir):
+    run, _ = trained_run
+    config = json.loads((run / "artifact" / "encoder.json").read_text())
+    state = torch.load(config["checkpoint"], map_location="cpu", weights_only=True)
+    module = DeepInfoMax.from_checkpoint_state(state).eval()
+    encoder = load_encoder(run / "artifact")
+    images, _ = load_cifar10(data_dir, "test")
+    x = images[:16]
+    with torch.no_grad():
+        expected = module(x)
+    assert torch.allclose(encoder.embed(x), expected, atol=1e-5)
+    # PIL images and HWC arrays go through the same preprocessing.
+    from PIL import Image
+
+    pil = [Image.fromarray(im.permute(1, 2, 0).numpy()) for im in x[:4]]
+    assert torch.allclose(encoder.embed(pil), expected[:4], atol=1e-5)
+    assert torch.allclose(encoder.embed(x[:4].permute(0, 2, 3, 1).numpy()), expected[:4], atol=1e-5)
+
+
+def test_export_from_a_checkpoint_gives_the_same_weights(trained_run, tmp_path):
+    run, _ = trained_run
+    config = json.loads((run / "artifact" / "encoder.json").read_text())
+    r = run_cli("export", "--checkpoint", config["checkpoint"], "--out", str(tmp_path / "a"))
+    assert r.returncode == 0, r.stderr
+    again = json.loads((tmp_path / "a" / "encoder.json").read_text())
+    assert again["weights_sha256"] == config["weights_sha256"]
+    r = run_cli("export", "--checkpoint", str(tmp_path / "nope.ckpt"), "--out", str(tmp_path / "b"))
+    assert r.returncode == 1 and "no checkpoint at" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_resume_continues_the_last_run(trained_run):
+    run, _ = trained_run
+    root = run.parents[1]
+    r = run_cli("train", "--config", CONFIG, *SMALL, "--model.z_dim", "64", "--trainer.max_epochs", "2",
+                "--trainer.default_root_dir", str(root), "--ckpt_path", "last")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert not (root / "infomax" / "version_1").exists(), "resume must log into the same run folder"
+    state = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert state["global_step"] == 2 * (256 // 32)  # the second epoch ran on top of the first
+    rows = [*csv.DictReader((run / "metrics.part0.csv").open()), *csv.DictReader((run / "metrics.csv").open())]
+    assert sorted(int(r["epoch"]) for r in rows if r.get("val/knn_top1")) == [0, 1]
+
+
+@pytest.mark.parametrize(
+    "args,match",
+    [
+        (["--model.alpha", "-1"], "alpha=-1.0"),
+        (["--model.arch", "vit"], "arch='vit'"),
+        (["--model.z_dim", "0"], "z_dim=0"),
+        (["--data.batch_size", "0"], "batch_size=0"),
+    ],
+)
+def test_bad_settings_fail_before_training_with_the_value(tmp_path, args, match):
+    r = run_cli("train", "--config", CONFIG, *SMALL, *args, "--trainer.default_root_dir", str(tmp_path))
+    assert r.returncode != 0
+    assert match in r.stderr, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr
+    assert not list(tmp_path.rglob("*.ckpt"))
+
+
+def test_missing_data_names_the_folder_and_the_variable(tmp_path):
+    r = run_cli("train", "--config", CONFIG, *SMALL, "--trainer.default_root_dir", str(tmp_path),
+                env_extra={"INFOMAX_DATA_DIR": str(tmp_path / "nowhere")})
+    assert r.returncode == 1
+    assert str(tmp_path / "nowhere") in r.stderr and "INFOMAX_DATA_DIR" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_ddp_with_two_cpu_processes(tmp_path):
+    r = run_cli("train", "--config", CONFIG, *SMALL, "--model.z_dim", "32", "--trainer.max_epochs", "1",
+                "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
+                "--trainer.default_root_dir", str(tmp_path), env_extra={"OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    run = tmp_path / "infomax" / "version_0"
+    state = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    # 256 images over 2 processes of 32 per batch: 4 steps each, in lockstep.
+    assert state["global_step"] == 256 // 32 // 2
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    assert any(r.get("val/knn_top1") for r in rows)
+    assert load_encoder(run / "artifact").z_dim == 32

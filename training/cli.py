@@ -1,0 +1,56 @@
+"""The ``infomax`` command: one entry point, one module per subcommand (imported on demand, so
+``infomax --help`` answers at once and a subcommand loads only what it uses)."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# name -> (module with a `main(argv) -> int`, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("training.train", "train an encoder (LightningCLI: --config, --trainer.*, --model.*, --data.*)"),
+    "export": ("training.export", "write the serving artifact of a training checkpoint"),
+}
+
+USAGE = "usage: infomax COMMAND [ARGS...]\n\ncommands:\n" + "\n".join(
+    f"  {name:<10} {help_}" for name, (_, help_) in COMMANDS.items()
+) + "\n\n`infomax COMMAND --help` describes a command's arguments."
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0
+    if argv[0] in ("-V", "--version"):
+        from infomax import __version__
+
+        print(f"infomax {__version__}")
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"infomax: unknown command {name!r}\n\n{USAGE}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    try:
+        return int(module.main(rest) or 0)
+    except KeyboardInterrupt:
+        print(f"infomax {name}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - turned into a one-line message below
+        if not _is_user_error(e):
+            raise
+        print(f"infomax {name}: error: {e}", file=sys.stderr)
+        return 1
+
+
+def _is_user_error(e: BaseException) -> bool:
+    """Errors that describe a bad setting, missing file or bad data: shown as one line, not as a
+    traceback. Anything else is a bug and keeps its traceback."""
+    from infomax.errors import USER_ERRORS
+
+    return isinstance(e, USER_ERRORS)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
