@@ -26,3 +26,26 @@ def data_dir() -> Path:
             pytrace=False,
         )
     return path
+
+
+def make_artifact(path: Path, *, z_dim: int = 32, in_channels: int = 3, input_size: int = 32, seed: int = 0) -> Path:
+    """A real serving artifact of a randomly initialised reference encoder (no training: fast)."""
+    import torch
+
+    from infomax.module import DeepInfoMax
+
+    torch.manual_seed(seed)
+    module = DeepInfoMax(z_dim=z_dim, in_channels=in_channels, input_size=input_size)
+    return module.export(path, dataset="cifar10" if in_channels == 3 else "fmnist", command="tests")
+
+
+@pytest.fixture(scope="session")
+def tiny_artifact(tmp_path_factory) -> Path:
+    """Artifact folder of a random-init conv encoder for 32 px RGB images, z_dim 32."""
+    return make_artifact(tmp_path_factory.mktemp("artifact") / "cifar")
+
+
+@pytest.fixture(scope="session")
+def tiny_grey_artifact(tmp_path_factory) -> Path:
+    """Artifact folder of a random-init conv encoder for 28 px grey images, z_dim 32."""
+    return make_artifact(tmp_path_factory.mktemp("artifact") / "fmnist", in_channels=1, input_size=28)
