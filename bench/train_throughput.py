@@ -3,6 +3,11 @@ plain-PyTorch loop of the same model, objective, optimiser, batch and data loade
 
     python bench/train_throughput.py                  # CPU, CIFAR-10 from $INFOMAX_DATA_DIR
     python bench/train_throughput.py --device cuda --precision bf16-mixed --steps 300
+    python bench/train_throughput.py --device cuda --precision bf16-mixed --on-device --channels-last --compile
+
+Both loops train the same DeepInfoMax modules with the same settings: ``--on-device`` keeps the
+whole train split on the GPU (``infomax.data.DeviceBatches``) instead of a DataLoader, and
+``--channels-last`` / ``--compile`` / ``--augment`` / ``--views`` are the module's own options.
 
 Prints a markdown table: images/s of each and the ratio (target: Lightning >= 0.95 x plain).
 """
@@ -18,12 +23,14 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from infomax.data import InMemoryDataset, collate_batch, load_cifar10
+from infomax.data import DeviceBatches, InMemoryDataset, collate_batch, load_cifar10
 from infomax.module import DeepInfoMax
 
 
-def loader(images: torch.Tensor, batch_size: int, device: str) -> DataLoader:
+def loader(images: torch.Tensor, batch_size: int, device: str, on_device: bool = False):
     labels = torch.zeros(len(images), dtype=torch.long)
+    if on_device:
+        return DeviceBatches(images, labels, batch_size, device)
     return DataLoader(InMemoryDataset(images, labels), batch_size=batch_size, shuffle=True, drop_last=True,
                       collate_fn=collate_batch, pin_memory=device == "cuda")
 
@@ -33,21 +40,28 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def make_model(args) -> DeepInfoMax:
+    return DeepInfoMax(arch=args.arch, channels_last=args.channels_last, compile=args.compile,
+                       augment=args.augment, views=args.views)
+
+
 def plain_loop(images, args) -> float:
     torch.manual_seed(0)
-    model = DeepInfoMax().to(args.device)  # the same modules; trained without Lightning
+    model = make_model(args).to(args.device)  # the same modules; trained without Lightning
+    model.setup("fit")
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     autocast = (torch.autocast(args.device, dtype=torch.bfloat16) if args.precision == "bf16-mixed"
                 else contextlib.nullcontext())
     step, t0 = 0, None
+    batches = loader(images, args.batch_size, args.device, args.on_device)
     while True:
-        for x, _ in loader(images, args.batch_size, args.device):
+        for x, y in batches:
             if step == args.warmup:
                 sync(args.device)
                 t0 = time.perf_counter()
             x = x.to(args.device, non_blocking=True)
             with autocast:
-                loss = model.objective(model.encoder(model.normalize(x))).loss
+                loss = model._losses((x, y)).loss
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -75,14 +89,14 @@ class _Timer(pl.Callback):
 
 def lightning_loop(images, args) -> float:
     torch.manual_seed(0)
-    model = DeepInfoMax()
+    model = make_model(args)
     timer = _Timer(args.warmup, args.steps, args.device)
     trainer = pl.Trainer(
         max_steps=args.warmup + args.steps, accelerator="gpu" if args.device == "cuda" else "cpu", devices=1,
         precision=args.precision, logger=False, enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False, callbacks=[timer], num_sanity_val_steps=0, limit_val_batches=0,
     )
-    trainer.fit(model, train_dataloaders=loader(images, args.batch_size, args.device))
+    trainer.fit(model, train_dataloaders=loader(images, args.batch_size, args.device, args.on_device))
     return args.steps * args.batch_size / (timer.t1 - timer.t0)
 
 
@@ -95,6 +109,13 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--repeats", type=int, default=2, help="alternate plain/Lightning this many times; best of each")
     p.add_argument("--data-dir", default=None)
+    p.add_argument("--arch", default="conv")
+    p.add_argument("--on-device", action="store_true", help="train split resident on the GPU")
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--compile", action="store_true")
+    p.add_argument("--augment", default="none")
+    p.add_argument("--views", type=int, default=1)
+    p.add_argument("--skip-plain", action="store_true", help="time the Lightning loop only")
     args = p.parse_args()
     try:
         images, _ = load_cifar10(args.data_dir, "train")
@@ -102,11 +123,16 @@ def main() -> None:
         images = torch.randint(0, 256, (10_000, 3, 32, 32), dtype=torch.uint8)
     plain, light = [], []
     for _ in range(args.repeats):
-        plain.append(plain_loop(images, args))
+        if not args.skip_plain:
+            plain.append(plain_loop(images, args))
         light.append(lightning_loop(images, args))
+    if args.skip_plain:
+        plain = [float("nan")]
     name = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or platform.machine()
     print(f"\nmachine: {name}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
-          f"batch {args.batch_size}, {args.steps} timed steps after {args.warmup}, precision {args.precision}")
+          f"batch {args.batch_size}, {args.steps} timed steps after {args.warmup}, precision {args.precision}, "
+          f"arch {args.arch}, on_device {args.on_device}, channels_last {args.channels_last}, compile {args.compile}, "
+          f"augment {args.augment}, views {args.views}")
     print("| loop | images/s (best of %d) | all runs |" % args.repeats)
     print("|---|---|---|")
     print(f"| plain PyTorch | {max(plain):.0f} | {', '.join(f'{v:.0f}' for v in plain)} |")

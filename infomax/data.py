@@ -637,6 +637,37 @@ def _check_non_negative(name: str, value: int) -> None:
         raise ValueError(f"{name} must be a non-negative int, got {value!r}")
 
 
+class DeviceBatches:
+    """Shuffled train batches of a uint8 data set held on one device (a GPU): the data crosses to
+    the device once, and each step only slices it, so the loader costs no host work per step.
+
+    Under DDP every rank holds the whole set and takes its own share of each epoch's permutation
+    (the same seed on every rank, so shares are disjoint). Incomplete last batches are dropped.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, device: torch.device | str,
+                 seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank={rank} must be in [0, world_size={world_size})")
+        self.images = images.to(device)
+        self.labels = labels.to(device)
+        self.batch_size, self.seed, self.rank, self.world_size = batch_size, seed, rank, world_size
+        self.per_rank = len(images) // world_size
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return self.per_rank // self.batch_size
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        self.epoch += 1
+        perm = torch.randperm(len(self.images), generator=generator)[: self.per_rank * self.world_size]
+        mine = perm[self.rank :: self.world_size].to(self.images.device)
+        for i in range(len(self)):
+            idx = mine[i * self.batch_size : (i + 1) * self.batch_size]
+            yield self.images[idx], self.labels[idx]
+
+
 class InMemoryDataModule(pl.LightningDataModule):
     """Base class: train/val/test held as uint8 tensors, batched as ``(uint8 [B,C,H,W], int64 [B])``.
 
@@ -645,10 +676,11 @@ class InMemoryDataModule(pl.LightningDataModule):
     the model normalises on its device.
     """
 
-    def __init__(self, batch_size: int = 64, num_workers: int = 0, seed: int = 0) -> None:
+    def __init__(self, batch_size: int = 64, num_workers: int = 0, seed: int = 0, on_device: bool = False) -> None:
         super().__init__()
         _check_positive("batch_size", batch_size)
         _check_non_negative("num_workers", num_workers)
+        self.on_device = on_device
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.seed = seed
@@ -744,9 +776,21 @@ class InMemoryDataModule(pl.LightningDataModule):
             collate_fn=collate_batch,
         )
 
-    def train_dataloader(self) -> DataLoader | list:
-        """Shuffled train batches, incomplete last batch dropped."""
+    def train_dataloader(self) -> DataLoader | DeviceBatches | list:
+        """Shuffled train batches, incomplete last batch dropped. With ``on_device`` and a GPU, the
+        whole train split is copied to the GPU once and batches are sliced there."""
         self._ensure_loaded()
+        trainer = getattr(self, "trainer", None)
+        if self.on_device and trainer is not None and trainer.strategy.root_device.type != "cpu":
+            if len(self.train_images) < self.batch_size * trainer.world_size:
+                raise ValueError(
+                    f"{self.name}: {len(self.train_images)} train images are too few for batch_size="
+                    f"{self.batch_size} on {trainer.world_size} device(s) with on_device=True"
+                )
+            return DeviceBatches(
+                self.train_images, self.train_labels, self.batch_size, trainer.strategy.root_device,
+                seed=self.seed, rank=trainer.global_rank, world_size=trainer.world_size,
+            )
         return self._loader(self.train_images, self.train_labels, train=True)
 
     def val_dataloader(self) -> DataLoader | list:
@@ -779,8 +823,9 @@ class _StandardDataModule(InMemoryDataModule):
         download: bool = False,
         seed: int = 0,
         limit_train: int | None = None,
+        on_device: bool = False,
     ) -> None:
-        super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed)
+        super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed, on_device=on_device)
         _check_non_negative("val_size", val_size)
         if limit_train is not None:
             _check_positive("limit_train", limit_train)
@@ -911,8 +956,9 @@ class ImageFolder(InMemoryDataModule):
         val_size: float | int = 0.1,
         num_workers: int = 0,
         seed: int = 0,
+        on_device: bool = False,
     ) -> None:
-        super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed)
+        super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed, on_device=on_device)
         _check_positive("input_size", input_size)
         _check_size_channels(input_size, channels)
         self.save_hyperparameters()

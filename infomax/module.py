@@ -9,6 +9,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
+from infomax.augment import Augment
 from infomax.encoders import build_encoder
 from infomax.objective import DIMObjective
 from infomax.transforms import Normalize
@@ -42,6 +43,12 @@ class DeepInfoMax(pl.LightningModule):
         mean, std: per-channel normalisation (linked from the data module; 0.5 when unset).
         nonfinite_check_every: on a GPU, how often (steps) the host checks for a non-finite loss;
             checking every step would force a device sync. On the CPU every step is checked.
+        augment: augmentation of training batches, done on the batch's device: ``none`` (the
+            reference recipe), ``crop_flip`` or ``simclr`` (crop, flip, colour jitter, greyscale).
+        views: 1, or 2 to draw two augmented views of each image and take the MI terms across
+            them (the global code of one view against the other view's code and feature map).
+        channels_last: keep conv weights and inputs in NHWC, which tensor cores prefer.
+        compile: ``torch.compile`` the encoder and the critics (pays off on GPUs for long runs).
     """
 
     def __init__(
@@ -66,6 +73,10 @@ class DeepInfoMax(pl.LightningModule):
         mean: tuple[float, ...] | None = None,
         std: tuple[float, ...] | None = None,
         nonfinite_check_every: int = 50,
+        augment: str = "none",
+        views: int = 1,
+        channels_last: bool = False,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -75,6 +86,11 @@ class DeepInfoMax(pl.LightningModule):
             raise ValueError(f"weight_decay={weight_decay}: must be >= 0")
         if lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"lr_schedule={lr_schedule!r}: choose 'constant' or 'cosine'")
+        if views not in (1, 2):
+            raise ValueError(f"views={views}: choose 1 or 2")
+        if views == 2 and augment == "none":
+            raise ValueError("views=2 with augment='none' would compare two identical views; set augment")
+        self.augment = Augment(augment)
         mean = tuple(mean) if mean is not None else (0.5,) * in_channels
         std = tuple(std) if std is not None else (0.5,) * in_channels
         if len(mean) != in_channels or len(std) != in_channels:
@@ -98,6 +114,13 @@ class DeepInfoMax(pl.LightningModule):
             prior=prior,
         )
         self._first_bad_step: torch.Tensor | None = None
+        self._compiled: tuple | None = None  # (encoder, objective) compiled, kept out of the state dict
+
+    def setup(self, stage: str) -> None:
+        if self.hparams.channels_last:
+            self.to(memory_format=torch.channels_last)  # parameters keep their identity: optimisers see them
+        if self.hparams.compile and self._compiled is None:
+            self._compiled = (torch.compile(self.encoder), torch.compile(self.objective))
 
     # -- the encoder as the rest of the product sees it ------------------------------------------
     def encoder_config(self) -> dict:
@@ -141,7 +164,21 @@ class DeepInfoMax(pl.LightningModule):
     # -- training -----------------------------------------------------------------------------
     def _losses(self, batch):
         images = batch[0]
-        return self.objective(self.encoder(self.normalize(images)))
+        encoder, objective = self._compiled or (self.encoder, self.objective)
+        x = images.float().div_(255.0) if images.dtype == torch.uint8 else images
+        if self.hparams.views == 2:
+            # One encoder pass over both views: batch norm sees them together, and half the launches.
+            both = self._prepare(torch.cat([self.augment(x), self.augment(x)]))
+            out = encoder(both)
+            n = x.shape[0]
+            first = type(out)(*(t[:n] for t in out))
+            second = type(out)(*(t[n:] for t in out))
+            return objective(first, second)
+        return objective(encoder(self._prepare(self.augment(x))))
+
+    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.normalize(x)
+        return x.contiguous(memory_format=torch.channels_last) if self.hparams.channels_last else x
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         losses = self._losses(batch)

@@ -73,28 +73,42 @@ class DIMObjective(nn.Module):
         self.local_critic = build_critic(critic, z_dim, local_channels, critic_hidden) if beta > 0 else None
         self.adversarial = AdversarialPrior(z_dim) if prior == "adversarial" and gamma > 0 else None
 
-    def forward(self, out: EncoderOutput) -> Losses:
-        mu, logvar, local = out.mu, out.logvar, out.local
-        z = reparameterize(mu, logvar)
+    def forward(self, out: EncoderOutput, other: EncoderOutput | None = None) -> Losses:
+        """``out``: the encoder's output for a batch. ``other``: optionally, its output for a second
+        view (augmentation) of the same images; then the MI terms are taken across views, as AMDIM
+        does (global: z of one view against z of the other; local: z of one view against the
+        feature map of the other, both ways), so the code must keep what the views share."""
+        z = reparameterize(out.mu, out.logvar)
         zero = z.new_zeros(())
-        global_mi = self._global(z) if self.global_critic is not None else zero
-        local_mi = self._local(z, local) if self.local_critic is not None else zero
-        if self.gamma == 0:
-            prior = zero
-        elif self.adversarial is not None:
-            prior = self.adversarial(z)
+        if other is None:
+            global_mi = self._global(z, z) if self.global_critic is not None else zero
+            local_mi = self._local(z, out.local) if self.local_critic is not None else zero
+            prior = self._prior(z, out)
         else:
-            prior = gaussian_kl(mu, logvar)
+            z2 = reparameterize(other.mu, other.logvar)
+            global_mi = (0.5 * (self._global(z, z2) + self._global(z2, z))
+                         if self.global_critic is not None else zero)
+            local_mi = (0.5 * (self._local(z, other.local) + self._local(z2, out.local))
+                        if self.local_critic is not None else zero)
+            prior = 0.5 * (self._prior(z, out) + self._prior(z2, other))
         loss = -self.alpha * global_mi - self.beta * local_mi + self.gamma * prior
         return Losses(loss, global_mi.detach(), local_mi.detach(), prior.detach())
 
-    def _global(self, z: torch.Tensor) -> torch.Tensor:
+    def _prior(self, z: torch.Tensor, out: EncoderOutput) -> torch.Tensor:
+        if self.gamma == 0:
+            return z.new_zeros(())
+        if self.adversarial is not None:
+            return self.adversarial(z)
+        return gaussian_kl(out.mu, out.logvar)
+
+    def _global(self, z: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Positive: T(z_i, target_i); negatives: T(z_i, target_j), j != i."""
         if self.negatives == "one":
             perm = derangement(z.shape[0], device=z.device)
-            pos = self.global_critic(z, z)
-            neg = self.global_critic(z, z[perm])
+            pos = self.global_critic(z, target)
+            neg = self.global_critic(z, target[perm])
             return self.global_bound(pos, neg.unsqueeze(-1))
-        scores = self.global_critic.pairs(z, z)  # (N, N): [i, j] = T(z_i, z_j)
+        scores = self.global_critic.pairs(z, target)  # (N, N): [i, j] = T(z_i, target_j)
         return self.global_bound(scores.diagonal(), off_diagonal(scores))
 
     def _local(self, z: torch.Tensor, local: torch.Tensor) -> torch.Tensor:
