@@ -133,7 +133,7 @@ class InferenceEncoder(nn.Module):
             if not images:
                 raise ValueError("no images given")
             if all(isinstance(im, Image.Image) for im in images):
-                from infomax.data import load_image
+                from infomax.imageio import load_image
 
                 return torch.stack([load_image(im, self.input_size, self.in_channels) for im in images])
             raise TypeError("a list of images must hold PIL images only")

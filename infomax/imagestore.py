@@ -30,9 +30,18 @@ class ImageStore:
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=FULL")
-            self._conn.execute("CREATE TABLE IF NOT EXISTS images (id INTEGER PRIMARY KEY, mime TEXT NOT NULL, data BLOB NOT NULL)")
+        try:
+            if not read_only:
+                self._conn.execute("PRAGMA journal_mode=WAL")
+                self._conn.execute("PRAGMA synchronous=FULL")
+                self._conn.execute("CREATE TABLE IF NOT EXISTS images "
+                                   "(id INTEGER PRIMARY KEY, mime TEXT NOT NULL, data BLOB NOT NULL)")
+            # Reads the header and the table's root page, so a damaged or foreign file is named
+            # here, at open, rather than failing the first request that asks for a picture.
+            self._conn.execute("SELECT 1 FROM images LIMIT 1").fetchall()
+        except sqlite3.DatabaseError as e:
+            self._conn.close()
+            raise ValueError(f"{self.path}: corrupt or not an image store ({e})") from None
         self._lock = threading.Lock()
 
     def put_many(self, items: Iterable[tuple[int, bytes, str]]) -> None:

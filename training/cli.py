@@ -10,6 +10,11 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("training.train", "train an encoder (LightningCLI: --config, --trainer.*, --model.*, --data.*)"),
     "export": ("training.export", "write the serving artifact of a training checkpoint"),
+    "embed": ("training.embed", "encode a data set or an image folder into vectors, ids and sources"),
+    "index": ("training.index_cmd", "build a FAISS index folder from embeddings (`infomax index build`)"),
+    "eval": ("training.evaluate", "k-NN, 1-NN and linear-probe accuracy of an encoder, beside raw pixels"),
+    "knn-grid": ("training.knn_grid", "a PNG of query images beside their nearest neighbours"),
+    "serve": ("training.serve", "serve encoding and similar-image search over HTTP (uvicorn)"),
 }
 
 USAGE = "usage: infomax COMMAND [ARGS...]\n\ncommands:\n" + "\n".join(

@@ -1,0 +1,54 @@
+"""``infomax eval``: k-NN, 1-NN and linear-probe accuracy of an encoder's codes, beside raw pixels.
+
+    infomax eval --model ARTIFACT --data cifar10 [--limit-train N --limit-test N] [--json OUT.json]
+                 [--no-probe] [--no-pixels]
+
+The train split is the k-NN bank and the probe's training set, the test split the queries. Prints
+a markdown table; --json writes the full report (every figure, the chosen probe penalty, timings).
+See ``infomax.evaluate`` for the protocol.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="infomax eval", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=None, help="artifact folder (required unless --no-encoder)")
+    p.add_argument("--data", required=True, help="cifar10, fmnist or mnist")
+    p.add_argument("--limit-train", type=int, default=None, help="use the first N train images (default: all)")
+    p.add_argument("--limit-test", type=int, default=None, help="use the first N test images (default: all)")
+    p.add_argument("--json", default=None, help="also write the report to this JSON file")
+    p.add_argument("--no-probe", action="store_true", help="skip the linear probe (k-NN and 1-NN only)")
+    p.add_argument("--no-pixels", action="store_true", help="skip the raw-pixel baseline")
+    p.add_argument("--no-encoder", action="store_true", help="only the raw-pixel baseline (no --model needed)")
+    p.add_argument("--k", type=int, default=200, help="neighbours of the weighted k-NN (default: 200)")
+    p.add_argument("--temperature", type=float, default=0.1, help="k-NN vote temperature (default: 0.1)")
+    p.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default: 256)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the probe's held-out split (default: 0)")
+    p.add_argument("--data-dir", default=None, help="folder holding the data sets (default: $INFOMAX_DATA_DIR)")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    args = parser().parse_args(argv)
+    if args.model is None and not args.no_encoder:
+        raise ValueError("--model is required (the artifact folder to evaluate); pass --no-encoder for the "
+                         "raw-pixel baseline alone")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size {args.batch_size}: must be a positive integer")
+
+    from infomax.atomic import atomic_write_json
+    from infomax.evaluate import evaluate_encoder, format_report
+
+    report = evaluate_encoder(
+        args.model, args.data, data_dir=args.data_dir, limit_train=args.limit_train, limit_test=args.limit_test,
+        probe=not args.no_probe, pixels=not args.no_pixels, encoder=not args.no_encoder, batch_size=args.batch_size,
+        k=args.k, temperature=args.temperature, seed=args.seed,
+    )
+    print(format_report(report))
+    if args.json:
+        atomic_write_json(args.json, report)
+    return 0
