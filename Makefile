@@ -1,5 +1,6 @@
 # Two commands on a fresh machine (each installs what it needs into .venv first):
-#   make demo   the main job: train an encoder (short run), then what the later stages add
+#   make demo   the main job: an encoder (shipped, or a short training run), index the CIFAR-10 test
+#               images with FAISS, serve search over HTTP on http://127.0.0.1:8000
 #   make test   the whole test suite
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -10,7 +11,7 @@ export INFOMAX_DATA_DIR ?= $(abspath ../shared/data)
 # Torch's threads: both cores of the 2-core machines this is tested on, no oversubscription.
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: install demo test bench clean
+.PHONY: install browser demo test bench docker-e2e clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,16 +21,22 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 demo: install
-	$(VENV)/bin/infomax train --config training/configs/cifar10.yaml \
-	    --data.limit_train 5000 --trainer.max_epochs 2 \
-	    --export.dirpath artifacts/demo-cifar10
-	@echo "serving artifact: artifacts/demo-cifar10 (load it with infomax.load_encoder)"
+	bash scripts/demo.sh
 
-test: install
+# The web page's test drives Debian's headless Chromium: install it when it is missing (needs root).
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  echo "installing Debian's chromium and chromium-driver for the browser test"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null; }
+
+test: install browser
 	$(PY) -m pytest -q
 
 bench: install
 	$(PY) bench/train_throughput.py
+
+docker-e2e: install
+	bash scripts/docker-e2e.sh
 
 clean:
 	rm -rf runs artifacts .pytest_cache

@@ -1,0 +1,1 @@
+"""One router per resource: embed, search, items, health (+ info), metrics, web page."""

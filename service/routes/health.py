@@ -1,0 +1,39 @@
+"""Liveness, readiness and what is being served."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from service.deps import ReadAccess, ReadyState, StateDep
+from service.errors import ErrorBody
+from service.schemas import Health, Readiness, ServiceInfo
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", response_model=Health, summary="The process is alive")
+async def healthz() -> Health:
+    return Health()
+
+
+@router.get("/readyz", response_model=Readiness, summary="Model and index are loaded (503 until then)",
+            responses={503: {"model": ErrorBody}})
+async def readyz(state: StateDep):
+    if not state.ready:
+        detail = f"model and index failed to load: {state.error}" if state.error else "model and index are loading"
+        return JSONResponse(ErrorBody(detail=detail, code="not_ready").model_dump(exclude_none=True), status_code=503,
+                            headers={"Retry-After": "1"})
+    return Readiness(model=state.model.id, items=len(state.index), read_only=state.settings.read_only)
+
+
+@router.get("/v1/info", response_model=ServiceInfo, dependencies=[ReadAccess], summary="Model, index and limits")
+async def info(state: ReadyState) -> ServiceInfo:
+    s, m = state.settings, state.model
+    return ServiceInfo(
+        model=m.id, z_dim=m.z_dim, input_size=m.input_size, in_channels=m.in_channels, optimized=m.optimized,
+        index_factory=state.index.factory, items=len(state.index), read_only=s.read_only, batching=s.batching,
+        default_k=s.default_k, max_k=s.max_k, max_upload_bytes=s.max_upload_bytes, max_image_pixels=s.max_image_pixels,
+        max_images_per_request=s.max_images_per_request, max_sample=s.max_sample,
+        key_required_for_writes=s.api_key is not None, key_required_for_reads=s.api_key is not None and s.api_key_for_reads,
+    )

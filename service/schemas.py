@@ -1,0 +1,133 @@
+"""Request and response bodies of the /v1 API (pydantic models: validated, and in the OpenAPI)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
+
+MAX_ID = 2**63 - 1  # FAISS and SQLite ids are int64
+# Caller-chosen ids stop at 2^53 - 1: the largest integer JavaScript (the web page, most JSON clients)
+# holds exactly, and far enough below MAX_ID that automatic ids ("one past the largest ever used")
+# can never run out because a caller picked a huge id.
+MAX_CALLER_ID = 2**53 - 1
+MIN_LABEL, MAX_LABEL = -(2**63), 2**63 - 1  # stored as SQLite INTEGER (int64)
+B64_DESCRIPTION = "image file bytes in standard base64 (PNG, JPEG, GIF, WebP or BMP); a data: URL prefix is accepted"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelt field is an error, not silently ignored
+
+
+# ----------------------------------------------------------------------------- requests
+
+
+class EmbedRequest(_Strict):
+    images: list[str] = Field(min_length=1, description=B64_DESCRIPTION)
+
+
+class SearchRequest(_Strict):
+    """Exactly one of ``image``, ``vector``, ``id``."""
+
+    image: str | None = Field(None, description=B64_DESCRIPTION)
+    vector: list[float] | None = Field(None, description="a code of the index's dimension (need not be normalised)")
+    id: StrictInt | None = Field(None, ge=0, le=MAX_ID, description="search from the stored code of this item (left out of the results)")
+    k: StrictInt | None = Field(None, description="number of neighbours, 1..max_k (default: default_k)")
+
+    @model_validator(mode="after")
+    def _one_query(self) -> "SearchRequest":
+        given = [name for name in ("image", "vector", "id") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of image, vector, id (got {', '.join(given) or 'none'})")
+        return self
+
+
+class ItemMetadata(BaseModel):
+    model_config = ConfigDict(extra="allow")  # any other JSON-serialisable keys go into "meta"
+
+    source: str | None = Field(None, max_length=4096, description="where the image came from")
+    label: StrictInt | None = Field(None, ge=MIN_LABEL, le=MAX_LABEL, description="an integer class label (int64)")
+
+
+class NewItem(_Strict):
+    image: str = Field(description=B64_DESCRIPTION)
+    id: StrictInt | None = Field(None, ge=0, le=MAX_CALLER_ID,
+                                 description="caller-chosen id, 0..2^53-1 (default: one past the largest id ever used)")
+    metadata: ItemMetadata | None = None
+
+
+class AddItemsRequest(_Strict):
+    items: list[NewItem] = Field(min_length=1)
+
+
+# ----------------------------------------------------------------------------- responses
+
+
+class Item(BaseModel):
+    id: int
+    source: str | None = None
+    label: int | None = None
+    meta: dict[str, Any] = Field(default_factory=dict, description="the other metadata keys given when it was added")
+    image_url: str = Field(description="the stored image (404 if the item has none)")
+
+
+class Neighbor(Item):
+    score: float = Field(description="cosine similarity to the query, at most 1")
+
+
+class SearchResponse(BaseModel):
+    model: str = Field(description="weights_sha256 of the encoder that made the codes")
+    k: int
+    query: Literal["image", "vector", "id"]
+    neighbors: list[Neighbor] = Field(description="best first; fewer than k when the index holds fewer items")
+
+
+class EmbedResponse(BaseModel):
+    model: str
+    dim: int
+    codes: list[list[float]] = Field(description="one code (the encoder's mu) per image, in upload order")
+
+
+class ItemsAdded(BaseModel):
+    ids: list[int]
+    items: list[Item]
+
+
+class ItemDeleted(BaseModel):
+    id: int
+    deleted: bool = True
+
+
+class ItemSample(BaseModel):
+    items: list[Item]
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class Readiness(BaseModel):
+    status: Literal["ready"] = "ready"
+    model: str
+    items: int
+    read_only: bool
+
+
+class ServiceInfo(BaseModel):
+    model: str
+    z_dim: int
+    input_size: int
+    in_channels: int
+    optimized: bool
+    index_factory: str
+    items: int
+    read_only: bool
+    batching: bool
+    default_k: int
+    max_k: int
+    max_upload_bytes: int
+    max_image_pixels: int
+    max_images_per_request: int
+    max_sample: int
+    key_required_for_writes: bool
+    key_required_for_reads: bool

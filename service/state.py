@@ -1,0 +1,331 @@
+"""What one app holds: the encoder, the index, the image store, the batcher, the writer lock.
+
+Loaded once per process by the app's lifespan. All methods that touch the model, FAISS or
+SQLite are blocking and meant to run off the event loop (the batch thread or the thread pool);
+the routes arrange that.
+
+Writes follow one rule so that an acknowledged item survives ``kill -9``: the image is stored
+(fsync'd) first, then ``EmbeddingIndex.add`` commits vector and metadata with its log entry; the
+route answers only after both returned. A crash in between leaves an image without an item,
+which nothing can reach. Deletes go the other way round (item first, then image).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from anyio import to_thread
+
+from infomax.artifact import load_encoder
+from infomax.imagestore import ImageStore
+from infomax.index import METADATA_FILE, RECORD_FILE, EmbeddingIndex, IndexMismatchError
+from service.batching import Batcher
+from service.errors import ApiError
+from service.images import DecodedImage
+from service.metrics import Metrics
+from service.model import ServingModel
+from service.settings import Settings
+
+log = logging.getLogger("service")
+
+MAX_ID = 2**63 - 1
+
+
+@dataclass(frozen=True)
+class EncodeJob:
+    pixels: torch.Tensor  # uint8 (n, C, S, S)
+    k: int | None = None  # None: codes only; k: also search the index for each image
+
+
+@dataclass(frozen=True)
+class Hits:
+    codes: np.ndarray  # (n, z)
+    scores: np.ndarray  # (n, k)
+    ids: np.ndarray  # (n, k), -1 padded
+    metadata: list[list[dict | None]]  # (n, k): each hit's stored metadata (None: padding, or deleted meanwhile)
+
+
+class ServiceState:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.model: ServingModel | None = None
+        self.index: EmbeddingIndex | None = None
+        self.images: ImageStore | None = None
+        self.batcher: Batcher | None = None
+        self.ready = False
+        self.error: str | None = None
+        self._write_lock: asyncio.Lock | None = None
+        self._coming = 0  # requests decoding images that they will submit to the batcher
+        self.decode_limiter = None  # anyio.CapacityLimiter, made on the event loop by start()
+        self._next_id = 0
+        self._tasks: list[asyncio.Task] = []
+
+    # ----------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        from anyio import CapacityLimiter
+
+        self._write_lock = asyncio.Lock()
+        # A decoded image can take max_image_pixels x 4 bytes before it is resized: bound how
+        # many are decoded at once (the thread pool itself allows 40).
+        self.decode_limiter = CapacityLimiter(max(2, self.settings.compute_threads * 2))
+        if self.settings.background_load:
+            self._tasks.append(asyncio.create_task(self._load_and_refresh(raise_errors=False)))
+        else:
+            await self._load_and_refresh(raise_errors=True)
+
+    async def _load_and_refresh(self, raise_errors: bool) -> None:
+        try:
+            await to_thread.run_sync(self._load)
+        except Exception as e:
+            self.error = f"{type(e).__name__}: {e}"
+            log.error("cannot load model and index: %s", self.error)
+            if raise_errors:
+                raise
+            return
+        if self.settings.read_only and self.settings.refresh_s > 0:
+            self._tasks.append(asyncio.create_task(self._refresh_loop()))
+
+    def _load(self) -> None:
+        s = self.settings
+        if s.artifact is None:
+            raise ValueError("no model: give --model ARTIFACT (or set INFOMAX_ARTIFACT)")
+        if s.index is None:
+            raise ValueError("no index: give --index INDEX_DIR (or set INFOMAX_INDEX)")
+        torch.set_num_threads(s.compute_threads)
+        model = ServingModel(load_encoder(s.artifact, "cpu"), optimize=s.optimize)
+        index = self._open_index(model)
+        try:
+            images = self._open_images(index)
+            self._next_id = self._first_free_id(index, images)
+        except BaseException:
+            index.close()
+            raise
+        self.model, self.index, self.images = model, index, images
+        self.batcher = Batcher(self._run_batch, max_batch_size=s.max_batch_size, max_wait_ms=s.max_wait_ms,
+                               enabled=s.batching, name="infomax-encode", on_batch=self.metrics.observe_batch,
+                               initializer=self._init_batch_thread, pending=lambda: self._coming)
+        self.metrics.track_index_size(lambda: len(index) if self.index is not None else 0)
+        self.ready = True
+        self.metrics.ready.set(1)
+        log.info("serving model %s (z_dim %d%s) with index %s: %d items, %s%s",
+                 model.id[:12], model.z_dim, ", optimised" if model.optimized else "", index.path, len(index),
+                 index.factory, ", read-only" if s.read_only else "")
+
+    def _init_batch_thread(self) -> None:
+        import faiss
+
+        # per thread: the batch's FAISS searches use as many threads as the encoder
+        faiss.omp_set_num_threads(self.settings.compute_threads)
+
+    def _open_index(self, model: ServingModel) -> EmbeddingIndex:
+        s = self.settings
+        path = Path(s.index)
+        missing = not path.exists() or (path.is_dir() and not any(path.iterdir()))
+        if missing and s.create_index:
+            if s.read_only:
+                raise ValueError(f"{path}: cannot create an index in read-only mode")
+            log.info("creating an empty index at %s for model %s", path, model.id[:12])
+            artifact = {"id": model.id, "path": str(s.artifact), "z_dim": model.z_dim}
+            return EmbeddingIndex.create(model.z_dim, path=path, artifact=artifact, overwrite=path.exists())
+        if missing:
+            raise FileNotFoundError(f"no index at {path} (pass --create-index to start an empty one)")
+        index = EmbeddingIndex.load(path, expected_dim=model.z_dim, read_only=s.read_only)
+        art = index.info.get("artifact")
+        found = art.get("id") if isinstance(art, dict) else None
+        if found is None:
+            log.warning("index %s records no encoder artifact: serving it with %s on trust", path, model.id[:12])
+        elif found != model.id:
+            index.close()
+            raise IndexMismatchError(
+                f"artifact mismatch: the index at {path} was built with encoder artifact {found!r} but the "
+                f"encoder in use is {model.id!r} (see {path / RECORD_FILE})")
+        return index
+
+    def _open_images(self, index: EmbeddingIndex) -> ImageStore | None:
+        if not self.settings.read_only:
+            return ImageStore(index.path)
+        try:
+            return ImageStore(index.path, read_only=True)
+        except FileNotFoundError:
+            return None  # an index built without pictures: /image answers 404
+
+    @staticmethod
+    def _first_free_id(index: EmbeddingIndex, images: ImageStore | None) -> int:
+        """One past the largest id ever used, as ``EmbeddingIndex.add`` would allocate it (ids of
+        deleted items are not reused: a client holding one must not get another picture)."""
+        db = Path(index.path) / METADATA_FILE
+        try:
+            with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+                row = conn.execute("SELECT value FROM kv WHERE key='next_id'").fetchone()
+                stored = int(row[0]) if row else 0
+                top = conn.execute("SELECT MAX(id) FROM items").fetchone()[0]
+        except sqlite3.Error:
+            stored, top = 0, (int(index.ids().max()) if len(index) else None)
+        return max(stored, (top + 1) if top is not None else 0)
+
+    async def _refresh_loop(self) -> None:
+        """Read-only instances: apply the items the writer process logged since the last look."""
+        while True:
+            await asyncio.sleep(self.settings.refresh_s)
+            try:
+                n = await to_thread.run_sync(self.index.refresh)
+                if n:
+                    log.info("index refreshed: %d ids re-synchronised", n)
+            except Exception:  # noqa: BLE001 - keep serving the last good state
+                log.exception("index refresh failed")
+
+    async def stop(self) -> None:
+        self.ready = False
+        self.metrics.ready.set(0)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self.batcher is not None:
+            await to_thread.run_sync(self.batcher.close)
+        if self.index is not None:
+            self.index.close()
+        if self.images is not None:
+            self.images.close()
+
+    # ----------------------------------------------------------------- reads (thread pool / batch thread)
+
+    def _run_batch(self, jobs: Sequence[EncodeJob]) -> list[np.ndarray | Hits | ApiError]:
+        """On the batch thread: one forward pass for every job, one FAISS search for those
+        that asked for neighbours."""
+        x = jobs[0].pixels if len(jobs) == 1 else torch.cat([j.pixels for j in jobs])
+        codes = self.model.encode(x)
+        bounds = np.cumsum([0] + [len(j.pixels) for j in jobs])
+        results: list = [codes[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+        want = [i for i, j in enumerate(jobs) if j.k is not None]
+        if want:
+            # A code FAISS cannot compare (all zeros, NaN) fails its own request only.
+            rows = np.concatenate([results[i] for i in want])
+            norms = np.linalg.norm(rows, axis=1)
+            usable = np.isfinite(norms) & (norms > 0)
+            kmax = max(jobs[i].k for i in want)
+            scores = np.full((len(rows), kmax), -np.inf, np.float32)
+            ids = np.full((len(rows), kmax), -1, np.int64)
+            if usable.any():
+                scores[usable], ids[usable] = self.index.search(rows[usable], kmax)
+            # one metadata query for the whole batch rather than one per request
+            found = {m["id"]: m for m in self.index.get_many(np.unique(ids[ids >= 0])) if m is not None}
+            r = 0
+            for i in want:
+                n, k = len(results[i]), jobs[i].k
+                if not usable[r:r + n].all():
+                    results[i] = ApiError(422, "unusable_code", "the encoder's code of this image is zero or not "
+                                                               "finite: it cannot be compared by cosine similarity")
+                else:
+                    hit_ids = ids[r:r + n, :k]
+                    metadata = [[found.get(j) for j in row] for row in hit_ids.tolist()]
+                    results[i] = Hits(results[i], scores[r:r + n, :k], hit_ids, metadata)
+                r += n
+        return results
+
+    @contextlib.contextmanager
+    def coming(self):
+        """Marks a request preparing encode work, so that a forming batch waits for it
+        (an int changed on the event loop only; the batch thread just reads it)."""
+        self._coming += 1
+        try:
+            yield
+        finally:
+            self._coming -= 1
+
+    async def encode(self, pixels: torch.Tensor, k: int | None = None) -> np.ndarray | Hits:
+        result = await self.batcher.submit(EncodeJob(pixels, k), size=len(pixels))
+        if isinstance(result, ApiError):
+            raise result
+        return result
+
+    def check_vector(self, vector: Sequence[float]) -> np.ndarray:
+        v = np.asarray(vector, dtype=np.float64)
+        if v.ndim != 1 or len(v) != self.model.z_dim:
+            raise ApiError(422, "invalid_vector",
+                           f"vector has dimension {v.size}, the index expects {self.model.z_dim}")
+        with np.errstate(over="ignore"):
+            v32 = v.astype(np.float32)
+        bad = np.flatnonzero(~np.isfinite(v32))
+        if len(bad):
+            raise ApiError(422, "invalid_vector",
+                           f"vector holds NaN, inf or values beyond float32 at positions {bad[:10].tolist()}")
+        if not np.any(v32):
+            raise ApiError(422, "invalid_vector", "vector is all zeros: cosine similarity is undefined")
+        return v32
+
+    def search_vector(self, v: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, list[dict | None]]:
+        """(scores, ids, metadata) of one query, all in one trip to the thread pool."""
+        scores, ids = self.index.search(v[None, :], k)
+        return scores[0], ids[0], self.items(ids[0].tolist())
+
+    def search_id(self, item_id: int, k: int) -> tuple[np.ndarray, np.ndarray, list[dict | None]]:
+        try:
+            scores, ids = self.index.search_by_id(item_id, k)
+        except KeyError:
+            raise ApiError(404, "not_found", f"no item with id {item_id}") from None
+        return scores[0], ids[0], self.items(ids[0].tolist())
+
+    def items(self, ids: Sequence[int]) -> list[dict | None]:
+        return self.index.get_many(np.asarray(ids, dtype=np.int64)) if len(ids) else []
+
+    def sample(self, n: int) -> list[dict]:
+        return [m for m in self.items(self.index.sample_ids(n).tolist()) if m is not None]
+
+    def image(self, item_id: int) -> tuple[bytes, str] | None:
+        # An image whose item is gone (a crash between the two writes) is never shown.
+        if self.images is None or item_id not in self.index:
+            return None
+        return self.images.get(item_id)
+
+    # ----------------------------------------------------------------- writes (one at a time)
+
+    @contextlib.asynccontextmanager
+    async def writer(self):
+        """The one writer lock: held while a write runs in the thread pool."""
+        if self.settings.read_only:
+            raise ApiError(403, "read_only", "this server is read-only: items cannot be added or deleted")
+        async with self._write_lock:
+            yield
+
+    def add_items(self, codes: np.ndarray, images: Sequence[DecodedImage], ids: Sequence[int] | None,
+                  metadata: Sequence[dict]) -> list[int]:
+        """Caller holds the writer lock. Returns the ids once image, vector and metadata are durable."""
+        n = len(images)
+        if ids is None:
+            ids = list(range(self._next_id, self._next_id + n))
+            if ids and ids[-1] > MAX_ID:
+                raise ApiError(409, "ids_exhausted", "no free item ids are left")
+        else:
+            taken = [i for i, m in zip(ids, self.index.get_many(np.asarray(ids, dtype=np.int64))) if m is not None]
+            if taken:
+                raise ApiError(409, "id_exists", f"ids already in the index: {taken[:10]}")
+        self.images.put_many((i, im.data, im.mime) for i, im in zip(ids, images))
+        try:
+            self.index.add(codes, ids=ids, metadata=list(metadata))
+        except BaseException as e:
+            self.images.delete(ids)  # nothing of the request stays behind, whatever went wrong
+            if isinstance(e, ValueError):
+                raise ApiError(422, "invalid_item", str(e)) from None
+            raise
+        self._next_id = max(self._next_id, max(ids) + 1)
+        return list(ids)
+
+    def delete_item(self, item_id: int) -> bool:
+        """Caller holds the writer lock."""
+        if self.index.remove([item_id]) == 0:
+            return False
+        if self.images is not None:
+            self.images.delete([item_id])
+        return True

@@ -1,0 +1,186 @@
+// The search page: upload or drop an image, or click one, and see its nearest neighbours.
+// Plain JS against the /v1 API; every answer that is not 2xx carries {"detail", "code"}.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const state = { maxK: 100, keyForReads: false };
+
+function apiKey() {
+  return $("apikey").value.trim();
+}
+
+function headers(extra = {}) {
+  const key = apiKey();
+  return key ? { ...extra, "X-API-Key": key } : extra;
+}
+
+function setStatus(text, isError = false) {
+  $("status").textContent = text;
+  $("status").classList.toggle("error", isError);
+}
+
+async function api(path, options = {}) {
+  const response = await fetch(path, { ...options, headers: headers(options.headers || {}) });
+  let body = null;
+  try {
+    body = await response.json();
+  } catch (e) {
+    body = null;
+  }
+  if (!response.ok) {
+    const detail = body && body.detail ? body.detail : `HTTP ${response.status}`;
+    throw new Error(detail);
+  }
+  return body;
+}
+
+// <img> cannot send a header: when a key is needed for reads, fetch the picture and show a blob.
+async function showImage(img, url) {
+  if (!state.keyForReads) {
+    img.src = url;
+    return;
+  }
+  try {
+    const response = await fetch(url, { headers: headers() });
+    if (response.ok) img.src = URL.createObjectURL(await response.blob());
+  } catch (e) {
+    /* the card stays without a picture */
+  }
+}
+
+function card(item, withScore) {
+  const fig = document.createElement("figure");
+  fig.className = "card" + (withScore ? " hit" : " sample");
+  fig.tabIndex = 0;
+  fig.dataset.id = String(item.id);
+  const img = document.createElement("img");
+  img.alt = `item ${item.id}`;
+  img.loading = "lazy";
+  showImage(img, item.image_url);
+  const caption = document.createElement("figcaption");
+  if (withScore) {
+    const score = document.createElement("div");
+    score.className = "score";
+    score.textContent = item.score.toFixed(3);
+    caption.append(score);
+  }
+  const parts = [`#${item.id}`];
+  // A class name stored with the item (infomax index build keeps the data set's) reads better than a number.
+  const cls = item.meta && typeof item.meta.class === "string" ? item.meta.class : null;
+  if (cls) parts.push(cls);
+  else if (item.label !== null && item.label !== undefined) parts.push(`label ${item.label}`);
+  const line = document.createElement("div");
+  line.textContent = parts.join(" · ");
+  caption.append(line);
+  caption.title = item.source || "";
+  fig.append(img, caption);
+  const go = () => searchById(item.id);
+  fig.addEventListener("click", go);
+  fig.addEventListener("keydown", (e) => { if (e.key === "Enter") go(); });
+  return fig;
+}
+
+function k() {
+  const value = parseInt($("k").value, 10);
+  return Number.isFinite(value) ? Math.min(Math.max(value, 1), state.maxK) : 12;
+}
+
+function showResults(answer, started) {
+  const grid = $("results");
+  grid.replaceChildren(...answer.neighbors.map((n) => card(n, true)));
+  if (!answer.neighbors.length) grid.innerHTML = '<p class="muted">The index is empty.</p>';
+  const ms = Math.round(performance.now() - started);
+  setStatus(`${answer.neighbors.length} neighbours in ${ms} ms`);
+}
+
+function showQuery(url, caption, isBlob) {
+  $("query").hidden = false;
+  if (isBlob) $("query-img").src = url;
+  else showImage($("query-img"), url);
+  $("query-caption").textContent = caption;
+}
+
+async function searchFile(file) {
+  if (!file) return;
+  showQuery(URL.createObjectURL(file), file.name, true);
+  setStatus("searching…");
+  const started = performance.now();
+  const form = new FormData();
+  form.append("file", file);
+  form.append("k", String(k()));
+  try {
+    showResults(await api("/v1/search", { method: "POST", body: form }), started);
+  } catch (e) {
+    $("results").replaceChildren();
+    setStatus(e.message, true);
+  }
+}
+
+async function searchById(id) {
+  showQuery(`/v1/items/${id}/image`, `item #${id}`, false);
+  setStatus("searching…");
+  const started = performance.now();
+  try {
+    const body = JSON.stringify({ id: id, k: k() });
+    showResults(await api("/v1/search", { method: "POST", body, headers: { "Content-Type": "application/json" } }), started);
+  } catch (e) {
+    $("results").replaceChildren();
+    setStatus(e.message, true);
+  }
+}
+
+async function loadSample() {
+  try {
+    const answer = await api("/v1/items/sample?n=24");
+    $("sample").replaceChildren(...answer.items.map((item) => card(item, false)));
+  } catch (e) {
+    setStatus(e.message, true);
+  }
+}
+
+async function loadInfo() {
+  try {
+    const info = await api("/v1/info");
+    state.maxK = info.max_k;
+    state.keyForReads = info.key_required_for_reads;
+    $("k").max = String(info.max_k);
+    $("info").textContent = `${info.items} images · model ${info.model.slice(0, 12)} · ` +
+      `${info.z_dim}-d codes · ${info.index_factory}${info.read_only ? " · read-only" : ""}`;
+    return true;
+  } catch (e) {
+    $("info").textContent = "";
+    setStatus(e.message, true);
+    return false;
+  }
+}
+
+function setUpDrop() {
+  const drop = $("drop");
+  drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
+  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+  drop.addEventListener("drop", (e) => {
+    e.preventDefault();
+    drop.classList.remove("over");
+    if (e.dataTransfer.files.length) searchFile(e.dataTransfer.files[0]);
+  });
+  $("file").addEventListener("change", (e) => searchFile(e.target.files[0]));
+}
+
+async function refresh() {
+  if (await loadInfo()) await loadSample();
+}
+
+function start() {
+  // sessionStorage: the key lives as long as the tab, never in a cookie or the URL
+  $("apikey").value = sessionStorage.getItem("infomax-api-key") || "";
+  $("apikey").addEventListener("change", () => {
+    sessionStorage.setItem("infomax-api-key", apiKey());
+    setStatus("");
+    refresh();
+  });
+  setUpDrop();
+  $("reshuffle").addEventListener("click", loadSample);
+  refresh();
+}
+
+document.addEventListener("DOMContentLoaded", start);
