@@ -1,0 +1,75 @@
+"""Sends the hostile-file corpus (tests/hostile.py) to a running server, through every route that
+decodes an upload, and reads the server's peak resident memory (VmHWM) before and after.
+
+Routes: ``POST /v1/embed`` (multipart), ``POST /v1/search`` (JSON, base64: the other decoding path),
+``POST /v1/items`` (multipart; a 201 stores the upload, which must come back byte for byte from
+``GET /v1/items/{id}/image``). Then the 200 MB upload, streamed.
+
+    python -m tests.stress.hostile_run --url http://127.0.0.1:8000 --pid PID [--api-key K]
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+
+import httpx
+
+from hostile import corpus, stream_upload
+from stress.harness import ServerProcess
+
+
+def send_corpus(srv: ServerProcess, *, rounds: int = 1, stream_bytes: int = 200 * 10**6) -> dict:
+    cases = corpus()
+    hwm_before, rss_before = srv.hwm_kb(), srv.rss_kb()
+    results = []
+    mismatches = []
+    t0 = time.monotonic()
+    with srv.client(timeout=120) as c:
+        for _ in range(rounds):
+            for case in cases:
+                row = {"case": case.name, "bytes": len(case.data), "expected": case.status, "code": case.code}
+                answers = {}
+                r = c.post("/v1/embed", files={"file": (case.filename, case.data, case.mime)})
+                answers["embed"] = (r.status_code, None if r.status_code == 200 else r.json().get("code"))
+                r = c.post("/v1/search", json={"image": base64.b64encode(case.data).decode(), "k": 3})
+                answers["search"] = (r.status_code, None if r.status_code == 200 else r.json().get("code"))
+                r = c.post("/v1/items", files={"file": (case.filename, case.data, case.mime)},
+                           data={"metadata": json.dumps({"source": f"hostile:{case.name}"})})
+                answers["items"] = (r.status_code, None if r.status_code == 201 else r.json().get("code"))
+                if r.status_code == 201:
+                    new_id = r.json()["ids"][0]
+                    img = c.get(f"/v1/items/{new_id}/image")
+                    if img.status_code != 200 or img.content != case.data:
+                        mismatches.append(f"{case.name}: stored image of {new_id} does not come back as uploaded")
+                for route, (status, code) in answers.items():
+                    want = (201 if route == "items" and case.status == 200 else case.status, case.code)
+                    if (status, code) != want:
+                        mismatches.append(f"{case.name} via {route}: {status} {code}, expected {want[0]} {want[1]}")
+                row["answers"] = {k: f"{s} {c_ or ''}".strip() for k, (s, c_) in answers.items()}
+                results.append(row)
+    corpus_s = time.monotonic() - t0
+    hwm_corpus = srv.hwm_kb()
+    streamed = stream_upload("127.0.0.1", srv.port, "/v1/embed", stream_bytes, chunked=True, headers=srv.headers())
+    if streamed.status != 413:
+        mismatches.append(f"200 MB upload: {streamed.status}, expected 413")
+    alive = srv.alive() and httpx.get(srv.url + "/healthz", timeout=10).status_code == 200
+    if not alive:
+        mismatches.append("the server did not survive the corpus")
+    return {
+        "cases": len(cases),
+        "requests": 3 * len(cases) * rounds + 1,
+        "accepted": sum(c.status == 200 for c in cases),
+        "refused": sum(c.status != 200 for c in cases),
+        "mismatches": mismatches,
+        "vm_hwm_mb_before": round(hwm_before / 1024, 1),
+        "vm_hwm_mb_after_corpus": round(hwm_corpus / 1024, 1),
+        "vm_hwm_mb_after_stream": round(srv.hwm_kb() / 1024, 1),
+        "vm_rss_mb_before": round(rss_before / 1024, 1),
+        "vm_rss_mb_after": round(srv.rss_kb() / 1024, 1),
+        "stream_200mb": {"status": streamed.status, "bytes_sent_before_answer": streamed.bytes_sent,
+                         "seconds": round(streamed.seconds, 3)},
+        "seconds": round(corpus_s, 1),
+        "results": results,
+    }

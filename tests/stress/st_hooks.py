@@ -1,0 +1,61 @@
+"""Schemathesis hooks of the fuzz runs (loaded through ``SCHEMATHESIS_HOOKS=stress.st_hooks``).
+
+Schemathesis fills a ``format: binary`` or base64 image field with random bytes, which the
+service rightly refuses (400 not_an_image): every generated body would test the refusal path only.
+This hook lets Hypothesis swap, in about half of the bodies, every image field for a real small
+PNG (a random picture, its size drawn too), so that the success answers of embed, search and add
+(200/201 with their full response bodies) are checked against the schema as well. Everything else
+in the body (ids, k, metadata, extra fields) stays as generated.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import numpy as np
+import schemathesis
+from hypothesis import strategies as st
+
+
+def _png(seed: int, width: int, height: int) -> bytes:
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+_png_bytes = st.builds(_png, st.integers(0, 2**31), st.integers(1, 64), st.integers(1, 64))
+
+
+def _swap(body, draw):
+    if not isinstance(body, dict):
+        return body
+    out = dict(body)
+    f = out.get("file")
+    if isinstance(f, (bytes, bytearray)):
+        out["file"] = draw(_png_bytes)
+    elif isinstance(f, list) and f and all(isinstance(x, (bytes, bytearray)) for x in f):
+        out["file"] = [draw(_png_bytes) for _ in f]
+    if isinstance(out.get("images"), list) and out["images"]:
+        out["images"] = [base64.b64encode(draw(_png_bytes)).decode() for _ in out["images"]]
+    if isinstance(out.get("image"), str):
+        out["image"] = base64.b64encode(draw(_png_bytes)).decode()
+    if isinstance(out.get("items"), list):
+        out["items"] = [{**it, "image": base64.b64encode(draw(_png_bytes)).decode()}
+                        if isinstance(it, dict) and isinstance(it.get("image"), str) else it for it in out["items"]]
+    return out
+
+
+@schemathesis.hook
+def flatmap_body(context, body):
+    if context.operation is None or context.operation.path not in ("/v1/embed", "/v1/search", "/v1/items"):
+        return st.just(body)
+
+    @st.composite
+    def maybe_real(draw):
+        return _swap(body, draw) if draw(st.booleans()) else body
+
+    return maybe_real()
