@@ -15,24 +15,14 @@ Prints a markdown table: images/s of each (best of --repeats, alternated) and th
 from __future__ import annotations
 
 import argparse
-import platform
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from machine import cpu_name  # bench/machine.py (bench/ is on sys.path when a script here runs)
 
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return platform.processor() or platform.machine()
 
 
 def sync(device: str) -> None:

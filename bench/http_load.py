@@ -30,13 +30,14 @@ import asyncio
 import io
 import json
 import os
-import platform
 import signal
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from machine import cpu_name  # bench/machine.py (bench/ is on sys.path when a script here runs)
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -45,16 +46,6 @@ if str(REPO) not in sys.path:
 HOST = "127.0.0.1"  # the only host this tool talks to
 BOUNDARY = "infomaxbenchboundary7d1f"
 
-
-def lscpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def loadavg() -> str:
@@ -394,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
             srv.stop()
 
     print()
-    print(f"Machine: {lscpu_model()}, {os.cpu_count()} CPUs; load average {load_before} before, {loadavg()} after")
+    print(f"Machine: {cpu_name()}, {os.cpu_count()} CPUs; load average {load_before} before, {loadavg()} after")
     if info:
         print(f"Model {info['model'][:12]} (z_dim {info['z_dim']}, {'optimised' if info['optimized'] else 'plain'}), "
               f"index {info['index_factory']} of {info['items']} items; k=10; 32x32 PNG uploads; "
@@ -417,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| `--workers 2`: worker {i + 1} (idle) | {rss / 1024:.0f} | {pss / 1024:.0f} |")
     if args.json:
         Path(args.json).write_text(json.dumps({"rows": rows, "single_kib": single, "workers_kib": workers,
-                                               "machine": lscpu_model(),
+                                               "machine": cpu_name(),
                                                "info": info}, indent=2))
     return 0
 

@@ -30,12 +30,13 @@ import argparse
 import gc
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from machine import cpu_name  # bench/machine.py (bench/ is on sys.path when a script here runs)
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -230,16 +231,6 @@ def fmt_table(rows: list[dict], chosen: dict[int, str]) -> str:
     return "\n".join(lines)
 
 
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -271,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         dim = int(np.load(args.vectors, mmap_mode="r").shape[1])
     rows: list[dict] = []
     chosen: dict[int, str] = {}
-    print(f"# infomax index benchmark\n\nCPU: {cpu_model()} ({os.cpu_count()} logical CPUs), "
+    print(f"# infomax index benchmark\n\nCPU: {cpu_name()} ({os.cpu_count()} logical CPUs), "
           f"data: {'file ' + args.vectors if args.vectors else 'synthetic clustered'}, dim {dim}, {nq} held-out queries\n",
           flush=True)
     for n in sizes:

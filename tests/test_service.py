@@ -731,3 +731,18 @@ def test_batcher_does_not_make_a_lone_request_wait():
 
     alone, waited = asyncio.run(run())
     assert alone < 0.25 and waited >= 0.45
+
+
+@pytest.mark.parametrize(
+    "line,expected",
+    [
+        ('"POST /v1/items?api_key=s3cr3t HTTP/1.1" 401', '"POST /v1/items?api_key=*** HTTP/1.1" 401'),
+        ("GET /v1/search?k=3&access_token=abc;x=1&Signature=zz", "GET /v1/search?k=3&access_token=***;x=1&Signature=***"),
+        ("GET /v1/items/3?k=5", "GET /v1/items/3?k=5"),  # nothing secret: unchanged
+        ("the key is THE-KEY, twice THE-KEY", "the key is ***, twice ***"),
+    ],
+)
+def test_log_lines_are_redacted(line, expected):
+    from training.serve import redact
+
+    assert redact(line, "THE-KEY") == expected
