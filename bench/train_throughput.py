@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import platform
 import time
 
 import pytorch_lightning as pl
@@ -25,6 +24,8 @@ from torch.utils.data import DataLoader
 
 from infomax.data import DeviceBatches, InMemoryDataset, collate_batch, load_cifar10
 from infomax.module import DeepInfoMax
+
+from machine import cpu_name  # bench/machine.py (bench/ is on sys.path when a script here runs)
 
 
 def loader(images: torch.Tensor, batch_size: int, device: str, on_device: bool = False):
@@ -128,7 +129,7 @@ def main() -> None:
         light.append(lightning_loop(images, args))
     if args.skip_plain:
         plain = [float("nan")]
-    name = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or platform.machine()
+    name = torch.cuda.get_device_name() if args.device == "cuda" else cpu_name()
     print(f"\nmachine: {name}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
           f"batch {args.batch_size}, {args.steps} timed steps after {args.warmup}, precision {args.precision}, "
           f"arch {args.arch}, on_device {args.on_device}, channels_last {args.channels_last}, compile {args.compile}, "
