@@ -419,7 +419,10 @@ def test_tuned_ivf_reaches_recall_target():
     D, I = idx.search(heldout, 10)
     truth = exact_topk(x, np.arange(n), heldout, 10)
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(I, truth)])
-    assert recall >= 0.93, (recall, nprobe)
+    # the tuning queries were new to the index too (added after tuning), so the stored figure
+    # predicts this one: both are recall of unseen queries, up to sampling noise
+    assert info["tuning_queries_held_out"] is True and len(idx) == n
+    assert recall >= 0.94 and abs(recall - info["recall_at_10"]) < 0.02, (recall, info["recall_at_10"], nprobe)
     assert build_s < 30
 
 
