@@ -620,6 +620,12 @@ def _kv_get(conn: sqlite3.Connection, key: str, default: int = 0) -> int:
     return int(row[0]) if row else default
 
 
+def _first_free_id(conn: sqlite3.Connection) -> int:
+    """One past the largest id ever used (ids of removed items are never handed out again)."""
+    top = conn.execute("SELECT MAX(id) FROM items").fetchone()[0]
+    return max(_kv_get(conn, "next_id"), (top + 1) if top is not None else 0)
+
+
 def _kv_set(conn: sqlite3.Connection, key: str, value: int) -> None:
     conn.execute("INSERT INTO kv(key, value) VALUES(?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
                  (key, str(int(value))))
@@ -1115,8 +1121,7 @@ class EmbeddingIndex:
                     plan = self._plan(conn) if self._logging else None
                     next_id = _kv_get(conn, "next_id")
                     if ids_a is None:
-                        row = conn.execute("SELECT MAX(id) FROM items").fetchone()
-                        start = max(next_id, (row[0] + 1) if row and row[0] is not None else 0)
+                        start = _first_free_id(conn)
                         if start + n - 1 > _MAX_ID:
                             raise ValueError("id space exhausted")
                         ids_a = np.arange(start, start + n, dtype=np.int64)
@@ -1365,6 +1370,13 @@ class EmbeddingIndex:
         with self._rconn_lock:
             row = self._rconn.execute("SELECT vector FROM items WHERE id=?", (int(id),)).fetchone()
         return np.frombuffer(row[0], dtype="<f4").astype(np.float32) if row else None
+
+    def next_free_id(self) -> int:
+        """The first id :meth:`add` allocates when given none: one past the largest id
+        ever used (a client holding the id of a removed item never gets another item)."""
+        self._check_open()
+        with self._rconn_lock:
+            return _first_free_id(self._rconn)
 
     def ids(self) -> np.ndarray:
         """All ids, ascending."""

@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import gc
 import logging
-import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,7 @@ from anyio import to_thread
 
 from infomax.artifact import load_encoder
 from infomax.imagestore import ImageStore
-from infomax.index import METADATA_FILE, RECORD_FILE, EmbeddingIndex, IndexMismatchError
+from infomax.index import RECORD_FILE, EmbeddingIndex, IndexMismatchError
 from service.batching import Batcher
 from service.errors import ApiError
 from service.images import DecodedImage
@@ -67,7 +66,6 @@ class ServiceState:
         self._write_lock: asyncio.Lock | None = None
         self._coming = 0  # requests decoding images that they will submit to the batcher
         self.decode_limiter = None  # anyio.CapacityLimiter, made on the event loop by start()
-        self._next_id = 0
         self._tasks: list[asyncio.Task] = []
 
     # ----------------------------------------------------------------- lifecycle
@@ -107,7 +105,6 @@ class ServiceState:
         index = self._open_index(model)
         try:
             images = self._open_images(index)
-            self._next_id = self._first_free_id(index, images)
         except BaseException:
             index.close()
             raise
@@ -164,20 +161,6 @@ class ServiceState:
             return ImageStore(index.path, read_only=True)
         except FileNotFoundError:
             return None  # an index built without pictures: /image answers 404
-
-    @staticmethod
-    def _first_free_id(index: EmbeddingIndex, images: ImageStore | None) -> int:
-        """One past the largest id ever used, as ``EmbeddingIndex.add`` would allocate it (ids of
-        deleted items are not reused: a client holding one must not get another picture)."""
-        db = Path(index.path) / METADATA_FILE
-        try:
-            with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
-                row = conn.execute("SELECT value FROM kv WHERE key='next_id'").fetchone()
-                stored = int(row[0]) if row else 0
-                top = conn.execute("SELECT MAX(id) FROM items").fetchone()[0]
-        except sqlite3.Error:
-            stored, top = 0, (int(index.ids().max()) if len(index) else None)
-        return max(stored, (top + 1) if top is not None else 0)
 
     async def _refresh_loop(self) -> None:
         """Read-only instances: apply the items the writer process logged since the last look."""
@@ -310,7 +293,8 @@ class ServiceState:
         """Caller holds the writer lock. Returns the ids once image, vector and metadata are durable."""
         n = len(images)
         if ids is None:
-            ids = list(range(self._next_id, self._next_id + n))
+            start = self.index.next_free_id()  # the index's own rule, read under the writer lock
+            ids = list(range(start, start + n))
             if ids and ids[-1] > MAX_ID:
                 raise ApiError(409, "ids_exhausted", "no free item ids are left")
         else:
@@ -325,7 +309,6 @@ class ServiceState:
             if isinstance(e, ValueError):
                 raise ApiError(422, "invalid_item", str(e)) from None
             raise
-        self._next_id = max(self._next_id, max(ids) + 1)
         return list(ids)
 
     def delete_item(self, item_id: int) -> bool:
