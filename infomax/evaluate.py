@@ -23,6 +23,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from infomax.knn import knn_predict_with_nearest
+
 DEFAULT_WEIGHT_DECAYS: tuple[float, ...] = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 
 
@@ -63,19 +65,9 @@ def knn_eval(train_x: Any, train_y: Any, test_x: Any, test_y: Any, *, k: int = 2
         raise ValueError(f"need at least one train and one test item, got {len(bank)} and {len(queries)}")
     if num_classes is None:
         num_classes = int(max(bank_y.max(), query_y.max())) + 1
-    kk = min(k, len(bank))
-    bank = F.normalize(bank, dim=1)
-    knn_hits = nn1_hits = 0
-    for q, y in zip(queries.split(chunk), query_y.split(chunk)):
-        sim = F.normalize(q, dim=1) @ bank.T
-        top_sim, top_idx = sim.topk(kk, dim=1)
-        top_y = bank_y[top_idx]
-        votes = torch.zeros(len(q), num_classes)
-        votes.scatter_add_(1, top_y, (top_sim / temperature).exp())
-        knn_hits += int((votes.argmax(1) == y).sum())
-        nn1_hits += int((top_y[:, 0] == y).sum())
+    knn, nn1 = knn_predict_with_nearest(queries, bank, bank_y, num_classes, k=k, temperature=temperature, chunk=chunk)
     n = len(queries)
-    return {"knn_top1": knn_hits / n, "nn1_top1": nn1_hits / n}
+    return {"knn_top1": int((knn == query_y).sum()) / n, "nn1_top1": int((nn1 == query_y).sum()) / n}
 
 
 def pixel_features(train_images: torch.Tensor, test_images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 
 @torch.no_grad()
-def knn_predict(
+def knn_predict_with_nearest(
     queries: torch.Tensor,
     bank: torch.Tensor,
     bank_labels: torch.Tensor,
@@ -20,8 +20,9 @@ def knn_predict(
     temperature: float = 0.1,
     weighted: bool = True,
     chunk: int = 1024,
-) -> torch.Tensor:
-    """Predicted class (int64, shape (n,)) of each query (n, d) from a labelled bank (m, d).
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(k-NN prediction, 1-NN prediction), both int64 of shape (n,), for queries (n, d) against a
+    labelled bank (m, d), from one pass over the similarities.
 
     Vectors are L2-normalised here; ``weighted=False`` gives a plain majority vote (k=1: 1-NN).
     Queries are processed in chunks so memory stays at chunk x m similarities.
@@ -35,17 +36,27 @@ def knn_predict(
     k = min(k, bank.shape[0])
     bank = F.normalize(bank.float(), dim=1)
     bank_labels = bank_labels.to(bank.device)
-    preds = []
+    preds, nearest = [], []
     for q in queries.split(chunk):
         sim = F.normalize(q.float().to(bank.device), dim=1) @ bank.T
         top_sim, top_idx = sim.topk(k, dim=1)
+        top_labels = bank_labels[top_idx]
         weights = (top_sim / temperature).exp() if weighted else torch.ones_like(top_sim)
         votes = torch.zeros(q.shape[0], num_classes, device=bank.device)
-        votes.scatter_add_(1, bank_labels[top_idx], weights)
+        votes.scatter_add_(1, top_labels, weights)
         preds.append(votes.argmax(1))
-    return torch.cat(preds).cpu()
+        nearest.append(top_labels[:, 0])
+    return torch.cat(preds).cpu(), torch.cat(nearest).cpu()
 
 
+def knn_predict(queries: torch.Tensor, bank: torch.Tensor, bank_labels: torch.Tensor, num_classes: int,
+                **kwargs) -> torch.Tensor:
+    """Predicted class (int64, shape (n,)) of each query: the k-NN vote of
+    :func:`knn_predict_with_nearest` (same keyword arguments)."""
+    return knn_predict_with_nearest(queries, bank, bank_labels, num_classes, **kwargs)[0]
+
+
+@torch.no_grad()
 def knn_accuracy(
     queries: torch.Tensor,
     query_labels: torch.Tensor,
