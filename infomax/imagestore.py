@@ -14,6 +14,15 @@ from collections.abc import Iterable
 from pathlib import Path
 
 FILENAME = "images.sqlite"
+# The image formats a store holds (as uploaded, or as `infomax index build --images` keeps them):
+# the ones browsers show as they are. PIL format name -> MIME type served back.
+FORMATS: dict[str, str] = {
+    "PNG": "image/png",
+    "JPEG": "image/jpeg",
+    "GIF": "image/gif",
+    "WEBP": "image/webp",
+    "BMP": "image/bmp",
+}
 
 
 class ImageStore:

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-# Formats a browser shows as they are (the service's /v1/items/{id}/image serves these types).
-WEB_FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "GIF": "image/gif", "WEBP": "image/webp", "BMP": "image/bmp"}
+from infomax.imagestore import FORMATS
+
 
 
 def png_bytes(pixels: np.ndarray) -> bytes:
@@ -36,8 +36,8 @@ def file_picture(path: Path, *, max_side: int = 256, max_bytes: int = 512 << 10)
     data = path.read_bytes()
     with Image.open(io.BytesIO(data)) as img:
         fmt = img.format
-        if fmt in WEB_FORMATS and len(data) <= max_bytes and max(img.size) <= max_side:
-            return data, WEB_FORMATS[fmt]
+        if fmt in FORMATS and len(data) <= max_bytes and max(img.size) <= max_side:
+            return data, FORMATS[fmt]
         from PIL import ImageOps
 
         thumb = ImageOps.exif_transpose(img)

@@ -24,16 +24,9 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from infomax.imageio import load_image
+from infomax.imagestore import FORMATS  # format -> MIME type of what is stored and served back
 from service.errors import ApiError
 
-# format -> MIME type of what is stored and served back
-FORMATS: dict[str, str] = {
-    "PNG": "image/png",
-    "JPEG": "image/jpeg",
-    "GIF": "image/gif",
-    "WEBP": "image/webp",
-    "BMP": "image/bmp",
-}
 ACCEPTED = ", ".join(f.lower() for f in FORMATS)
 # What PIL raises for damaged data, depending on the plugin.
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, struct.error, EOFError, IndexError, TypeError, MemoryError)
