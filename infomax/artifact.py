@@ -98,6 +98,31 @@ def read_config(path: str | Path) -> dict:
     return config
 
 
+def record_eval(path: str | Path, report: dict) -> Path:
+    """Stores an ``infomax eval`` report in the artifact's ``encoder.json`` (key ``eval``, one entry
+    per data set), so the artifact carries the figures measured on it. The report must be of these
+    very weights (its artifact id is checked); the weights are untouched, the JSON is rewritten
+    through a temporary file and a rename."""
+    path = Path(path)
+    config = read_config(path)
+    art = report.get("artifact") or {}
+    if art.get("id") != config["weights_sha256"]:
+        raise ArtifactError(
+            f"the eval report is of artifact {str(art.get('id'))[:12]}, not of {path} "
+            f"({config['weights_sha256'][:12]}); evaluate this artifact to record its figures"
+        )
+    summary = {
+        key: {m: row.get(m) for m in ("knn_top1", "nn1_top1", "probe_top1", "dim")}
+        for key, row in report["results"].items()
+    }
+    entry = {"k": report["k"], "temperature": report["temperature"], "n_train": report["n_train"],
+             "n_test": report["n_test"], "results": summary,
+             "measured_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    config.setdefault("eval", {})[report["data"]] = entry
+    atomic_write_json(path / CONFIG, config)
+    return path / CONFIG
+
+
 class InferenceEncoder(nn.Module):
     """An encoder rebuilt from an artifact: images in, mu out. No Lightning, no critics.
 
@@ -160,14 +185,22 @@ class InferenceEncoder(nn.Module):
             )
         return images
 
+    def local_features(self, images: torch.Tensor) -> torch.Tensor:
+        """The local feature map C(x) of uint8 or [0, 1] images, flattened: (B, c * h * w)."""
+        return self.encoder(self.normalize(images)).local.flatten(1)
+
     @torch.inference_mode()
-    def embed(self, images, batch_size: int = 256) -> torch.Tensor:
-        """Returns mu, float32 (B, z_dim) on the CPU, computed in batches of ``batch_size``."""
+    def embed(self, images, batch_size: int = 256, features: str = "mu") -> torch.Tensor:
+        """Returns mu, float32 (B, z_dim) on the CPU, computed in batches of ``batch_size``;
+        ``features="local"``: the flattened local feature map instead, (B, c * h * w)."""
+        if features not in ("mu", "local"):
+            raise ValueError(f"features={features!r}: choose 'mu' or 'local'")
         x = self.to_tensor(images)
+        fn = self if features == "mu" else self.local_features
         was_training = self.training
         self.eval()
         try:
-            out = [self(x[i : i + batch_size].to(self.device, non_blocking=True)).float().cpu()
+            out = [fn(x[i : i + batch_size].to(self.device, non_blocking=True)).float().cpu()
                    for i in range(0, len(x), batch_size)]
         finally:
             self.train(was_training)

@@ -7,7 +7,9 @@ same linear map applied at every position, so vectors of shape (..., c) are used
 * :class:`ConcatCritic`: an MLP on the concatenation [x, y] (the reference recipe: a dense net for
   the global term, 1x1 convolutions for the local term);
 * :class:`DotCritic`: separate embeddings of x and y compared by a dot product (the paper's
-  "encode-and-dot-product" critic), cheap for all-pairs negatives.
+  "encode-and-dot-product" critic), cheap for all-pairs negatives;
+* :class:`CosineCritic`: the same embeddings compared by cosine similarity over a temperature
+  (SimCLR's NT-Xent critic, Chen et al. 2020): scores bounded by 1 / temperature.
 
 Each has ``forward(x, y)`` for aligned pairs (leading dimensions broadcast, one score per pair) and
 ``pairs(x, y)``: every x_i against every y_j, x (N, dx), y (M, ..., dy) -> scores (N, M, ...).
@@ -80,10 +82,37 @@ class DotCritic(nn.Module):
         return torch.einsum("nh,m...h->nm...", fx, gy) * self.scale
 
 
-CRITICS = {"concat": ConcatCritic, "dot": DotCritic}
+class CosineCritic(DotCritic):
+    """T(x, y) = cos(f(x), g(y)) / temperature, f and g as in :class:`DotCritic`.
+
+    Bounding the scores keeps InfoNCE from being won by scaling embeddings up; the temperature sets
+    how sharply hard negatives are weighted (SimCLR uses 0.1-0.5).
+    """
+
+    def __init__(self, x_dim: int, y_dim: int, hidden: int = 512, temperature: float = 0.1) -> None:
+        super().__init__(x_dim, y_dim, hidden)
+        if not temperature > 0:  # also catches NaN
+            raise ValueError(f"temperature={temperature}: must be > 0")
+        self.scale = 1.0 / temperature
+        self.temperature = temperature
+        f, g = self.f, self.g
+        # Unit-length embeddings: <f(x), g(y)> is then the cosine similarity.
+        self.f = nn.Sequential(*f, _Normalize())
+        self.g = nn.Sequential(*g, _Normalize())
 
 
-def build_critic(kind: str, x_dim: int, y_dim: int, hidden: int = 512) -> nn.Module:
+class _Normalize(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.normalize(x, dim=-1)
+
+
+CRITICS = {"concat": ConcatCritic, "dot": DotCritic, "cosine": CosineCritic}
+
+
+def build_critic(kind: str, x_dim: int, y_dim: int, hidden: int = 512, temperature: float = 0.1) -> nn.Module:
+    """``temperature`` is used by the ``cosine`` critic only."""
     if kind not in CRITICS:
         raise ValueError(f"critic={kind!r} is unknown; choose one of {sorted(CRITICS)}")
+    if kind == "cosine":
+        return CosineCritic(x_dim, y_dim, hidden=hidden, temperature=temperature)
     return CRITICS[kind](x_dim, y_dim, hidden=hidden)

@@ -43,9 +43,12 @@ class ConvEncoder(nn.Module):
 
     ``n_blocks`` x [conv3x3 - BN - LeakyReLU(0.2) - maxpool 2] -> local map (4x4 at 28, 32 or 64 px),
     then ``n_global_blocks`` x [conv3x3 - BN - LeakyReLU(0.2)], global max pool, and two linear
-    heads for mu and log sigma^2. Widths double from 64 and stop at 512: 64-128-256 for 32 px
-    (3 blocks), 64-128-256-512 for 64 px (4 blocks). ``n_blocks`` defaults to
+    heads for mu and log sigma^2. Widths double from ``base_width`` (64) and stop at 512: 64-128-256
+    for 32 px (3 blocks), 64-128-256-512 for 64 px (4 blocks). ``n_blocks`` defaults to
     ceil(log2(input_size / 4)) so the local map is about 4x4 whatever the input size.
+    ``global_width`` sets the channels of the global blocks (default: the local map's): the pooled
+    vector the code is a linear map of has that many dimensions, so a narrow encoder
+    (``base_width`` 16: a 64-channel local map) would otherwise give codes of rank 64 at most.
     """
 
     def __init__(
@@ -56,6 +59,7 @@ class ConvEncoder(nn.Module):
         n_blocks: int | None = None,
         n_global_blocks: int = 2,
         base_width: int = 64,
+        global_width: int | None = None,
     ) -> None:
         super().__init__()
         _check_common(in_channels, input_size, z_dim)
@@ -74,16 +78,21 @@ class ConvEncoder(nn.Module):
             raise ValueError(f"n_global_blocks={n_global_blocks}: must be >= 0")
         if base_width < 1:
             raise ValueError(f"base_width={base_width}: must be >= 1")
+        if global_width is not None and (global_width < 1 or n_global_blocks == 0):
+            raise ValueError(f"global_width={global_width}: must be >= 1, with n_global_blocks >= 1")
         widths = [min(base_width * 2**i, 512) for i in range(n_blocks)]
         blocks, c = [], in_channels
         for w in widths:
             blocks.append(_conv_block(c, w, pool=True))
             c = w
         self.local_net = nn.Sequential(*blocks)
-        self.global_net = nn.Sequential(*[_conv_block(c, c, pool=False) for _ in range(n_global_blocks)])
-        self.mu = nn.Linear(c, z_dim)
-        self.logvar = nn.Linear(c, z_dim)
         self.local_channels = c
+        g = (global_width or c) if n_global_blocks else c  # channels of the pooled vector
+        self.global_net = nn.Sequential(
+            *[_conv_block(c if i == 0 else g, g, pool=False) for i in range(n_global_blocks)]
+        )
+        self.mu = nn.Linear(g, z_dim)
+        self.logvar = nn.Linear(g, z_dim)
         self.local_size = _map_size(input_size, n_blocks)
         self.z_dim = z_dim
 

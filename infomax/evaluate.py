@@ -212,10 +212,12 @@ def evaluate_codes(train_codes: Any, train_labels: Any, test_codes: Any, test_la
 def evaluate_encoder(model: Any, data: str, *, data_dir: Any = None, limit_train: int | None = None,
                      limit_test: int | None = None, probe: bool = True, pixels: bool = True,
                      encoder: bool = True, batch_size: int = 256, k: int = 200, temperature: float = 0.1,
-                     seed: int = 0) -> dict:
+                     seed: int = 0, local: bool = False) -> dict:
     """``infomax eval``: the protocol on the codes of the artifact ``model`` (a folder or a loaded
     InferenceEncoder) and on raw pixels, for a standard data set (train = bank, test = queries;
-    ``limit_*`` keep the first N of each split). Returns the report (see :func:`format_report`)."""
+    ``limit_*`` keep the first N of each split). ``local``: also on the encoder's flattened local
+    feature map C(x) (the features the local MI term trains). Returns the report (see
+    :func:`format_report`)."""
     from infomax.artifact import InferenceEncoder, load_encoder
     from infomax.data import DATASET_STATS, canonical_dataset_name, load_dataset
     from infomax.embed import check_fits
@@ -227,6 +229,8 @@ def evaluate_encoder(model: Any, data: str, *, data_dir: Any = None, limit_train
     name = canonical_dataset_name(data)
     if not (encoder or pixels):
         raise ValueError("nothing to evaluate: both the encoder and the pixel baseline are switched off")
+    if local and not encoder:
+        raise ValueError("--local evaluates the encoder's local feature map: it needs the encoder (drop --no-encoder)")
     enc = None
     if encoder:
         if isinstance(model, InferenceEncoder):
@@ -253,6 +257,15 @@ def evaluate_encoder(model: Any, data: str, *, data_dir: Any = None, limit_train
         timing["embed"] = round(time.perf_counter() - t, 2)
         rows["encoder"] = evaluate_codes(train_codes, train_labels, test_codes, test_labels, k=k,
                                          temperature=temperature, probe=probe, num_classes=num_classes, seed=seed)
+        del train_codes, test_codes
+    if enc is not None and local:
+        t = time.perf_counter()
+        train_codes = enc.embed(train_images, batch_size, features="local")
+        test_codes = enc.embed(test_images, batch_size, features="local")
+        timing["embed_local"] = round(time.perf_counter() - t, 2)
+        rows["local"] = evaluate_codes(train_codes, train_labels, test_codes, test_labels, k=k,
+                                       temperature=temperature, probe=probe, num_classes=num_classes, seed=seed)
+        del train_codes, test_codes
     if pixels:
         train_px, test_px = pixel_features(train_images, test_images)
         rows["pixels"] = evaluate_codes(train_px, train_labels, test_px, test_labels, k=k, temperature=temperature,
@@ -280,7 +293,7 @@ def _fmt(v: float | None) -> str:
 
 def format_report(report: dict) -> str:
     """The report as a markdown table: one row per kind of features."""
-    names = {"encoder": "encoder", "pixels": "raw pixels"}
+    names = {"encoder": "encoder (mu)", "local": "local feature map C(x)", "pixels": "raw pixels"}
     art = report.get("artifact")
     lines = [
         f"{report['data']}: {report['n_train']} train (bank) / {report['n_test']} test (queries)"

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import Timer
 
 from infomax.augment import Augment
 from infomax.encoders import build_encoder
@@ -35,11 +36,14 @@ class DeepInfoMax(pl.LightningModule):
         alpha, beta, gamma: weights of the global MI, local MI and prior terms (>= 0).
         global_estimator, local_estimator: ``jsd``, ``infonce`` or ``dv``.
         negatives: ``one`` (one negative per positive) or ``all`` (all pairs of the batch).
-        critic: ``concat`` (MLP / 1x1 convs on the concatenation) or ``dot`` (encode and dot product).
+        critic: ``concat`` (MLP / 1x1 convs on the concatenation), ``dot`` (encode and dot product)
+            or ``cosine`` (encode, cosine similarity over ``critic_temperature``: SimCLR's critic).
         critic_hidden: width of the critics.
+        critic_temperature: temperature of the ``cosine`` critic (unused by the others).
         prior: ``kl`` (closed-form KL to N(0, I)) or ``adversarial`` (prior-matching discriminator).
         lr, weight_decay: Adam's settings.
-        lr_schedule: ``constant`` or ``cosine`` (annealed to 0 over the whole run).
+        lr_schedule: ``constant`` or ``cosine`` (annealed to 0 over the whole run: over the epochs,
+            or over ``--trainer.max_time`` when that ends the run first).
         mean, std: per-channel normalisation (linked from the data module; 0.5 when unset).
         nonfinite_check_every: on a GPU, how often (steps) the host checks for a non-finite loss;
             checking every step would force a device sync. On the CPU every step is checked.
@@ -66,6 +70,7 @@ class DeepInfoMax(pl.LightningModule):
         negatives: str = "one",
         critic: str = "concat",
         critic_hidden: int = 512,
+        critic_temperature: float = 0.1,
         prior: str = "kl",
         lr: float = 1e-3,
         weight_decay: float = 0.0,
@@ -112,6 +117,7 @@ class DeepInfoMax(pl.LightningModule):
             critic=critic,
             critic_hidden=critic_hidden,
             prior=prior,
+            critic_temperature=critic_temperature,
         )
         self._first_bad_step: torch.Tensor | None = None
         self._compiled: tuple | None = None  # (encoder, objective) compiled, kept out of the state dict
@@ -230,5 +236,27 @@ class DeepInfoMax(pl.LightningModule):
         if self.hparams.lr_schedule == "constant":
             return opt
         total = max(1, int(self.trainer.estimated_stepping_batches))
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+        timer = next((cb for cb in self.trainer.callbacks if isinstance(cb, Timer)), None)
+
+        def factor(step: int) -> float:
+            return 0.5 * (1 + math.cos(math.pi * run_progress(step, total, timer)))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def run_progress(step: int, total_steps: int, timer=None) -> float:
+    """How far a run is, in [0, 1]: the larger of steps done / ``total_steps`` and, when the run has
+    a time budget (``--trainer.max_time``, Lightning's ``Timer`` callback), time spent / budget.
+
+    With a time budget the epochs bound is usually far away, so a step-based cosine would hardly
+    decay; annealing on whichever end comes first brings the learning rate to 0 when the run stops.
+    """
+    frac = min(step, total_steps) / total_steps
+    left = timer.time_remaining() if timer is not None else None
+    if left is not None:
+        spent = timer.time_elapsed()
+        budget = spent + left
+        if budget > 0:
+            frac = max(frac, min(1.0, spent / budget))
+    return frac

@@ -54,6 +54,7 @@ class DIMObjective(nn.Module):
         critic: str = "concat",
         critic_hidden: int = 512,
         prior: str = "kl",
+        critic_temperature: float = 0.1,
     ) -> None:
         super().__init__()
         for name, w in (("alpha", alpha), ("beta", beta), ("gamma", gamma)):
@@ -69,8 +70,8 @@ class DIMObjective(nn.Module):
         self.local_bound = get_estimator(local_estimator)
         self.alpha, self.beta, self.gamma = alpha, beta, gamma
         self.negatives = negatives
-        self.global_critic = build_critic(critic, z_dim, z_dim, critic_hidden) if alpha > 0 else None
-        self.local_critic = build_critic(critic, z_dim, local_channels, critic_hidden) if beta > 0 else None
+        self.global_critic = build_critic(critic, z_dim, z_dim, critic_hidden, critic_temperature) if alpha > 0 else None
+        self.local_critic = build_critic(critic, z_dim, local_channels, critic_hidden, critic_temperature) if beta > 0 else None
         self.adversarial = AdversarialPrior(z_dim) if prior == "adversarial" and gamma > 0 else None
 
     def forward(self, out: EncoderOutput, other: EncoderOutput | None = None) -> Losses:

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from infomax.discriminators import ConcatCritic, DotCritic, build_critic
+from infomax.discriminators import ConcatCritic, CosineCritic, DotCritic, build_critic
 from infomax.encoders import build_encoder
 from infomax.estimators import infonce_bound, jsd_bound
 from infomax.objective import DIMObjective, reparameterize
@@ -38,10 +38,23 @@ def test_reference_conv_layout():
     assert sum(isinstance(m, torch.nn.MaxPool2d) for m in enc.modules()) == 3
 
 
+@pytest.mark.parametrize("global_width,n_global,pooled", [(None, 2, 64), (256, 2, 256), (128, 1, 128), (None, 0, 64)])
+def test_narrow_conv_layout_and_global_width(global_width, n_global, pooled):
+    enc = build_encoder("conv", in_channels=1, input_size=28, z_dim=32, base_width=16,
+                        n_global_blocks=n_global, global_width=global_width)
+    convs = [m for m in enc.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [16, 32, 64] + [pooled] * n_global
+    assert enc.local_channels == 64 and enc.mu.in_features == enc.logvar.in_features == pooled
+    out = enc(torch.randn(2, 1, 28, 28))
+    assert out.local.shape == (2, 64, 4, 4) and out.mu.shape == (2, 32)
+
+
 @pytest.mark.parametrize(
     "kwargs,match",
     [
         (dict(arch="vit"), "arch='vit'"),
+        (dict(arch="conv", global_width=0), "global_width=0"),
+        (dict(arch="conv", global_width=128, n_global_blocks=0), "global_width=128"),
         (dict(arch="conv", z_dim=0), "z_dim=0"),
         (dict(arch="conv", input_size=4), "input_size=4"),
         (dict(arch="conv", in_channels=0), "in_channels=0"),
@@ -54,7 +67,7 @@ def test_bad_encoder_settings_quote_the_value(kwargs, match):
         build_encoder(**kwargs)
 
 
-@pytest.mark.parametrize("cls", [ConcatCritic, DotCritic])
+@pytest.mark.parametrize("cls", [ConcatCritic, DotCritic, CosineCritic])
 def test_critic_pairs_match_a_naive_loop(cls):
     torch.manual_seed(0)
     critic = cls(5, 7, hidden=16)
@@ -77,7 +90,21 @@ def test_concat_critic_is_an_mlp_on_the_concatenation():
     assert torch.allclose(critic(x, y), ref, atol=1e-6)
 
 
+def test_cosine_critic_is_the_cosine_of_the_embeddings_over_the_temperature():
+    torch.manual_seed(0)
+    critic = build_critic("cosine", 5, 7, hidden=16, temperature=0.2)
+    x, y = torch.randn(4, 5), torch.randn(4, 7)
+    fx = critic.f[2](torch.relu(critic.f[0](x)))  # the two linear layers, no normalisation
+    gy = critic.g[2](torch.relu(critic.g[0](y)))
+    ref = torch.nn.functional.cosine_similarity(fx, gy, dim=-1) / 0.2
+    assert torch.allclose(critic(x, y), ref, atol=1e-5)
+    # Bounded by 1 / temperature whatever the scale of the inputs.
+    assert critic.pairs(100 * x, 100 * y).abs().max() <= 1 / 0.2 + 1e-4
+
+
 def test_bad_critic():
+    with pytest.raises(ValueError, match="temperature=-1"):
+        build_critic("cosine", 4, 4, temperature=-1)
     with pytest.raises(ValueError, match="critic='bilinear'"):
         build_critic("bilinear", 4, 4)
 

@@ -4,6 +4,7 @@ CIFAR-10 and Fashion-MNIST, the raw-pixel baseline, and the linear probe's optim
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from infomax import load_encoder
+from infomax.artifact import ArtifactError, record_eval
 from infomax.data import load_dataset
 from infomax.evaluate import (
     _fit_softmax,
@@ -120,7 +122,8 @@ def test_eval_command_reports_the_encoder_and_raw_pixels_against_references(tmp_
                                                                              tiny_artifact):
     out = tmp_path / "report.json"
     assert eval_cmd.main(["--model", str(tiny_artifact), "--data", "cifar10", "--limit-train", "300",
-                          "--limit-test", "100", "--json", str(out), "--data-dir", str(data_dir), "--no-probe"]) == 0
+                          "--limit-test", "100", "--json", str(out), "--data-dir", str(data_dir), "--no-probe",
+                          "--local"]) == 0
     printed = capsys.readouterr().out
     report = json.loads(out.read_text())
     assert report["n_train"] == 300 and report["n_test"] == 100 and report["data"] == "cifar10"
@@ -139,9 +142,18 @@ def test_eval_command_reports_the_encoder_and_raw_pixels_against_references(tmp_
     assert enc["dim"] == 32 and px["dim"] == 3072
     assert enc["probe_top1"] is None and px["probe_top1"] is None  # --no-probe (the probe is tested above)
     assert report["artifact"]["id"] == encoder.id
+    # --local: the same protocol on the flattened local map, computed here straight from local_net.
+    with torch.no_grad():
+        maps_tr, maps_te = (encoder.encoder.local_net(encoder.normalize(x)).flatten(1).numpy() for x in (train, test))
+    knn, nn1 = naive_knn(maps_tr, train_y.numpy(), maps_te, test_y.numpy())
+    loc = report["results"]["local"]
+    assert (loc["knn_top1"], loc["nn1_top1"]) == (pytest.approx(knn), pytest.approx(nn1))
+    assert loc["dim"] == maps_tr.shape[1] == encoder.encoder.local_channels * encoder.encoder.local_size ** 2
     table = [line for line in printed.splitlines() if line.startswith("| ")]
-    assert len(table) == 3 and table[1].startswith("| encoder | 32 | ") and table[2].startswith("| raw pixels | 3072 | ")
-    assert table[2].endswith(f"| {px['knn_top1']:.4f} | {px['nn1_top1']:.4f} | - |")
+    assert len(table) == 4 and table[1].startswith("| encoder (mu) | 32 | ")
+    assert table[2].startswith(f"| local feature map C(x) | {loc['dim']} | ")
+    assert table[3].startswith("| raw pixels | 3072 | ")
+    assert table[3].endswith(f"| {px['knn_top1']:.4f} | {px['nn1_top1']:.4f} | - |")
 
 
 def test_eval_pixels_only_needs_no_model(capsys, data_dir):
@@ -159,6 +171,7 @@ def test_eval_pixels_only_needs_no_model(capsys, data_dir):
         (dict(model="{tmp}/nope", data="cifar10"), FileNotFoundError, "no artifact folder there"),
         (dict(model="{art}", data="cifar10", data_dir="{tmp}/nodata"), FileNotFoundError, "data not found in"),
         (dict(model="{art}", data="cifar10", limit_train=0), ValueError, "--limit-train 0"),
+        (dict(model="{art}", data="cifar10", encoder=False, local=True), ValueError, "--local evaluates"),
     ],
 )
 def test_bad_inputs_name_the_problem(tmp_path, tiny_artifact, tiny_grey_artifact, kwargs, error, match):
@@ -177,3 +190,33 @@ def test_unknown_labels_are_refused():
     x = torch.randn(10, 4)
     with pytest.raises(ValueError, match="unknown"):
         knn_eval(x, torch.full((10,), -1), x, torch.zeros(10, dtype=torch.long))
+
+
+def test_record_stores_the_figures_in_the_artifact_and_keeps_it_loadable(tmp_path, tiny_artifact, data_dir):
+    art = tmp_path / "art"
+    shutil.copytree(tiny_artifact, art)
+    weights_before = (art / "encoder.safetensors").read_bytes()
+    report = evaluate_encoder(art, "cifar10", data_dir=data_dir, limit_train=200, limit_test=50, probe=False)
+    record_eval(art, report)
+    config = json.loads((art / "encoder.json").read_text())
+    entry = config["eval"]["cifar10"]
+    assert entry["results"]["encoder"]["knn_top1"] == report["results"]["encoder"]["knn_top1"]
+    assert entry["results"]["pixels"]["nn1_top1"] == report["results"]["pixels"]["nn1_top1"]
+    assert (entry["k"], entry["n_train"], entry["n_test"]) == (200, 200, 50)
+    assert (art / "encoder.safetensors").read_bytes() == weights_before
+    assert load_encoder(art).id == report["artifact"]["id"]  # still loads: the hash is of the weights
+    # A report of other weights is refused, and the file is left as it was.
+    other = {**report, "artifact": {**report["artifact"], "id": "0" * 64}}
+    with pytest.raises(ArtifactError, match="not of"):
+        record_eval(art, other)
+    assert json.loads((art / "encoder.json").read_text()) == config
+
+
+def test_record_refuses_partial_evaluations(tiny_artifact):
+    with pytest.raises(ValueError, match="cannot go with --no-encoder, --limit-train"):
+        eval_cmd.main(["--model", str(tiny_artifact), "--data", "cifar10", "--limit-test", "10", "--record"])
+
+
+def test_embed_names_an_unknown_feature_kind(tiny_artifact):
+    with pytest.raises(ValueError, match="features='pooled'"):
+        load_encoder(tiny_artifact).embed(torch.zeros(1, 3, 32, 32, dtype=torch.uint8), features="pooled")

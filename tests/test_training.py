@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import subprocess
 import sys
@@ -74,10 +75,45 @@ def test_a_nonfinite_loss_stops_training_naming_the_step(data_dir):
         trainer.fit(model, datamodule=dm)
 
 
+class _RecordLR(pl.Callback):
+    def __init__(self) -> None:
+        self.lrs: list[float] = []
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        self.lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+
+def _fit_cosine(data_dir, **trainer_kwargs) -> list[float]:
+    dm = CIFAR10(data_dir=str(data_dir), limit_train=64, val_size=0, batch_size=16)
+    model = DeepInfoMax(z_dim=16, arch_kwargs={"base_width": 8}, lr_schedule="cosine")
+    rec = _RecordLR()
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, callbacks=[rec], limit_val_batches=0, **trainer_kwargs)
+    trainer.fit(model, datamodule=dm)
+    return rec.lrs
+
+
+def test_cosine_schedule_anneals_over_the_epochs(data_dir):
+    lrs = _fit_cosine(data_dir, max_epochs=3)  # 4 steps an epoch, 12 in all
+    expected = [1e-3 * 0.5 * (1 + math.cos(math.pi * s / 12)) for s in range(1, 13)]
+    assert lrs == pytest.approx(expected)
+
+
+def test_cosine_schedule_anneals_over_a_time_budget(data_dir):
+    # max_epochs far away: a step-based cosine would still be near 1e-3 when the 3 s run out.
+    lrs = _fit_cosine(data_dir, max_epochs=100_000, max_time={"seconds": 3})
+    assert len(lrs) > 10 and len(lrs) < 100_000 * 4
+    assert lrs[0] > 0.9e-3  # starts at the full rate ...
+    assert all(b <= a for a, b in zip(lrs, lrs[1:]))  # ... only goes down ...
+    assert lrs[-1] < 0.05e-3  # ... and is nearly 0 when the budget is spent
+    assert lrs[len(lrs) // 2] == pytest.approx(0.5e-3, abs=0.25e-3)  # half way in time, about half the rate
+
+
 @pytest.mark.parametrize(
     "kwargs,match",
     [
         (dict(lr=0.0), "lr=0.0"),
+        (dict(critic="cosine", critic_temperature=0.0), "temperature=0.0"),
         (dict(lr_schedule="step"), "lr_schedule='step'"),
         (dict(in_channels=1, mean=(0.5, 0.5, 0.5)), "one value per channel"),
         (dict(beta=-2.0), "beta=-2.0"),
@@ -196,3 +232,34 @@ def test_ddp_with_two_cpu_processes(tmp_path):
     rows = list(csv.DictReader((run / "metrics.csv").open()))
     assert any(r.get("val/knn_top1") for r in rows)
     assert load_encoder(run / "artifact").z_dim == 32
+
+
+@pytest.mark.parametrize("config", sorted((Path(CONFIG).parent).glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_parses_and_takes_effect(config, tmp_path):
+    """Each YAML under training/configs builds its model, data module and trainer, and every model,
+    data and trainer setting it names reaches the object (a misspelt key or a value of the wrong type
+    fails here, not at the start of a user's run)."""
+    import yaml
+
+    from training.train import build_cli
+
+    needs = []
+    if config.name == "folder.yaml":  # its one required value: a folder of images
+        from PIL import Image
+
+        (tmp_path / "pics").mkdir()
+        for i in range(4):
+            Image.new("RGB", (40, 30), (60 * i, 10, 200)).save(tmp_path / "pics" / f"{i}.png")
+        needs = ["--data.path", str(tmp_path / "pics")]
+    cli = build_cli(["--config", str(config), "--trainer.default_root_dir", str(tmp_path),
+                     "--trainer.logger", "false", *needs])
+    spec = yaml.safe_load(config.read_text())
+    for key, value in (spec.get("model") or {}).items():
+        assert cli.model.hparams[key] == value, key
+    for key, value in ((spec.get("data") or {}).get("init_args") or {}).items():
+        assert getattr(cli.datamodule, key, None) == value or cli.datamodule.hparams.get(key) == value, key
+    assert type(cli.datamodule).__name__ == spec["data"]["class_path"].rsplit(".", 1)[1]
+    if "max_time" in (spec.get("trainer") or {}):
+        timer = next(cb for cb in cli.trainer.callbacks if isinstance(cb, pl.callbacks.Timer))
+        d, h, m, s = map(int, spec["trainer"]["max_time"].split(":"))
+        assert timer.time_remaining() == ((d * 24 + h) * 60 + m) * 60 + s

@@ -1,7 +1,7 @@
 """``infomax eval``: k-NN, 1-NN and linear-probe accuracy of an encoder's codes, beside raw pixels.
 
     infomax eval --model ARTIFACT --data cifar10 [--limit-train N --limit-test N] [--json OUT.json]
-                 [--no-probe] [--no-pixels]
+                 [--no-probe] [--no-pixels] [--local] [--record]
 
 The train split is the k-NN bank and the probe's training set, the test split the queries. Prints
 a markdown table; --json writes the full report (every figure, the chosen probe penalty, timings).
@@ -23,6 +23,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, help="also write the report to this JSON file")
     p.add_argument("--no-probe", action="store_true", help="skip the linear probe (k-NN and 1-NN only)")
     p.add_argument("--no-pixels", action="store_true", help="skip the raw-pixel baseline")
+    p.add_argument("--local", action="store_true",
+                   help="also evaluate the encoder's local feature map C(x), flattened (the features the local "
+                        "MI term trains)")
+    p.add_argument("--record", action="store_true",
+                   help="also store the figures in the artifact's encoder.json (key 'eval', per data set)")
     p.add_argument("--no-encoder", action="store_true", help="only the raw-pixel baseline (no --model needed)")
     p.add_argument("--k", type=int, default=200, help="neighbours of the weighted k-NN (default: 200)")
     p.add_argument("--temperature", type=float, default=0.1, help="k-NN vote temperature (default: 0.1)")
@@ -39,6 +44,9 @@ def main(argv: list[str]) -> int:
                          "raw-pixel baseline alone")
     if args.batch_size < 1:
         raise ValueError(f"--batch-size {args.batch_size}: must be a positive integer")
+    if args.record and (args.no_encoder or args.limit_train is not None or args.limit_test is not None):
+        raise ValueError("--record stores the encoder's figures on the full splits in its artifact: it cannot go "
+                         "with --no-encoder, --limit-train or --limit-test")
 
     from infomax.atomic import atomic_write_json
     from infomax.evaluate import evaluate_encoder, format_report
@@ -46,9 +54,13 @@ def main(argv: list[str]) -> int:
     report = evaluate_encoder(
         args.model, args.data, data_dir=args.data_dir, limit_train=args.limit_train, limit_test=args.limit_test,
         probe=not args.no_probe, pixels=not args.no_pixels, encoder=not args.no_encoder, batch_size=args.batch_size,
-        k=args.k, temperature=args.temperature, seed=args.seed,
+        k=args.k, temperature=args.temperature, seed=args.seed, local=args.local,
     )
     print(format_report(report))
     if args.json:
         atomic_write_json(args.json, report)
+    if args.record:
+        from infomax.artifact import record_eval
+
+        print(f"recorded in {record_eval(args.model, report)}")
     return 0

@@ -11,6 +11,7 @@ YAML files only override them.
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 
 from pytorch_lightning.callbacks import ModelCheckpoint
@@ -24,6 +25,13 @@ CONFIG_DIR = Path(__file__).parent / "configs"
 
 
 class InfomaxCLI(LightningCLI):
+    def parse_arguments(self, parser, args) -> None:
+        # `infomax train ARGS` passes ARGS explicitly, so sys.argv always holds them too; Lightning
+        # warns about that case by echoing the whole command line twice on every run.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+            super().parse_arguments(parser, args)
+
     def add_arguments_to_parser(self, parser) -> None:
         for attr in ("in_channels", "input_size", "mean", "std"):
             parser.link_arguments(f"data.{attr}", f"model.{attr}", apply_on="instantiate")
@@ -102,8 +110,10 @@ def _next_version(folder: Path) -> int:
 TRAINER_DEFAULTS = {"max_epochs": 50, "default_root_dir": "runs", "log_every_n_steps": 50}
 
 
-def main(argv: list[str]) -> int:
-    cli = InfomaxCLI(
+def build_cli(argv: list[str]) -> InfomaxCLI:
+    """Parses ``infomax train``'s arguments and builds the model, data module and trainer (no data
+    is loaded and nothing is trained yet)."""
+    return InfomaxCLI(
         DeepInfoMax,
         InMemoryDataModule,
         subclass_mode_data=True,
@@ -114,6 +124,10 @@ def main(argv: list[str]) -> int:
         parser_kwargs={"prog": "infomax train", "default_env": False},
         args=argv,
     )
+
+
+def main(argv: list[str]) -> int:
+    cli = build_cli(argv)
     ckpt_path = cli.config.get("ckpt_path")
     if ckpt_path and ckpt_path != "last" and not Path(ckpt_path).is_file():
         raise FileNotFoundError(f"--ckpt_path {ckpt_path}: no such checkpoint file")
