@@ -55,8 +55,8 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
                        ["--model.alpha", "1", "--model.beta", "1"] + INFONCE + ALL_COS + VIEWS),
     "views_local_cos": ("two crop+flip views, local across views only, InfoNCE all-pairs, cosine",
                         DIM_L + INFONCE + ALL_COS + VIEWS),
-    # The push for a CPU budget: narrower encoders buy more epochs (images/s on cpu2, batch 128, two views:
-    # base width 64: 383, 32: 1,186, 16: 2,463), the cosine schedule anneals within the time budget.
+    # The push for a CPU budget: narrower encoders buy more epochs (images in 3 minutes on cpu2, two
+    # views: base width 64 60k, 32 159k, 16 327k), the cosine schedule anneals within the time budget.
     "push_w32": ("SimCLR-like (views_global_cos), base width 32, batch 128, cosine lr",
                  ["--model.alpha", "1", "--model.beta", "0"] + INFONCE + ALL_COS + VIEWS + PUSH
                  + ["--model.arch_kwargs", '{"base_width": 32}']),
