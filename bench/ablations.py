@@ -101,8 +101,9 @@ def _run(cmd: list[str], log: Path) -> float:
 
 
 def _training_progress(run_root: Path) -> dict:
-    """Epochs, steps and the online k-NN curve from the run's metrics.csv."""
-    files = sorted(run_root.glob("infomax/version_*/metrics.csv"))
+    """Epochs, steps and the online k-NN curve from the newest run's metrics.csv (steps: the last
+    logged step, i.e. to within the logging interval of 50 when the budget ends mid-epoch)."""
+    files = sorted(run_root.glob("infomax/version_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[1]))
     if not files:
         return {}
     steps, knn = 0, []
