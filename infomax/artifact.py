@@ -30,6 +30,7 @@ from infomax.transforms import Normalize
 WEIGHTS = "encoder.safetensors"
 CONFIG = "encoder.json"
 FORMAT_VERSION = 1
+FEATURES = ("mu", "local")  # what InferenceEncoder.embed_features can return
 
 
 class ArtifactError(ValueError):
@@ -185,26 +186,33 @@ class InferenceEncoder(nn.Module):
             )
         return images
 
-    def local_features(self, images: torch.Tensor) -> torch.Tensor:
-        """The local feature map C(x) of uint8 or [0, 1] images, flattened: (B, c * h * w)."""
-        return self.encoder(self.normalize(images)).local.flatten(1)
-
     @torch.inference_mode()
     def embed(self, images, batch_size: int = 256, features: str = "mu") -> torch.Tensor:
         """Returns mu, float32 (B, z_dim) on the CPU, computed in batches of ``batch_size``;
         ``features="local"``: the flattened local feature map instead, (B, c * h * w)."""
-        if features not in ("mu", "local"):
-            raise ValueError(f"features={features!r}: choose 'mu' or 'local'")
+        return self.embed_features(images, batch_size, (features,))[features]
+
+    @torch.inference_mode()
+    def embed_features(self, images, batch_size: int = 256, features: Sequence[str] = ("mu",)) -> dict:
+        """Several kinds of features from one pass of the encoder: ``{"mu": (B, z_dim),
+        "local": (B, c * h * w) (the flattened local feature map C(x))}``, float32 on the CPU,
+        only the kinds asked for."""
+        bad = [f for f in features if f not in FEATURES]
+        if bad or not features:
+            raise ValueError(f"features={bad[0] if bad else features!r}: choose from {FEATURES}")
         x = self.to_tensor(images)
-        fn = self if features == "mu" else self.local_features
+        out: dict[str, list[torch.Tensor]] = {f: [] for f in features}
         was_training = self.training
         self.eval()
         try:
-            out = [fn(x[i : i + batch_size].to(self.device, non_blocking=True)).float().cpu()
-                   for i in range(0, len(x), batch_size)]
+            for i in range(0, len(x), batch_size):
+                enc = self.encoder(self.normalize(x[i : i + batch_size].to(self.device, non_blocking=True)))
+                got = {"mu": enc.mu, "local": enc.local.flatten(1)}
+                for f in features:
+                    out[f].append(got[f].float().cpu())
         finally:
             self.train(was_training)
-        return torch.cat(out)
+        return {f: torch.cat(v) for f, v in out.items()}
 
 
 def load_encoder(path: str | Path, device: str | torch.device = "cpu") -> InferenceEncoder:

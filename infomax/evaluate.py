@@ -251,21 +251,15 @@ def evaluate_encoder(model: Any, data: str, *, data_dir: Any = None, limit_train
     rows: dict[str, dict] = {}
     timing: dict[str, float] = {}
     if enc is not None:
+        # One encoder pass gives mu and, with --local, the local map: the rows below share it.
+        kinds = {"encoder": "mu", **({"local": "local"} if local else {})}
         t = time.perf_counter()
-        train_codes = enc.embed(train_images, batch_size)
-        test_codes = enc.embed(test_images, batch_size)
+        train_feats = enc.embed_features(train_images, batch_size, tuple(kinds.values()))
+        test_feats = enc.embed_features(test_images, batch_size, tuple(kinds.values()))
         timing["embed"] = round(time.perf_counter() - t, 2)
-        rows["encoder"] = evaluate_codes(train_codes, train_labels, test_codes, test_labels, k=k,
-                                         temperature=temperature, probe=probe, num_classes=num_classes, seed=seed)
-        del train_codes, test_codes
-    if enc is not None and local:
-        t = time.perf_counter()
-        train_codes = enc.embed(train_images, batch_size, features="local")
-        test_codes = enc.embed(test_images, batch_size, features="local")
-        timing["embed_local"] = round(time.perf_counter() - t, 2)
-        rows["local"] = evaluate_codes(train_codes, train_labels, test_codes, test_labels, k=k,
+        for row, kind in kinds.items():
+            rows[row] = evaluate_codes(train_feats.pop(kind), train_labels, test_feats.pop(kind), test_labels, k=k,
                                        temperature=temperature, probe=probe, num_classes=num_classes, seed=seed)
-        del train_codes, test_codes
     if pixels:
         train_px, test_px = pixel_features(train_images, test_images)
         rows["pixels"] = evaluate_codes(train_px, train_labels, test_px, test_labels, k=k, temperature=temperature,
