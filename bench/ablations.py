@@ -32,9 +32,16 @@ ALL_DOT = ["--model.negatives", "all", "--model.critic", "dot"]
 ALL_COS = ["--model.negatives", "all", "--model.critic", "cosine"]
 VIEWS = ["--model.views", "2", "--model.augment", "crop_flip"]
 PUSH = ["--data.batch_size", "128", "--model.lr_schedule", "cosine"]
-# Global InfoNCE across two views (SimCLR-like), then two views with colour jitter and the encoder width last.
-SIMCLR_G = ["--model.alpha", "1", "--model.beta", "0"]
-SIMCLR_W = INFONCE + ALL_COS + PUSH + ["--model.views", "2", "--model.augment", "simclr", "--model.arch_kwargs"]
+GLOBAL = ["--model.alpha", "1", "--model.beta", "0"]  # global term only, weight 1
+
+
+def two_views(augment: str, width: int, global_width: int | None = None, terms: list[str] = GLOBAL) -> list[str]:
+    """The push recipes: two views, InfoNCE over all pairs, cosine critic, batch 128, cosine lr, an
+    encoder of base width ``width`` (and global blocks of ``global_width`` channels)."""
+    arch = {"base_width": width, **({"global_width": global_width} if global_width else {})}
+    return (terms + INFONCE + ALL_COS + PUSH + ["--model.views", "2", "--model.augment", augment,
+                                                "--model.arch_kwargs", json.dumps(arch)])
+
 
 # name -> (what it changes against the reference recipe, extra `infomax train` arguments)
 VARIANTS: dict[str, tuple[str, list[str]]] = {
@@ -50,42 +57,32 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "dim_l": ("DIM(L): local only, InfoNCE, all-pairs, dot critic", DIM_L + INFONCE + ALL_DOT),
     "dim_l_cos": ("DIM(L) with the cosine critic (T 0.1)", DIM_L + INFONCE + ALL_COS),
     "views_global_cos": ("two crop+flip views, global only, InfoNCE all-pairs, cosine critic (SimCLR-like)",
-                         ["--model.alpha", "1", "--model.beta", "0"] + INFONCE + ALL_COS + VIEWS),
+                         GLOBAL + INFONCE + ALL_COS + VIEWS),
     "views_both_cos": ("two crop+flip views, global + local across views, InfoNCE all-pairs, cosine (AMDIM-like)",
                        ["--model.alpha", "1", "--model.beta", "1"] + INFONCE + ALL_COS + VIEWS),
     "views_local_cos": ("two crop+flip views, local across views only, InfoNCE all-pairs, cosine",
                         DIM_L + INFONCE + ALL_COS + VIEWS),
     # The push for a CPU budget: narrower encoders buy more epochs (images in 3 minutes on cpu2, two
     # views: base width 64 60k, 32 159k, 16 327k), the cosine schedule anneals within the time budget.
-    "push_w32": ("SimCLR-like (views_global_cos), base width 32, batch 128, cosine lr",
-                 ["--model.alpha", "1", "--model.beta", "0"] + INFONCE + ALL_COS + VIEWS + PUSH
-                 + ["--model.arch_kwargs", '{"base_width": 32}']),
-    "push_w16": ("SimCLR-like (views_global_cos), base width 16, batch 128, cosine lr",
-                 ["--model.alpha", "1", "--model.beta", "0"] + INFONCE + ALL_COS + VIEWS + PUSH
-                 + ["--model.arch_kwargs", '{"base_width": 16}']),
-    "push_w16_jitter": ("push_w16 with brightness/contrast jitter (augment simclr)",
-                        ["--model.alpha", "1", "--model.beta", "0"] + INFONCE + ALL_COS + PUSH
-                        + ["--model.views", "2", "--model.augment", "simclr", "--model.arch_kwargs",
-                           '{"base_width": 16}']),
-    "push_w16_b256": ("push_w16 with batch 256",
-                      ["--model.alpha", "1", "--model.beta", "0"] + INFONCE + ALL_COS + VIEWS + PUSH
-                      + ["--model.arch_kwargs", '{"base_width": 16}', "--data.batch_size", "256"]),
+    "push_w32": ("SimCLR-like (views_global_cos), base width 32, batch 128, cosine lr", two_views("crop_flip", 32)),
+    "push_w16": ("SimCLR-like (views_global_cos), base width 16, batch 128, cosine lr", two_views("crop_flip", 16)),
+    "push_w16_jitter": ("push_w16 with brightness/contrast jitter (augment simclr)", two_views("simclr", 16)),
+    "push_w16_b256": ("push_w16 with batch 256", two_views("crop_flip", 16) + ["--data.batch_size", "256"]),
     "push_dim_l_w32": ("DIM(L) (dim_l), base width 32, batch 128, cosine lr",
                        DIM_L + INFONCE + ALL_DOT + PUSH + ["--model.arch_kwargs", '{"base_width": 32}']),
     "push_dim_l_w16": ("DIM(L) (dim_l), base width 16, batch 128, cosine lr",
                        DIM_L + INFONCE + ALL_DOT + PUSH + ["--model.arch_kwargs", '{"base_width": 16}']),
     "push_w16_jitter_noprior": ("push_w16_jitter without the prior (gamma 0)",
-                                ["--model.alpha", "1", "--model.beta", "0", "--model.gamma", "0"] + SIMCLR_W
-                                + ['{"base_width": 16}']),
-    "push_w32_jitter": ("push_w16_jitter with base width 32", SIMCLR_G + SIMCLR_W + ['{"base_width": 32}']),
+                                two_views("simclr", 16, terms=GLOBAL + ["--model.gamma", "0"])),
+    "push_w32_jitter": ("push_w16_jitter with base width 32", two_views("simclr", 32)),
     "push_w16_jitter_both": ("push_w16_jitter plus the local term across views (alpha 1, beta 1)",
-                             ["--model.alpha", "1", "--model.beta", "1"] + SIMCLR_W + ['{"base_width": 16}']),
+                             two_views("simclr", 16, terms=["--model.alpha", "1", "--model.beta", "1"])),
     "push_w16_jitter_g128": ("push_w16_jitter with 128-channel global blocks (a 128-d pooled vector instead of 64-d)",
-                             SIMCLR_G + SIMCLR_W + ['{"base_width": 16, "global_width": 128}']),
+                             two_views("simclr", 16, 128)),
     "push_w16_jitter_g256": ("push_w16_jitter with 256-channel global blocks (a 256-d pooled vector)",
-                             SIMCLR_G + SIMCLR_W + ['{"base_width": 16, "global_width": 256}']),
+                             two_views("simclr", 16, 256)),
     "push_w16_jitter_t02": ("push_w16_jitter with critic temperature 0.2",
-                            SIMCLR_G + SIMCLR_W + ['{"base_width": 16}'] + ["--model.critic_temperature", "0.2"]),
+                            two_views("simclr", 16) + ["--model.critic_temperature", "0.2"]),
 }
 
 CONFIGS = {"cifar10": "training/configs/cifar10.yaml", "fmnist": "training/configs/fmnist.yaml"}

@@ -24,7 +24,6 @@ import torch
 from machine import cpu_name  # bench/machine.py (bench/ is on sys.path when a script here runs)
 
 
-
 def sync(device: str) -> None:
     if device == "cuda":
         torch.cuda.synchronize()

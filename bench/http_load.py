@@ -47,7 +47,6 @@ HOST = "127.0.0.1"  # the only host this tool talks to
 BOUNDARY = "infomaxbenchboundary7d1f"
 
 
-
 def loadavg() -> str:
     try:
         return " ".join(Path("/proc/loadavg").read_text().split()[:3])

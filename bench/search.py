@@ -231,7 +231,6 @@ def fmt_table(rows: list[dict], chosen: dict[int, str]) -> str:
     return "\n".join(lines)
 
 
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default=None, help="comma-separated N values, e.g. 100k,1M (default 100k,1M; --quick: 100k)")

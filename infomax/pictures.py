@@ -18,7 +18,6 @@ from PIL import Image
 from infomax.imagestore import FORMATS
 
 
-
 def png_bytes(pixels: np.ndarray) -> bytes:
     """uint8 (C, H, W) with C in {1, 3} -> PNG bytes (grey stays grey)."""
     a = np.asarray(pixels)
