@@ -35,10 +35,13 @@ PUSH = ["--data.batch_size", "128", "--model.lr_schedule", "cosine"]
 GLOBAL = ["--model.alpha", "1", "--model.beta", "0"]  # global term only, weight 1
 
 
-def two_views(augment: str, width: int, global_width: int | None = None, terms: list[str] = GLOBAL) -> list[str]:
+def two_views(augment: str, width: int, global_width: int | None = None, terms: list[str] = GLOBAL,
+              pool: str | None = None) -> list[str]:
     """The push recipes: two views, InfoNCE over all pairs, cosine critic, batch 128, cosine lr, an
-    encoder of base width ``width`` (and global blocks of ``global_width`` channels)."""
-    arch = {"base_width": width, **({"global_width": global_width} if global_width else {})}
+    encoder of base width ``width`` (and global blocks of ``global_width`` channels, and the code
+    head's ``pool``)."""
+    arch = {"base_width": width, **({"global_width": global_width} if global_width else {}),
+            **({"pool": pool} if pool else {})}
     return (terms + INFONCE + ALL_COS + PUSH + ["--model.views", "2", "--model.augment", augment,
                                                 "--model.arch_kwargs", json.dumps(arch)])
 
@@ -81,6 +84,10 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
                              two_views("simclr", 16, 128)),
     "push_w16_jitter_g256": ("push_w16_jitter with 256-channel global blocks (a 256-d pooled vector)",
                              two_views("simclr", 16, 256)),
+    "push_w16_jitter_g128_avg": ("push_w16_jitter_g128 with global average pooling instead of max",
+                                 two_views("simclr", 16, 128, pool="avg")),
+    "push_w16_jitter_g128_flat": ("push_w16_jitter_g128 with the flattened 4x4x128 map as the head's input "
+                                  "(keeps where features fire)", two_views("simclr", 16, 128, pool="flatten")),
     "push_w16_jitter_t02": ("push_w16_jitter with critic temperature 0.2",
                             two_views("simclr", 16) + ["--model.critic_temperature", "0.2"]),
 }

@@ -3,10 +3,14 @@
     ARTIFACT/encoder.safetensors   encoder weights only (safetensors: no code is ever unpickled)
     ARTIFACT/encoder.json          how to rebuild it: {"format_version", "arch", "arch_kwargs",
                                    "z_dim", "input_size", "in_channels", "normalization",
-                                   "weights_sha256", "dataset", "metrics", "command", ...}
+                                   "weights_sha256", "output", "dataset", "metrics", "command", ...}
 
-``weights_sha256`` is the artifact's identity: an index records it and refuses an encoder whose
-weights differ. Both files are written through a temporary file and a rename, weights first, so
+``output`` says which vectors the artifact serves: ``"mu"``, the code (the default; format 1), or
+``"local"``, the flattened local feature map C(x) (format 2: an older infomax refuses it rather than
+serve codes in its place). ``z_dim`` is the length of the served vectors: the code's dimension, or
+c*h*w of the local map. The artifact's identity (``artifact_id``) is ``weights_sha256`` for codes
+and a hash of it and the output otherwise: an index records it and refuses an encoder whose
+weights, or whose kind of vectors, differ. Both files are written through a temporary file and a rename, weights first, so
 a crash leaves either the previous artifact or a JSON whose hash does not match (refused on load).
 """
 
@@ -25,12 +29,21 @@ from torch import nn
 
 from infomax.atomic import atomic_write_bytes, atomic_write_json
 from infomax.encoders import build_encoder
+from infomax.identity import artifact_id
 from infomax.transforms import Normalize
 
 WEIGHTS = "encoder.safetensors"
 CONFIG = "encoder.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 FEATURES = ("mu", "local")  # what InferenceEncoder.embed_features can return
+OUTPUTS = FEATURES  # what an artifact can serve
+
+
+def output_dim(encoder: nn.Module, output: str, z_dim: int) -> int:
+    """Length of the vectors an encoder serves: ``z_dim`` for codes, c*h*w for the local map."""
+    if output == "mu":
+        return int(z_dim)
+    return int(encoder.local_channels * encoder.local_size**2)
 
 
 class ArtifactError(ValueError):
@@ -47,20 +60,26 @@ def save_artifact(
     dataset: str | None = None,
     metrics: dict | None = None,
     command: str | None = None,
+    output: str = "mu",
     **extra: Any,
 ) -> Path:
-    """Writes ``encoder``'s weights and the JSON that rebuilds it into the folder ``path``."""
+    """Writes ``encoder``'s weights and the JSON that rebuilds it into the folder ``path``;
+    ``output`` chooses the vectors the artifact serves (``"mu"`` or ``"local"``)."""
     from safetensors.torch import save
 
+    if output not in OUTPUTS:
+        raise ValueError(f"output={output!r}: choose one of {OUTPUTS}")
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous() for k, v in encoder.state_dict().items()}
     blob = save(state)
     config = {
-        "format_version": FORMAT_VERSION,
+        # Codes keep format 1, which every infomax reads; another output needs a reader that knows it.
+        "format_version": 1 if output == "mu" else FORMAT_VERSION,
         "arch": arch,
         "arch_kwargs": dict(arch_kwargs),
-        "z_dim": int(arch_kwargs["z_dim"]),
+        "output": output,
+        "z_dim": output_dim(encoder, output, arch_kwargs["z_dim"]),
         "input_size": int(arch_kwargs["input_size"]),
         "in_channels": int(arch_kwargs["in_channels"]),
         "normalization": {"mean": list(normalization["mean"]), "std": list(normalization["std"])},
@@ -96,6 +115,8 @@ def read_config(path: str | Path) -> dict:
             f"{cfg_path} has format_version {config['format_version']}, newer than this infomax "
             f"understands ({FORMAT_VERSION}); upgrade infomax"
         )
+    if config.get("output", "mu") not in OUTPUTS:
+        raise ArtifactError(f"{cfg_path} has output {config['output']!r}; infomax serves one of {OUTPUTS}")
     return config
 
 
@@ -107,10 +128,10 @@ def record_eval(path: str | Path, report: dict) -> Path:
     path = Path(path)
     config = read_config(path)
     art = report.get("artifact") or {}
-    if art.get("id") != config["weights_sha256"]:
+    if art.get("id") != artifact_id(config):
         raise ArtifactError(
             f"the eval report is of artifact {str(art.get('id'))[:12]}, not of {path} "
-            f"({config['weights_sha256'][:12]}); evaluate this artifact to record its figures"
+            f"({artifact_id(config)[:12]}); evaluate this artifact to record its figures"
         )
     summary = {
         key: {m: row.get(m) for m in ("knn_top1", "nn1_top1", "probe_top1", "dim")}
@@ -125,7 +146,8 @@ def record_eval(path: str | Path, report: dict) -> Path:
 
 
 class InferenceEncoder(nn.Module):
-    """An encoder rebuilt from an artifact: images in, mu out. No Lightning, no critics.
+    """An encoder rebuilt from an artifact: images in, the artifact's output (mu, or the flattened
+    local map) out. No Lightning, no critics.
 
     ``embed`` accepts a uint8 tensor (B, C, H, W) or (C, H, W), a uint8 numpy array
     (B, H, W, C), (H, W, C) or (H, W), a PIL image, or a list of PIL images; PIL images of any size
@@ -137,17 +159,19 @@ class InferenceEncoder(nn.Module):
         self.config = config
         self.encoder = encoder
         self.normalize = Normalize(config["normalization"]["mean"], config["normalization"]["std"])
-        self.z_dim = int(config["z_dim"])
+        self.output = config.get("output", "mu")
+        self.z_dim = int(config["z_dim"])  # length of the served vectors
         self.input_size = int(config["input_size"])
         self.in_channels = int(config["in_channels"])
-        self.id = config["weights_sha256"]
+        self.id = artifact_id(config)
 
     @property
     def device(self) -> torch.device:
         return next(self.encoder.parameters()).device
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.encoder(self.normalize(images)).mu
+        out = self.encoder(self.normalize(images))
+        return out.mu if self.output == "mu" else out.local.flatten(1)
 
     def to_tensor(self, images) -> torch.Tensor:
         """Any accepted image input -> uint8 (B, C, S, S) on the CPU."""
@@ -187,9 +211,11 @@ class InferenceEncoder(nn.Module):
         return images
 
     @torch.inference_mode()
-    def embed(self, images, batch_size: int = 256, features: str = "mu") -> torch.Tensor:
-        """Returns mu, float32 (B, z_dim) on the CPU, computed in batches of ``batch_size``;
-        ``features="local"``: the flattened local feature map instead, (B, c * h * w)."""
+    def embed(self, images, batch_size: int = 256, features: str | None = None) -> torch.Tensor:
+        """Returns the artifact's output, float32 (B, z_dim) on the CPU, computed in batches of
+        ``batch_size``; ``features``: ``"mu"`` or ``"local"`` (the flattened local feature map,
+        (B, c * h * w)) whatever the artifact serves."""
+        features = features or self.output
         return self.embed_features(images, batch_size, (features,))[features]
 
     @torch.inference_mode()
@@ -241,6 +267,10 @@ def load_encoder(path: str | Path, device: str | torch.device = "cpu") -> Infere
         encoder.load_state_dict(state)
     except (TypeError, ValueError, RuntimeError) as e:
         raise ArtifactError(f"{path}: cannot rebuild the encoder from {CONFIG} and {WEIGHTS}: {e}") from None
+    served = output_dim(encoder, config.get("output", "mu"), config["arch_kwargs"].get("z_dim", 0))
+    if int(config.get("z_dim", served)) != served:
+        raise ArtifactError(f"{path / CONFIG} says z_dim {config['z_dim']}, but its encoder's "
+                            f"{config.get('output', 'mu')} has {served} values: the file was edited; re-export it")
     model = InferenceEncoder(config, encoder).to(device)
     model.eval()
     return model

@@ -96,11 +96,18 @@ class KNNMonitor(Callback):
 
 class ExportArtifact(Callback):
     """At the end of training writes the serving artifact (``encoder.safetensors`` + ``encoder.json``)
-    to ``dirpath`` (default: ``<log dir>/artifact``), from the best checkpoint when there is one."""
+    to ``dirpath`` (default: ``<log dir>/artifact``), from the best checkpoint when there is one.
+    ``output``: the vectors the artifact serves, ``"mu"`` (the code) or ``"local"`` (the flattened
+    local feature map C(x))."""
 
-    def __init__(self, dirpath: str | None = None, use_best: bool = True) -> None:
+    def __init__(self, dirpath: str | None = None, use_best: bool = True, output: str = "mu") -> None:
+        from infomax.artifact import OUTPUTS
+
+        if output not in OUTPUTS:
+            raise ValueError(f"output={output!r}: choose one of {OUTPUTS}")
         self.dirpath = dirpath
         self.use_best = use_best
+        self.output = output
         self.command = shlex.join(["infomax", *sys.argv[1:]]) if sys.argv else None
         self.path: Path | None = None
 
@@ -132,7 +139,8 @@ class ExportArtifact(Callback):
                 info["metrics"][ckpt.monitor] = float(ckpt.best_model_score)
         dm = trainer.datamodule
         self.path = pl_module.export(
-            target, state_dict=state, dataset=getattr(dm, "name", None), command=self.command, **info
+            target, state_dict=state, dataset=getattr(dm, "name", None), command=self.command,
+            output=self.output, **info
         )
         log.info("serving artifact written to %s", self.path)
         print(f"infomax: serving artifact written to {self.path}", file=sys.stderr)

@@ -1,7 +1,8 @@
 """Batched and distributed embedding of a data set or an image folder, and the folder it writes.
 
-``infomax embed`` computes the code (mu) of every image with Lightning's own prediction loop: a
-LightningModule whose ``predict_step`` runs the :class:`~infomax.artifact.InferenceEncoder`, and
+``infomax embed`` computes the vector the artifact serves (its ``output``: the code mu, or the
+flattened local map) of every image with Lightning's own prediction loop: a LightningModule
+whose ``predict_step`` runs the :class:`~infomax.artifact.InferenceEncoder`, and
 ``Trainer.predict`` over a plain DataLoader. On one device that is a batched loop; on several
 devices or nodes (strategy ``ddp``) Lightning gives every rank a disjoint slice of the images
 (``UnrepeatedDistributedSamplerWrapper``: no padding, so no image is encoded twice) and every
@@ -11,7 +12,7 @@ The embeddings folder (a contract: ``infomax index build`` and other code read i
 
     DIR/embeddings.json                    manifest, written LAST and atomically: without it the
                                            folder is incomplete (a crashed or running embed)
-    DIR/shard-00000-of-00002/vectors.npy   float32 (n_r, z_dim): mu of the images of rank r
+    DIR/shard-00000-of-00002/vectors.npy   float32 (n_r, z_dim): vectors of the images of rank r
     DIR/shard-00000-of-00002/ids.npy       int64 (n_r,): their ids, ascending within the shard
     DIR/shard-00000-of-00002/meta.jsonl    n_r lines {"id": int, "source": str, "label": int|null}
                                            in the order of ids.npy
@@ -26,7 +27,7 @@ shards; together the shards hold every id exactly once (minus unreadable files, 
 (``classes`` in the manifest), null where unknown.
 
 ``embeddings.json``: ``{"format": "infomax-embeddings", "format_version": 1, "artifact": {"id",
-"weights_sha256", "path", "z_dim", "dataset", ...}, "z_dim", "data", "kind": "dataset"|"folder",
+"weights_sha256", "output", "path", "z_dim", "dataset", ...}, "z_dim", "data", "kind": "dataset"|"folder",
 "split", "count", "classes", "shards": [{"name", "count"}], "skipped": [{"source", "reason"}],
 "world_size", "batch_size", "seconds", "created_at", "command"}``.
 """
@@ -267,7 +268,7 @@ def make_loader(source: ImageSource, batch_size: int, num_workers: int = 0, pin_
 
 class EncoderPredictor(pl.LightningModule):
     """Wraps an InferenceEncoder for ``Trainer.predict``: ``predict_step`` returns ``{"ids",
-    "vectors", "skipped"}`` of a batch: mu of the good images (float32 (b, z_dim), on the CPU),
+    "vectors", "skipped"}`` of a batch: vectors of the good images (float32 (b, z_dim), on the CPU),
     their ids, and ``[(id, reason)]`` of unreadable files."""
 
     def __init__(self, encoder: torch.nn.Module) -> None:
@@ -406,7 +407,8 @@ def write_manifest(out: Path, source: ImageSource, encoder, *, world_size: int, 
         "format_version": FORMAT_VERSION,
         "artifact": {
             "id": encoder.id,
-            "weights_sha256": encoder.id,
+            "weights_sha256": config["weights_sha256"],
+            "output": encoder.output,
             "path": str(Path(model_path).expanduser().absolute()) if model_path is not None else None,
             "z_dim": int(encoder.z_dim),
             "dataset": config.get("dataset"),

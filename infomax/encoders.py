@@ -49,7 +49,13 @@ class ConvEncoder(nn.Module):
     ``global_width`` sets the channels of the global blocks (default: the local map's): the pooled
     vector the code is a linear map of has that many dimensions, so a narrow encoder
     (``base_width`` 16: a 64-channel local map) would otherwise give codes of rank 64 at most.
+    ``pool`` turns the last feature map into the vector mu and log sigma^2 are linear maps of:
+    ``"max"`` (the reference recipe: global max pool, which keeps what fired but not where),
+    ``"avg"``, or ``"flatten"`` (every position's features, h*w*g values: the layout is kept, as
+    in the paper's fully connected encoder head).
     """
+
+    POOLS = ("max", "avg", "flatten")
 
     def __init__(
         self,
@@ -60,9 +66,12 @@ class ConvEncoder(nn.Module):
         n_global_blocks: int = 2,
         base_width: int = 64,
         global_width: int | None = None,
+        pool: str = "max",
     ) -> None:
         super().__init__()
         _check_common(in_channels, input_size, z_dim)
+        if pool not in self.POOLS:
+            raise ValueError(f"pool={pool!r}: choose one of {self.POOLS}")
         if input_size < 8:
             raise ValueError(f"input_size={input_size}: the conv encoder needs images of at least 8 px")
         if n_blocks is None:
@@ -91,14 +100,22 @@ class ConvEncoder(nn.Module):
         self.global_net = nn.Sequential(
             *[_conv_block(c if i == 0 else g, g, pool=False) for i in range(n_global_blocks)]
         )
-        self.mu = nn.Linear(g, z_dim)
-        self.logvar = nn.Linear(g, z_dim)
         self.local_size = _map_size(input_size, n_blocks)
+        self.pool = pool
+        pooled = g * self.local_size**2 if pool == "flatten" else g
+        self.mu = nn.Linear(pooled, z_dim)
+        self.logvar = nn.Linear(pooled, z_dim)
         self.z_dim = z_dim
 
     def forward(self, x: torch.Tensor) -> EncoderOutput:
         local = self.local_net(x)
-        h = self.global_net(local).amax(dim=(2, 3))  # global max pool
+        h = self.global_net(local)
+        if self.pool == "max":
+            h = h.amax(dim=(2, 3))
+        elif self.pool == "avg":
+            h = h.mean(dim=(2, 3))
+        else:
+            h = h.flatten(1)
         return EncoderOutput(local, self.mu(h), self.logvar(h))
 
 

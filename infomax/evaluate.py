@@ -213,11 +213,11 @@ def evaluate_encoder(model: Any, data: str, *, data_dir: Any = None, limit_train
                      limit_test: int | None = None, probe: bool = True, pixels: bool = True,
                      encoder: bool = True, batch_size: int = 256, k: int = 200, temperature: float = 0.1,
                      seed: int = 0, local: bool = False) -> dict:
-    """``infomax eval``: the protocol on the codes of the artifact ``model`` (a folder or a loaded
-    InferenceEncoder) and on raw pixels, for a standard data set (train = bank, test = queries;
-    ``limit_*`` keep the first N of each split). ``local``: also on the encoder's flattened local
-    feature map C(x) (the features the local MI term trains). Returns the report (see
-    :func:`format_report`)."""
+    """``infomax eval``: the protocol on the vectors the artifact ``model`` (a folder or a loaded
+    InferenceEncoder) serves (its ``output``: the code mu, or the local map) and on raw pixels, for a
+    standard data set (train = bank, test = queries; ``limit_*`` keep the first N of each split).
+    ``local``: also on the encoder's flattened local feature map C(x) (the features the local MI
+    term trains) when the artifact serves codes. Returns the report (see :func:`format_report`)."""
     from infomax.artifact import InferenceEncoder, load_encoder
     from infomax.data import DATASET_STATS, canonical_dataset_name, load_dataset
     from infomax.embed import check_fits
@@ -251,8 +251,8 @@ def evaluate_encoder(model: Any, data: str, *, data_dir: Any = None, limit_train
     rows: dict[str, dict] = {}
     timing: dict[str, float] = {}
     if enc is not None:
-        # One encoder pass gives mu and, with --local, the local map: the rows below share it.
-        kinds = {"encoder": "mu", **({"local": "local"} if local else {})}
+        # One encoder pass gives the served vectors and, with --local, the local map: the rows share it.
+        kinds = {"encoder": enc.output, **({"local": "local"} if local and enc.output != "local" else {})}
         t = time.perf_counter()
         train_feats = enc.embed_features(train_images, batch_size, tuple(kinds.values()))
         test_feats = enc.embed_features(test_images, batch_size, tuple(kinds.values()))
@@ -272,7 +272,8 @@ def evaluate_encoder(model: Any, data: str, *, data_dir: Any = None, limit_train
         "n_test": len(test_images),
         "k": k,
         "temperature": temperature,
-        "artifact": None if enc is None else {"id": enc.id, "z_dim": enc.z_dim, "arch": enc.config.get("arch"),
+        "artifact": None if enc is None else {"id": enc.id, "z_dim": enc.z_dim, "output": enc.output,
+                                              "arch": enc.config.get("arch"),
                                               "dataset": enc.config.get("dataset"),
                                               "path": None if isinstance(model, InferenceEncoder) else str(model)},
         "results": rows,
@@ -287,8 +288,9 @@ def _fmt(v: float | None) -> str:
 
 def format_report(report: dict) -> str:
     """The report as a markdown table: one row per kind of features."""
-    names = {"encoder": "encoder (mu)", "local": "local feature map C(x)", "pixels": "raw pixels"}
     art = report.get("artifact")
+    served = {"mu": "mu", "local": "local map C(x)"}.get((art or {}).get("output", "mu"), "mu")
+    names = {"encoder": f"encoder ({served})", "local": "local feature map C(x)", "pixels": "raw pixels"}
     lines = [
         f"{report['data']}: {report['n_train']} train (bank) / {report['n_test']} test (queries)"
         + (f", artifact {art['id'][:12]} ({art['arch']}, z_dim {art['z_dim']})" if art else ""),

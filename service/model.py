@@ -42,6 +42,7 @@ class ServingModel:
         self.encoder = encoder.eval()
         self.id: str = encoder.id
         self.z_dim = encoder.z_dim
+        self.output = encoder.output
         self.input_size = encoder.input_size
         self.in_channels = encoder.in_channels
         self.optimized = False
@@ -71,7 +72,7 @@ class ServingModel:
                  folded, err)
 
     def encode(self, pixels: torch.Tensor) -> np.ndarray:
-        """uint8 (B, C, S, S) -> float32 (B, z_dim)."""
+        """uint8 (B, C, S, S) -> float32 (B, z_dim): the artifact's output (mu or the local map)."""
         with torch.inference_mode():
             if self.optimized:
                 pixels = pixels.contiguous(memory_format=torch.channels_last)

@@ -76,7 +76,7 @@ class Neighbor(Item):
 
 
 class SearchResponse(BaseModel):
-    model: str = Field(description="weights_sha256 of the encoder that made the codes")
+    model: str = Field(description="id of the encoder artifact that made the codes (its weights_sha256 when it serves mu)")
     k: int
     query: Literal["image", "vector", "id"]
     neighbors: list[Neighbor] = Field(description="best first; fewer than k when the index holds fewer items")
@@ -85,7 +85,8 @@ class SearchResponse(BaseModel):
 class EmbedResponse(BaseModel):
     model: str
     dim: int
-    codes: list[list[float]] = Field(description="one code (the encoder's mu) per image, in upload order")
+    codes: list[list[float]] = Field(description="one vector per image, in upload order: the encoder's mu, or its "
+                                                 "flattened local feature map when the artifact's output is local")
 
 
 class ItemsAdded(BaseModel):
@@ -115,7 +116,9 @@ class Readiness(BaseModel):
 
 class ServiceInfo(BaseModel):
     model: str
-    z_dim: int
+    z_dim: int = Field(description="length of the vectors the model serves and the index holds")
+    output: Literal["mu", "local"] = Field(
+        description="what the vectors are: mu, the code, or local, the flattened local feature map C(x)")
     input_size: int
     in_channels: int
     optimized: bool

@@ -49,12 +49,52 @@ def test_narrow_conv_layout_and_global_width(global_width, n_global, pooled):
     assert out.local.shape == (2, 64, 4, 4) and out.mu.shape == (2, 32)
 
 
+@pytest.mark.parametrize("pool", ["max", "avg", "flatten"])
+def test_conv_pool_matches_a_naive_reference(pool):
+    torch.manual_seed(0)
+    enc = build_encoder("conv", in_channels=1, input_size=28, z_dim=8, base_width=4, global_width=6, pool=pool).eval()
+    x = torch.randn(3, 1, 28, 28)
+    with torch.no_grad():
+        out = enc(x)
+        fmap = enc.global_net(enc.local_net(x))  # (3, 6, 4, 4)
+    assert fmap.shape == (3, 6, 4, 4)
+    rows = []
+    for b in range(3):
+        cells = [fmap[b, :, i, j] for i in range(4) for j in range(4)]
+        if pool == "max":
+            rows.append(torch.stack(cells).max(dim=0).values)
+        elif pool == "avg":
+            rows.append(sum(cells) / len(cells))
+        else:  # every channel at every position, channel-major like (c, h, w)
+            rows.append(torch.stack([fmap[b, c, i, j] for c in range(6) for i in range(4) for j in range(4)]))
+    h = torch.stack(rows)
+    assert enc.mu.in_features == enc.logvar.in_features == h.shape[1] == (96 if pool == "flatten" else 6)
+    torch.testing.assert_close(out.mu, h @ enc.mu.weight.T + enc.mu.bias)
+    torch.testing.assert_close(out.logvar, h @ enc.logvar.weight.T + enc.logvar.bias)
+
+
+@pytest.mark.parametrize("pool", ["max", "avg", "flatten"])
+def test_only_the_flatten_pool_sees_where_features_fire(pool):
+    # With mirror-symmetric kernels the feature maps of a mirrored image are the mirrored maps, so a
+    # pooled head gives the same code for both; the flattened head keeps the layout and tells them apart.
+    torch.manual_seed(0)
+    enc = build_encoder("conv", in_channels=1, input_size=8, z_dim=4, base_width=4, n_blocks=2,
+                        n_global_blocks=1, pool=pool).eval()
+    with torch.no_grad():
+        for conv in (m for m in enc.modules() if isinstance(m, torch.nn.Conv2d)):
+            conv.weight.copy_((conv.weight + conv.weight.flip(-1)) / 2)
+        x = torch.randn(2, 1, 8, 8)
+        mu, mu_mirrored = enc(x).mu, enc(x.flip(-1)).mu
+    assert torch.allclose(mu, mu_mirrored, atol=1e-5) == (pool != "flatten")
+
+
 @pytest.mark.parametrize(
     "kwargs,match",
     [
         (dict(arch="vit"), "arch='vit'"),
         (dict(arch="conv", global_width=0), "global_width=0"),
         (dict(arch="conv", global_width=128, n_global_blocks=0), "global_width=128"),
+        (dict(arch="conv", pool="mean"), "pool='mean'"),
         (dict(arch="conv", z_dim=0), "z_dim=0"),
         (dict(arch="conv", input_size=4), "input_size=4"),
         (dict(arch="conv", in_channels=0), "in_channels=0"),

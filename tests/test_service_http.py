@@ -196,3 +196,17 @@ def test_cli_refuses_bad_setups_with_one_line(tiny_artifact, tmp_path):
     assert r.returncode == 1 and "read_only" in r.stderr and "do-not-print-me" not in r.stderr
     r = _serve_cli("--help")
     assert r.returncode == 0 and "--workers" in r.stdout and "--create-index" in r.stdout
+
+
+def test_cli_refuses_an_index_of_another_encoder_or_length_in_one_line(index_template, tmp_path):
+    from conftest import make_artifact
+
+    other = make_artifact(tmp_path / "other", z_dim=16, seed=1)
+    r = _serve_cli("--model", str(other), "--index", str(index_template["folder"]))
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "artifact mismatch" in r.stderr, r.stderr
+    assert str(index_template["folder"]) in r.stderr and str(other) in r.stderr
+    # An index that records no artifact: the lengths still have to agree.
+    EmbeddingIndex.create(32, path=tmp_path / "anonymous").close()
+    r = _serve_cli("--model", str(other), "--index", str(tmp_path / "anonymous"))
+    assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
+    assert "makes 16-dimensional vectors but the index" in r.stderr and "32-dimensional" in r.stderr

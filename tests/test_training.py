@@ -269,3 +269,8 @@ def test_every_shipped_config_parses_and_takes_effect(config, tmp_path):
         timer = next(cb for cb in cli.trainer.callbacks if isinstance(cb, pl.callbacks.Timer))
         d, h, m, s = map(int, spec["trainer"]["max_time"].split(":"))
         assert timer.time_remaining() == ((d * 24 + h) * 60 + m) * 60 + s
+    for key, value in (spec.get("export") or {}).items():
+        from infomax.callbacks import ExportArtifact
+
+        export = next(cb for cb in cli.trainer.callbacks if isinstance(cb, ExportArtifact))
+        assert getattr(export, key) == value, key

@@ -9,7 +9,7 @@ import sys
 # name -> (module with a `main(argv) -> int`, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("training.train", "train an encoder (LightningCLI: --config, --trainer.*, --model.*, --data.*)"),
-    "export": ("training.export", "write the serving artifact of a training checkpoint"),
+    "export": ("training.export", "write the serving artifact of a training checkpoint (or another artifact)"),
     "embed": ("training.embed", "encode a data set or an image folder into vectors, ids and sources"),
     "index": ("training.index_cmd", "build a FAISS index folder from embeddings (`infomax index build`)"),
     "eval": ("training.evaluate", "k-NN, 1-NN and linear-probe accuracy of an encoder, beside raw pixels"),

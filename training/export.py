@@ -1,19 +1,50 @@
-"""``infomax export --checkpoint CKPT --out DIR``: the serving artifact of any training checkpoint."""
+"""``infomax export --checkpoint CKPT --out DIR``: the serving artifact of any training checkpoint.
+
+``infomax export --artifact DIR --out DIR2 --output local``: the same weights serving other vectors
+(``mu``, the code, or ``local``, the flattened local feature map C(x)); the training command, the
+training figures and the provenance are kept, an eval report of the other output is not.
+"""
 
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
+
+# Keys save_artifact writes itself, and the eval report (it measured the other output's vectors).
+_REDERIVED = ("format_version", "arch", "arch_kwargs", "output", "z_dim", "input_size", "in_channels",
+              "normalization", "weights_sha256", "created_at", "eval")
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="infomax export", description=__doc__)
-    p.add_argument("--checkpoint", required=True, help="a Lightning checkpoint written by `infomax train`")
+    p = argparse.ArgumentParser(prog="infomax export", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", help="a Lightning checkpoint written by `infomax train`")
+    src.add_argument("--artifact", help="an artifact folder whose weights to export again (with another --output)")
     p.add_argument("--out", required=True, help="artifact folder to write (encoder.safetensors + encoder.json)")
+    p.add_argument("--output", choices=("mu", "local"), default="mu",
+                   help="vectors the artifact serves: mu (the code, default) or local (the flattened local "
+                        "feature map C(x), c*h*w values)")
     p.add_argument("--dataset", default=None, help="name of the training data, recorded in encoder.json")
     args = p.parse_args(argv)
 
     from pathlib import Path
+
+    command = shlex.join(["infomax", "export", *argv])
+    if args.artifact:
+        from infomax.artifact import load_encoder, save_artifact
+
+        if Path(args.out).resolve() == Path(args.artifact).resolve():
+            raise ValueError(f"--out {args.out} is the --artifact folder: write the new artifact to another folder")
+        enc = load_encoder(args.artifact)
+        kept = {k: v for k, v in enc.config.items() if k not in _REDERIVED}
+        kept["dataset"] = args.dataset or kept.get("dataset")
+        kept["exported_by"] = command  # `command` stays the one that trained the weights
+        path = save_artifact(enc.encoder, args.out, arch=enc.config["arch"], arch_kwargs=enc.config["arch_kwargs"],
+                             normalization=enc.config["normalization"], output=args.output, **kept)
+        print(f"infomax: serving artifact ({args.output}) written to {path}", file=sys.stderr)
+        return 0
 
     import torch
 
@@ -28,6 +59,6 @@ def main(argv: list[str]) -> int:
     except (KeyError, RuntimeError, EOFError) as e:
         raise ValueError(f"{ckpt} is not a readable infomax training checkpoint ({e})") from None
     path = module.export(args.out, dataset=args.dataset, checkpoint=str(ckpt), epochs=state.get("epoch"),
-                         steps=state.get("global_step"), command="infomax export " + " ".join(argv))
-    print(f"infomax: serving artifact written to {path}", file=sys.stderr)
+                         steps=state.get("global_step"), command=command, output=args.output)
+    print(f"infomax: serving artifact ({args.output}) written to {path}", file=sys.stderr)
     return 0

@@ -128,6 +128,30 @@ def _preflight(settings) -> None:
         if not (artifact / name).is_file():
             raise FileNotFoundError(f"{artifact / name} is missing: --model must be a serving artifact folder "
                                     f"(`infomax export` writes one)")
+    _check_pairing(artifact, index)
+
+
+def _check_pairing(artifact: Path, index: Path) -> None:
+    """An index built with another encoder, or holding vectors of another length, refused in one
+    line from the two JSON files. Unreadable files are left to the app, whose errors name them."""
+    import json
+
+    from infomax.identity import artifact_id
+
+    try:
+        config = json.loads((artifact / "encoder.json").read_text())
+        record = json.loads((index / "index.json").read_text())
+        built_with = (record.get("artifact") or {}).get("id")
+        ours, dim, their_dim = artifact_id(config), int(config["z_dim"]), int(record["dim"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return
+    if built_with is not None and built_with != ours:
+        raise ValueError(f"artifact mismatch: the index at {index} was built with encoder artifact {built_with[:12]}, "
+                         f"not with {artifact} ({ours[:12]}, output {config.get('output', 'mu')}); serve it with "
+                         f"the artifact that built it, or build a new index (`infomax embed` + `infomax index build`)")
+    if dim != their_dim:
+        raise ValueError(f"dimension mismatch: {artifact} makes {dim}-dimensional vectors but the index at {index} "
+                         f"holds {their_dim}-dimensional ones; build a new index with this artifact")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,16 @@
+"""An artifact's identity, from its ``encoder.json`` alone (no torch: the serve command checks an
+index against its artifact with it before anything heavy is imported)."""
+
+from __future__ import annotations
+
+import hashlib
+
+
+def artifact_id(config: dict) -> str:
+    """The identity an index and an eval report record: the weights' hash for an artifact serving
+    codes (``output`` mu, or none: indexes built before outputs existed stay valid), else a hash of
+    it and the output, so that vectors of one kind never enter an index of the other."""
+    output = config.get("output", "mu")
+    if output == "mu":
+        return config["weights_sha256"]
+    return hashlib.sha256(f"{config['weights_sha256']}:{output}".encode()).hexdigest()

@@ -1,0 +1,139 @@
+"""Artifacts that serve the local feature map C(x) instead of the code mu (``output: local``):
+derived with ``infomax export --artifact``, refused where they would mix with codes, served over HTTP."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import subprocess
+import sys
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from test_service import REPO, build_index, serve
+
+from infomax.artifact import ArtifactError, load_encoder, record_eval
+from infomax.data import load_cifar10
+from infomax.evaluate import evaluate_encoder
+from infomax.index import EmbeddingIndex
+
+
+def export_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "training.cli", "export", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def local_artifact(tiny_artifact, tmp_path_factory):
+    """tiny_artifact's weights, exported again to serve the local map."""
+    src = tmp_path_factory.mktemp("src") / "art"
+    shutil.copytree(tiny_artifact, src)
+    config = json.loads((src / "encoder.json").read_text())
+    config["eval"] = {"cifar10": {"results": {"encoder": {"knn_top1": 0.5}}}}  # measured on mu: must not follow
+    (src / "encoder.json").write_text(json.dumps(config))
+    out = tmp_path_factory.mktemp("local") / "art"
+    r = export_cli("--artifact", str(src), "--out", str(out), "--output", "local")
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+def test_a_local_artifact_serves_the_flattened_local_map(tiny_artifact, local_artifact, data_dir):
+    mu_enc, loc_enc = load_encoder(tiny_artifact), load_encoder(local_artifact)
+    before, after = (json.loads((p / "encoder.json").read_text()) for p in (tiny_artifact, local_artifact))
+    assert (after["output"], after["format_version"]) == ("local", 2) and before.get("output", "mu") == "mu"
+    assert (local_artifact / "encoder.safetensors").read_bytes() == (tiny_artifact / "encoder.safetensors").read_bytes()
+    assert after["weights_sha256"] == before["weights_sha256"] and after["command"] == before["command"]
+    assert after["exported_by"].startswith("infomax export --artifact") and "eval" not in after
+    # Same weights, other vectors: another identity, so an index of codes never takes these vectors.
+    assert loc_enc.id != mu_enc.id == before["weights_sha256"]
+    images, _ = load_cifar10(data_dir, "test")
+    x = images[:8]
+    with torch.no_grad():
+        expected = mu_enc.encoder.local_net(mu_enc.normalize(x)).flatten(1)
+    assert loc_enc.z_dim == after["z_dim"] == expected.shape[1] == 256 * 4 * 4
+    torch.testing.assert_close(loc_enc.embed(x), expected)
+    torch.testing.assert_close(loc_enc(x), expected)
+    torch.testing.assert_close(loc_enc.embed(x, features="mu"), mu_enc.embed(x))  # both still reachable
+
+
+def test_embed_and_index_build_carry_the_local_vectors_and_their_id(local_artifact, tmp_path, data_dir):
+    from infomax.embed import embed, read_embeddings
+    from training import index_cmd
+
+    manifest = embed(local_artifact, "cifar10", tmp_path / "emb", split="test", limit=24, batch_size=8,
+                     data_dir=data_dir, progress=False)
+    enc = load_encoder(local_artifact)
+    art = manifest["artifact"]
+    assert (art["id"], art["output"], art["z_dim"]) == (enc.id, "local", 4096)
+    assert art["weights_sha256"] == enc.config["weights_sha256"] != enc.id
+    images, _ = load_cifar10(data_dir, "test")
+    np.testing.assert_allclose(read_embeddings(tmp_path / "emb").vectors, enc.embed(images[:24]).numpy(),
+                               rtol=1e-5, atol=1e-5)
+    assert index_cmd.main(["build", "--embeddings", str(tmp_path / "emb"), "--out", str(tmp_path / "idx")]) == 0
+    with EmbeddingIndex.load(tmp_path / "idx", expected_artifact_id=enc.id, read_only=True) as index:
+        assert index.dim == 4096 and len(index) == 24
+
+
+def test_eval_of_a_local_artifact_measures_what_it_serves(tiny_artifact, local_artifact, data_dir):
+    kw = dict(data_dir=data_dir, limit_train=300, limit_test=100, probe=False, pixels=False)
+    mu_report = evaluate_encoder(tiny_artifact, "cifar10", local=True, **kw)
+    loc_report = evaluate_encoder(local_artifact, "cifar10", local=True, **kw)  # --local adds nothing here
+    assert list(loc_report["results"]) == ["encoder"] and loc_report["artifact"]["output"] == "local"
+    got, want = loc_report["results"]["encoder"], mu_report["results"]["local"]
+    assert (got["knn_top1"], got["nn1_top1"], got["dim"]) == (want["knn_top1"], want["nn1_top1"], want["dim"])
+    # The report records on the local artifact, and is refused by the mu one (same weights).
+    art = local_artifact.parent / "recorded"
+    shutil.copytree(local_artifact, art)
+    record_eval(art, loc_report)
+    assert json.loads((art / "encoder.json").read_text())["eval"]["cifar10"]["results"]["encoder"]["dim"] == 4096
+    with pytest.raises(ArtifactError, match="not of"):
+        record_eval(tiny_artifact, loc_report)
+
+
+def test_bad_output_settings_are_refused_with_the_reason(tiny_artifact, local_artifact, tmp_path):
+    r = export_cli("--artifact", str(tiny_artifact), "--out", str(tmp_path / "x"), "--output", "pooled")
+    assert r.returncode == 2 and "invalid choice: 'pooled'" in r.stderr
+    r = export_cli("--artifact", str(tiny_artifact), "--out", str(tiny_artifact), "--output", "local")
+    assert r.returncode == 1 and "is the --artifact folder" in r.stderr and "Traceback" not in r.stderr
+    r = export_cli("--artifact", str(tmp_path / "none"), "--out", str(tmp_path / "y"))
+    assert r.returncode == 1 and "no artifact folder" in r.stderr
+    # A hand-edited encoder.json: an unknown output, or a length that is not the output's.
+    for key, value, match in (("output", "pooled", "has output 'pooled'"), ("z_dim", 32, "says z_dim 32")):
+        art = tmp_path / f"edited-{key}"
+        shutil.copytree(local_artifact, art)
+        config = json.loads((art / "encoder.json").read_text())
+        config[key] = value
+        (art / "encoder.json").write_text(json.dumps(config))
+        with pytest.raises(ArtifactError, match=match):
+            load_encoder(art)
+    from infomax.callbacks import ExportArtifact
+
+    with pytest.raises(ValueError, match="output='pooled'"):
+        ExportArtifact(output="pooled")
+
+
+def test_the_service_serves_local_vectors_and_refuses_an_index_of_codes(local_artifact, tiny_artifact, data_dir,
+                                                                        tmp_path):
+    folder = tmp_path / "index"
+    template = build_index(folder, local_artifact, data_dir, n=40)
+    with EmbeddingIndex.load(folder, read_only=True) as index:
+        assert index.dim == 4096
+    enc = load_encoder(local_artifact)
+    with serve(["--model", str(local_artifact), "--index", str(folder), "--no-access-log"], tmp_path / "s.log") as srv:
+        info = httpx.get(srv.url + "/v1/info").json()
+        assert (info["output"], info["z_dim"], info["model"]) == ("local", 4096, enc.id)
+        png = template["pngs"][7]
+        hits = httpx.post(srv.url + "/v1/search", files={"file": ("q.png", png, "image/png")}, data={"k": "3"}).json()
+        assert hits["neighbors"][0]["id"] == 7 and hits["model"] == enc.id
+        codes = httpx.post(srv.url + "/v1/embed", json={"images": [base64.b64encode(png).decode()]}).json()
+        assert codes["dim"] == 4096
+        np.testing.assert_allclose(codes["codes"][0], enc.embed(template["pixels"][7:8])[0].numpy(), rtol=1e-4,
+                                   atol=1e-4)
+    # The same weights serving codes cannot take this index: the ids differ (and the lengths).
+    r = subprocess.run([sys.executable, "-m", "training.cli", "serve", "--model", str(tiny_artifact), "--index",
+                        str(folder)], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "Traceback" not in r.stderr and r.stderr.count("\n") == 1, r.stderr
+    assert "artifact mismatch" in r.stderr and str(folder) in r.stderr and "output mu" in r.stderr
