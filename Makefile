@@ -1,5 +1,5 @@
 # Two commands on a fresh machine (each installs what it needs into .venv first):
-#   make demo   the main job: an encoder (shipped, or a short training run), index the CIFAR-10 test
+#   make demo   the main job: the shipped CIFAR-10 encoder (models/cifar10), index the CIFAR-10 test
 #               images with FAISS, serve search over HTTP on http://127.0.0.1:8000
 #   make test   the whole test suite
 SHELL := /bin/bash

@@ -10,8 +10,9 @@
 serve codes in its place). ``z_dim`` is the length of the served vectors: the code's dimension, or
 c*h*w of the local map. The artifact's identity (``artifact_id``) is ``weights_sha256`` for codes
 and a hash of it and the output otherwise: an index records it and refuses an encoder whose
-weights, or whose kind of vectors, differ. Both files are written through a temporary file and a rename, weights first, so
-a crash leaves either the previous artifact or a JSON whose hash does not match (refused on load).
+weights, or whose kind of vectors, differ. Both files are written through a temporary file and a
+rename, weights first, so a crash leaves either the previous artifact or a JSON whose hash does not
+match (refused on load).
 """
 
 from __future__ import annotations
