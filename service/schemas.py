@@ -76,7 +76,8 @@ class Neighbor(Item):
 
 
 class SearchResponse(BaseModel):
-    model: str = Field(description="id of the encoder artifact that made the codes (its weights_sha256 when it serves mu)")
+    model: str = Field(description="id of the encoder artifact that made the vectors (its weights_sha256 when it "
+                                   "serves mu)")
     k: int
     query: Literal["image", "vector", "id"]
     neighbors: list[Neighbor] = Field(description="best first; fewer than k when the index holds fewer items")

@@ -132,7 +132,8 @@ def test_upload_shows_neighbours_and_clicking_searches_from_them(browser, index_
         # a random sample of the index, every picture loaded
         _wait(browser, lambda d: len(d.find_elements(by, "#sample .card")) == 24)
         _wait(browser, lambda d: _all_pictures_loaded(d, "#sample"))
-        assert "300 images" in browser.find_element("id", "info").text
+        info = browser.find_element("id", "info").text
+        assert "300 images" in info and "32-d codes" in info, info
 
         # upload an image through the file input: it comes back first, with score 1
         query = tmp_path / "query.png"

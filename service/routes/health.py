@@ -31,7 +31,8 @@ async def readyz(state: StateDep):
 async def info(state: ReadyState) -> ServiceInfo:
     s, m = state.settings, state.model
     return ServiceInfo(
-        model=m.id, z_dim=m.z_dim, output=m.output, input_size=m.input_size, in_channels=m.in_channels, optimized=m.optimized,
+        model=m.id, z_dim=m.z_dim, output=m.output, input_size=m.input_size, in_channels=m.in_channels,
+        optimized=m.optimized,
         index_factory=state.index.factory, items=len(state.index), read_only=s.read_only, batching=s.batching,
         default_k=s.default_k, max_k=s.max_k, max_upload_bytes=s.max_upload_bytes, max_image_pixels=s.max_image_pixels,
         max_images_per_request=s.max_images_per_request, max_sample=s.max_sample,

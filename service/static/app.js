@@ -145,7 +145,8 @@ async function loadInfo() {
     state.keyForReads = info.key_required_for_reads;
     $("k").max = String(info.max_k);
     $("info").textContent = `${info.items} images · model ${info.model.slice(0, 12)} · ` +
-      `${info.z_dim}-d codes · ${info.index_factory}${info.read_only ? " · read-only" : ""}`;
+      `${info.z_dim}-d ${info.output === "local" ? "local feature maps" : "codes"} · ${info.index_factory}` +
+      `${info.read_only ? " · read-only" : ""}`;
     return true;
   } catch (e) {
     $("info").textContent = "";
