@@ -137,3 +137,20 @@ def test_the_service_serves_local_vectors_and_refuses_an_index_of_codes(local_ar
                         str(folder)], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and "Traceback" not in r.stderr and r.stderr.count("\n") == 1, r.stderr
     assert "artifact mismatch" in r.stderr and str(folder) in r.stderr and "output mu" in r.stderr
+
+
+@pytest.mark.parametrize("arch,kwargs", [("conv", dict(in_channels=1, input_size=28, base_width=16)),
+                                         ("conv", dict(in_channels=3, input_size=64)),
+                                         ("resnet18", dict(in_channels=3, input_size=32, local_stage="layer2"))])
+def test_the_recorded_length_of_local_vectors_is_the_maps(arch, kwargs, tmp_path):
+    from infomax.artifact import save_artifact
+    from infomax.encoders import build_encoder
+
+    enc = build_encoder(arch, z_dim=8, **kwargs).eval()
+    save_artifact(enc, tmp_path / "a", arch=arch, arch_kwargs=dict(z_dim=8, **kwargs),
+                  normalization={"mean": [0.5] * kwargs["in_channels"], "std": [0.25] * kwargs["in_channels"]},
+                  output="local")
+    loaded = load_encoder(tmp_path / "a")  # checks the recorded z_dim against the rebuilt encoder
+    x = torch.zeros(2, kwargs["in_channels"], kwargs["input_size"], kwargs["input_size"], dtype=torch.uint8)
+    with torch.no_grad():
+        assert loaded.embed(x).shape == (2, loaded.z_dim) == (2, enc(x.float()).local[0].numel())
