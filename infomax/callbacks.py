@@ -19,6 +19,9 @@ log = logging.getLogger(__name__)
 class KNNMonitor(Callback):
     """Logs ``val/knn_top1``: cosine-weighted k-NN top-1 of the validation codes (mu) against a
     fixed random subset of the train split, after every ``every_n_epochs``-th validation.
+    ``features="local"`` measures the flattened local feature map C(x) instead: ``infomax train``
+    ties it to ``--export.output``, so the best checkpoint, which is what gets exported, is the best
+    by the vectors the artifact will serve.
 
     Works on detached codes in eval mode; under DDP each rank encodes a shard and the codes are
     gathered, so every rank logs the same figure. Data without labels is skipped with one notice.
@@ -33,7 +36,12 @@ class KNNMonitor(Callback):
         batch_size: int = 512,
         every_n_epochs: int = 1,
         seed: int = 0,
+        features: str = "mu",
     ) -> None:
+        from infomax.artifact import OUTPUTS
+
+        if features not in OUTPUTS:
+            raise ValueError(f"features={features!r}: choose one of {OUTPUTS}")
         if bank_size < 1 or max_queries < 1 or batch_size < 1 or every_n_epochs < 1:
             raise ValueError(
                 f"bank_size={bank_size}, max_queries={max_queries}, batch_size={batch_size}, "
@@ -42,6 +50,7 @@ class KNNMonitor(Callback):
         self.k, self.temperature = k, temperature
         self.bank_size, self.max_queries = bank_size, max_queries
         self.batch_size, self.every_n_epochs, self.seed = batch_size, every_n_epochs, seed
+        self.features = features
         self._warned = False
 
     def _labelled(self, dm) -> bool:
@@ -65,7 +74,7 @@ class KNNMonitor(Callback):
         per_rank = -(-len(images) // world)
         if len(idx) < per_rank:  # pad so every rank gathers the same shape
             idx = torch.cat([idx, idx[-1:].expand(per_rank - len(idx))])
-        codes = torch.cat([module(images[i].to(module.device)) for i in idx.split(self.batch_size)])
+        codes = torch.cat([self._features(module, images[i].to(module.device)) for i in idx.split(self.batch_size)])
         if world == 1:
             return codes.float()
         gathered = module.all_gather(codes)  # (world, per_rank, d)
@@ -74,6 +83,11 @@ class KNNMonitor(Callback):
             n_r = len(range(r, len(images), world))
             out[r::world] = gathered[r, :n_r].float()
         return out
+
+    def _features(self, module: pl.LightningModule, images: torch.Tensor) -> torch.Tensor:
+        if self.features == "mu":
+            return module(images)
+        return module.encoder(module.normalize(images)).local.flatten(1)
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs:

@@ -154,3 +154,32 @@ def test_the_recorded_length_of_local_vectors_is_the_maps(arch, kwargs, tmp_path
     x = torch.zeros(2, kwargs["in_channels"], kwargs["input_size"], kwargs["input_size"], dtype=torch.uint8)
     with torch.no_grad():
         assert loaded.embed(x).shape == (2, loaded.z_dim) == (2, enc(x.float()).local[0].numel())
+
+
+def test_training_picks_its_best_checkpoint_by_the_vectors_it_will_serve(tmp_path, data_dir, monkeypatch):
+    import pytorch_lightning as pl
+
+    from infomax.callbacks import ExportArtifact, KNNMonitor
+    from infomax.module import DeepInfoMax
+    from training.train import build_cli
+
+    monkeypatch.setenv("INFOMAX_DATA_DIR", str(data_dir))
+    for output in ("local", "mu"):
+        cli = build_cli(["--config", str(REPO / "training/configs/fmnist-cpu10.yaml"), "--export.output", output,
+                         "--trainer.default_root_dir", str(tmp_path), "--trainer.logger", "false"])
+        monitor = next(cb for cb in cli.trainer.callbacks if isinstance(cb, KNNMonitor))
+        export = next(cb for cb in cli.trainer.callbacks if isinstance(cb, ExportArtifact))
+        assert monitor.features == export.output == output
+    # What the monitor encodes for "local": the flattened local map of the normalised images.
+    torch.manual_seed(0)
+    module = DeepInfoMax(z_dim=16).eval()
+    images, _ = load_cifar10(data_dir, "test")
+    x = images[:10]
+    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False)
+    got = KNNMonitor(features="local", batch_size=4)._encode(trainer, module, x)
+    with torch.no_grad():
+        expected = module.encoder(module.normalize(x)).local.flatten(1)
+    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(KNNMonitor(batch_size=4)._encode(trainer, module, x), module(x).detach())
+    with pytest.raises(ValueError, match="features='pooled'"):
+        KNNMonitor(features="pooled")

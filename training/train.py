@@ -48,6 +48,8 @@ class InfomaxCLI(LightningCLI):
             }
         )
         parser.add_lightning_class_args(ExportArtifact, "export")
+        # The exported weights are the best checkpoint's by val/knn_top1: measure the vectors served.
+        parser.link_arguments("export.output", "knn.features")
         parser.add_argument("--ckpt_path", type=str | None, default=None, help="checkpoint to resume from, or 'last'")
 
     def instantiate_trainer(self, **kwargs):
