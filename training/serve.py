@@ -146,7 +146,7 @@ def _check_pairing(artifact: Path, index: Path) -> None:
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return
     if built_with is not None and built_with != ours:
-        raise ValueError(f"artifact mismatch: the index at {index} was built with encoder artifact {built_with[:12]}, "
+        raise ValueError(f"artifact mismatch: the index at {index} was built with encoder artifact {str(built_with)[:12]}, "
                          f"not with {artifact} ({ours[:12]}, output {config.get('output', 'mu')}); serve it with "
                          f"the artifact that built it, or build a new index (`infomax embed` + `infomax index build`)")
     if dim != their_dim:
