@@ -29,15 +29,13 @@ import torch
 from torch import nn
 
 from infomax.atomic import atomic_write_bytes, atomic_write_json
-from infomax.encoders import build_encoder
+from infomax.encoders import VECTORS, build_encoder, check_vectors
 from infomax.identity import artifact_id
 from infomax.transforms import Normalize
 
 WEIGHTS = "encoder.safetensors"
 CONFIG = "encoder.json"
 FORMAT_VERSION = 2
-FEATURES = ("mu", "local")  # what InferenceEncoder.embed_features can return
-OUTPUTS = FEATURES  # what an artifact can serve
 
 
 def output_dim(encoder: nn.Module, output: str, z_dim: int) -> int:
@@ -68,8 +66,7 @@ def save_artifact(
     ``output`` chooses the vectors the artifact serves (``"mu"`` or ``"local"``)."""
     from safetensors.torch import save
 
-    if output not in OUTPUTS:
-        raise ValueError(f"output={output!r}: choose one of {OUTPUTS}")
+    check_vectors("output", output)
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous() for k, v in encoder.state_dict().items()}
@@ -116,8 +113,8 @@ def read_config(path: str | Path) -> dict:
             f"{cfg_path} has format_version {config['format_version']}, newer than this infomax "
             f"understands ({FORMAT_VERSION}); upgrade infomax"
         )
-    if config.get("output", "mu") not in OUTPUTS:
-        raise ArtifactError(f"{cfg_path} has output {config['output']!r}; infomax serves one of {OUTPUTS}")
+    if config.get("output", "mu") not in VECTORS:
+        raise ArtifactError(f"{cfg_path} has output {config['output']!r}; infomax serves one of {VECTORS}")
     return config
 
 
@@ -171,8 +168,7 @@ class InferenceEncoder(nn.Module):
         return next(self.encoder.parameters()).device
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        out = self.encoder(self.normalize(images))
-        return out.mu if self.output == "mu" else out.local.flatten(1)
+        return self.encoder(self.normalize(images)).vectors(self.output)
 
     def to_tensor(self, images) -> torch.Tensor:
         """Any accepted image input -> uint8 (B, C, S, S) on the CPU."""
@@ -224,9 +220,10 @@ class InferenceEncoder(nn.Module):
         """Several kinds of features from one pass of the encoder: ``{"mu": (B, z_dim),
         "local": (B, c * h * w) (the flattened local feature map C(x))}``, float32 on the CPU,
         only the kinds asked for."""
-        bad = [f for f in features if f not in FEATURES]
-        if bad or not features:
-            raise ValueError(f"features={bad[0] if bad else features!r}: choose from {FEATURES}")
+        if not features:
+            raise ValueError(f"features={features!r}: ask for at least one of {VECTORS}")
+        for f in features:
+            check_vectors("features", f)
         x = self.to_tensor(images)
         out: dict[str, list[torch.Tensor]] = {f: [] for f in features}
         was_training = self.training
@@ -234,9 +231,8 @@ class InferenceEncoder(nn.Module):
         try:
             for i in range(0, len(x), batch_size):
                 enc = self.encoder(self.normalize(x[i : i + batch_size].to(self.device, non_blocking=True)))
-                got = {"mu": enc.mu, "local": enc.local.flatten(1)}
                 for f in features:
-                    out[f].append(got[f].float().cpu())
+                    out[f].append(enc.vectors(f).float().cpu())
         finally:
             self.train(was_training)
         return {f: torch.cat(v) for f, v in out.items()}

@@ -11,6 +11,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback
 
+from infomax.encoders import check_vectors
 from infomax.knn import knn_accuracy
 
 log = logging.getLogger(__name__)
@@ -38,10 +39,7 @@ class KNNMonitor(Callback):
         seed: int = 0,
         features: str = "mu",
     ) -> None:
-        from infomax.artifact import OUTPUTS
-
-        if features not in OUTPUTS:
-            raise ValueError(f"features={features!r}: choose one of {OUTPUTS}")
+        check_vectors("features", features)
         if bank_size < 1 or max_queries < 1 or batch_size < 1 or every_n_epochs < 1:
             raise ValueError(
                 f"bank_size={bank_size}, max_queries={max_queries}, batch_size={batch_size}, "
@@ -74,7 +72,8 @@ class KNNMonitor(Callback):
         per_rank = -(-len(images) // world)
         if len(idx) < per_rank:  # pad so every rank gathers the same shape
             idx = torch.cat([idx, idx[-1:].expand(per_rank - len(idx))])
-        codes = torch.cat([self._features(module, images[i].to(module.device)) for i in idx.split(self.batch_size)])
+        codes = torch.cat([module.encoder(module.normalize(images[i].to(module.device))).vectors(self.features)
+                           for i in idx.split(self.batch_size)])
         if world == 1:
             return codes.float()
         gathered = module.all_gather(codes)  # (world, per_rank, d)
@@ -83,11 +82,6 @@ class KNNMonitor(Callback):
             n_r = len(range(r, len(images), world))
             out[r::world] = gathered[r, :n_r].float()
         return out
-
-    def _features(self, module: pl.LightningModule, images: torch.Tensor) -> torch.Tensor:
-        if self.features == "mu":
-            return module(images)
-        return module.encoder(module.normalize(images)).local.flatten(1)
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs:
@@ -115,10 +109,7 @@ class ExportArtifact(Callback):
     local feature map C(x))."""
 
     def __init__(self, dirpath: str | None = None, use_best: bool = True, output: str = "mu") -> None:
-        from infomax.artifact import OUTPUTS
-
-        if output not in OUTPUTS:
-            raise ValueError(f"output={output!r}: choose one of {OUTPUTS}")
+        check_vectors("output", output)
         self.dirpath = dirpath
         self.use_best = use_best
         self.output = output

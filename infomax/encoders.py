@@ -25,6 +25,20 @@ class EncoderOutput(NamedTuple):
     mu: torch.Tensor
     logvar: torch.Tensor
 
+    def vectors(self, kind: str) -> torch.Tensor:
+        """The vectors an artifact can serve and search: ``"mu"`` (B, z_dim), or ``"local"``, the
+        local feature map flattened (B, c * h * w)."""
+        return self.mu if kind == "mu" else self.local.flatten(1)
+
+
+VECTORS = ("mu", "local")  # the kinds EncoderOutput.vectors gives
+
+
+def check_vectors(name: str, kind: str) -> None:
+    """``ValueError`` quoting the setting ``name`` unless ``kind`` is one of :data:`VECTORS`."""
+    if kind not in VECTORS:
+        raise ValueError(f"{name}={kind!r}: choose one of {VECTORS}")
+
 
 def _conv_block(c_in: int, c_out: int, pool: bool, ceil_mode: bool = True) -> nn.Sequential:
     layers: list[nn.Module] = [
