@@ -129,7 +129,8 @@ def test_key_misplaced_in_the_url_is_not_logged_either(server):
 def test_startup_refuses_damaged_or_mismatched_files(tmp_path, tiny_artifact):
     from stress.startup import Refusal, make_cases, run_refusals
 
-    cases = make_cases(tmp_path, quick=True, artifact=tiny_artifact)  # damaged index.faiss, missing artifact, other weights
+    # damaged index.faiss / images.sqlite / weights (found by the app), missing artifact, other weights (preflight)
+    cases = make_cases(tmp_path, quick=True, artifact=tiny_artifact)
     # a setting error with the key in the environment: refused, and the key not echoed
     cases.append(Refusal("invalid settings, key set", cases[0].artifact, tmp_path / "good-index", names="workers",
                          extra_args=("--workers", "2"), env={"INFOMAX_API_KEY": API_KEY}, secret=API_KEY))
@@ -139,7 +140,41 @@ def test_startup_refuses_damaged_or_mismatched_files(tmp_path, tiny_artifact):
         assert not r["served"], f"{r['case']}: the port accepted a connection"
         assert r["names_file"], f"{r['case']}: the message does not name the file:\n{r['output_tail']}"
         assert not r["secret_leaked"], f"{r['case']}: the API key is in the output"
+        assert not r["traceback"], f"{r['case']}: a traceback instead of one line:\n{r['output_tail']}"
         assert r["seconds"] < 60, r  # a few seconds on an idle machine; generous for a loaded CI box
+
+
+def test_only_user_errors_lose_their_startup_traceback():
+    """uvicorn logs a failed startup as Starlette's formatted traceback: dropped for the errors the
+    app has already logged in one line, kept for anything else (a bug must stay debuggable)."""
+    import logging
+    import traceback
+
+    from infomax.artifact import ArtifactError
+    from training.serve import OneLineStartupErrors
+
+    def startup_failure(exc: Exception) -> logging.LogRecord:
+        try:
+            try:
+                raise OSError("first")
+            except OSError as inner:
+                raise exc from inner
+        except Exception:
+            text = traceback.format_exc()
+        return logging.LogRecord("uvicorn.error", logging.ERROR, __file__, 1, text, None, None)
+
+    quiet, debug = OneLineStartupErrors(), OneLineStartupErrors(keep_tracebacks=True)
+    damaged = startup_failure(ArtifactError("/a/encoder.safetensors does not match"))
+    assert damaged.msg.startswith("Traceback") and damaged.msg.rstrip().endswith("does not match")
+    assert not quiet.filter(damaged) and debug.filter(damaged)
+    assert not quiet.filter(startup_failure(FileNotFoundError("/a/index.faiss")))
+    # a message whose own text spans lines, and a bug: the bug keeps its traceback
+    assert not quiet.filter(startup_failure(ValueError("bad value\n  indented detail")))
+    assert quiet.filter(startup_failure(RuntimeError("bug: internal state")))
+    assert quiet.filter(startup_failure(KeyError("missing")))
+    # ordinary records pass untouched
+    plain = logging.LogRecord("uvicorn.error", logging.INFO, __file__, 1, "Started server process [%d]", (1,), None)
+    assert quiet.filter(plain) and plain.getMessage() == "Started server process [1]"
 
 
 # ----------------------------------------------------------------------------- findings (docs/RELIABILITY.md)

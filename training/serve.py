@@ -93,6 +93,11 @@ def main(argv: list[str]) -> int:
     log_config.setdefault("filters", {})["redact"] = {"()": "training.serve.RedactSecrets"}
     for handler in log_config["handlers"].values():
         handler.setdefault("filters", []).append("redact")
+    # A damaged file found while the app loads is a user's error, not a bug: the app's one line, without
+    # Starlette's traceback (which uvicorn prints as the startup failure). --log-level debug keeps it.
+    log_config["filters"]["startup"] = {"()": "training.serve.OneLineStartupErrors",
+                                        "keep_tracebacks": settings.log_level == "debug"}
+    log_config["handlers"]["default"]["filters"].insert(0, "startup")
     uvicorn.run(
         "service.app:create_app_from_env",
         factory=True,
@@ -189,4 +194,36 @@ class RedactSecrets(logging.Filter):
                 record.args = tuple(args)
             else:
                 record.msg, record.args = masked, None
+        return True
+
+
+# What the app raises for a file or setting the user gave; its message names the file and the fix.
+_USER_ERRORS = frozenset({"ArtifactError", "IndexLoadError", "IndexMismatchError", "DataNotFoundError",
+                          "FileNotFoundError", "PermissionError", "NotADirectoryError", "IsADirectoryError",
+                          "ValueError"})
+_EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_]\w*\.)*([A-Za-z_]\w*): ")
+
+
+class OneLineStartupErrors(logging.Filter):
+    """Logging filter (uvicorn's default handler): uvicorn logs a failed app startup as the
+    formatted traceback Starlette hands it. When the exception is one of ``_USER_ERRORS`` the
+    record is dropped: the app has already logged it in one line (``cannot load model and index:``,
+    service/state.py) and the traceback would only bury that line. Any other exception (a bug)
+    keeps its traceback, as does everything with ``keep_tracebacks``."""
+
+    def __init__(self, keep_tracebacks: bool = False) -> None:
+        super().__init__()
+        self.keep_tracebacks = keep_tracebacks
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.keep_tracebacks or not isinstance(record.msg, str) or record.args:
+            return True
+        if not record.msg.startswith("Traceback (most recent call last):"):
+            return True
+        # The exception's own line is the last one at column 0 (frames and source lines are indented).
+        lines = record.msg.rstrip().splitlines()
+        for i in range(len(lines) - 1, 0, -1):
+            match = _EXCEPTION_LINE.match(lines[i])
+            if match:
+                return match.group(1) not in _USER_ERRORS
         return True

@@ -1,6 +1,6 @@
 """Startup refusal: ``infomax serve`` given a damaged index, a missing or damaged artifact, or an
 artifact that does not match the index must exit non-zero within seconds, with a message naming
-the file, and must never accept a connection meanwhile.
+the file and no traceback, and must never accept a connection meanwhile.
 
 Each case gets its own copy of a good index (and artifact), damaged one way; all cases of a run
 start at once (they are independent processes) and a watcher tries to connect to each one's port
@@ -106,7 +106,7 @@ def make_cases(workdir: Path, *, quick: bool = False, artifact: Path | None = No
     case("artifact folder missing", artifact=workdir / "no-such-artifact",
          names=lambda i, a: str(workdir / "no-such-artifact"), quick_case=True)
     case("encoder.safetensors bytes flipped", damage_artifact=lambda a: _flip(a / "encoder.safetensors", 0.7),
-         names=lambda i, a: str(a / "encoder.safetensors"))
+         names=lambda i, a: str(a / "encoder.safetensors"), quick_case=True)
     case("encoder.json not JSON", damage_artifact=lambda a: _truncate(a / "encoder.json", 0.5),
          names=lambda i, a: str(a / "encoder.json"))
     case("artifact of other weights", artifact=other_weights, names=lambda i, a: str(i),
@@ -156,6 +156,7 @@ def run_one(c: Refusal, *, timeout: float = 120.0) -> dict:
         "served": served,
         "names_file": c.names in text,
         "secret_leaked": bool(c.secret) and c.secret in text,
+        "traceback": "Traceback" in text,
         "message": message[:400],
         "output_tail": text[-1500:],
     }
