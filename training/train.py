@@ -63,6 +63,10 @@ class InfomaxCLI(LightningCLI):
             version = self._resume_version(root / "infomax")
             if version is None:
                 version = _next_version(root / "infomax")
+            # The CSV logger warns that the folder "is not empty" and that earlier logs "will be
+            # deleted" whenever config.yaml was written first, i.e. always: nothing is deleted here
+            # (_resume_version has set a resumed run's metrics.csv aside as metrics.partN.csv).
+            warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
             kwargs["logger"] = [
                 TensorBoardLogger(root, name="infomax", version=version, default_hp_metric=False),
                 CSVLogger(root, name="infomax", version=version),
