@@ -156,6 +156,7 @@ def test_train_writes_logs_checkpoints_and_the_artifact(trained_run):
     assert "val/knn_top1" in config["metrics"]
     assert config["command"].startswith("infomax train --config")
     assert "serving artifact written to" in result.stderr
+    assert "will be deleted" not in result.stderr  # Lightning's CSV-logger warning; nothing is deleted
 
 
 def test_the_artifact_reproduces_the_trained_encoder_without_lightning(trained_run, data_dir):
@@ -199,6 +200,7 @@ def test_resume_continues_the_last_run(trained_run):
     assert state["global_step"] == 2 * (256 // 32)  # the second epoch ran on top of the first
     rows = [*csv.DictReader((run / "metrics.part0.csv").open()), *csv.DictReader((run / "metrics.csv").open())]
     assert sorted(int(r["epoch"]) for r in rows if r.get("val/knn_top1")) == [0, 1]
+    assert "will be deleted" not in r.stderr
 
 
 @pytest.mark.parametrize(
