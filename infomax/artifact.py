@@ -49,6 +49,12 @@ class ArtifactError(ValueError):
     """The artifact folder is missing, incomplete or inconsistent; the message names the file."""
 
 
+# What save_artifact derives from the encoder and its arguments: never taken from ``extra`` (a copy
+# of another artifact's config must not override them; training/export.py drops them).
+DERIVED_KEYS = frozenset({"format_version", "arch", "arch_kwargs", "output", "z_dim", "input_size", "in_channels",
+                          "normalization", "weights_sha256", "created_at"})
+
+
 def save_artifact(
     encoder: nn.Module,
     path: str | Path,
@@ -67,6 +73,9 @@ def save_artifact(
     from safetensors.torch import save
 
     check_vectors("output", output)
+    clash = sorted(DERIVED_KEYS & extra.keys())
+    if clash:
+        raise ValueError(f"save_artifact derives {clash} itself; do not pass them as extra keys")
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous() for k, v in encoder.state_dict().items()}

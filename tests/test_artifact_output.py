@@ -156,6 +156,23 @@ def test_the_recorded_length_of_local_vectors_is_the_maps(arch, kwargs, tmp_path
         assert loaded.embed(x).shape == (2, loaded.z_dim) == (2, enc(x.float()).local[0].numel())
 
 
+def test_save_artifact_derives_its_keys_and_refuses_them_as_extras(tmp_path):
+    """DERIVED_KEYS (what `infomax export --artifact` drops from the source config) is exactly what
+    save_artifact computes itself; an extra key of that set would silently override it, so it is refused."""
+    from infomax.artifact import DERIVED_KEYS, save_artifact
+    from infomax.encoders import build_encoder
+
+    kwargs = dict(z_dim=8, in_channels=1, input_size=28, base_width=16)
+    enc = build_encoder("conv", **kwargs).eval()
+    norm = {"mean": [0.5], "std": [0.25]}
+    save_artifact(enc, tmp_path / "a", arch="conv", arch_kwargs=kwargs, normalization=norm, note="kept")
+    config = json.loads((tmp_path / "a" / "encoder.json").read_text())
+    assert set(config) - {"dataset", "metrics", "command", "note"} == DERIVED_KEYS and config["note"] == "kept"
+    with pytest.raises(ValueError, match=r"\['z_dim'\]"):
+        save_artifact(enc, tmp_path / "b", arch="conv", arch_kwargs=kwargs, normalization=norm, z_dim=99)
+    assert not (tmp_path / "b").exists()
+
+
 def test_training_picks_its_best_checkpoint_by_the_vectors_it_will_serve(tmp_path, data_dir, monkeypatch):
     import pytorch_lightning as pl
 

@@ -11,10 +11,6 @@ import argparse
 import shlex
 import sys
 
-# Keys save_artifact writes itself, and the eval report (it measured the other output's vectors).
-_REDERIVED = ("format_version", "arch", "arch_kwargs", "output", "z_dim", "input_size", "in_channels",
-              "normalization", "weights_sha256", "created_at", "eval")
-
 
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="infomax export", description=__doc__,
@@ -33,12 +29,13 @@ def main(argv: list[str]) -> int:
 
     command = shlex.join(["infomax", "export", *argv])
     if args.artifact:
-        from infomax.artifact import load_encoder, save_artifact
+        from infomax.artifact import DERIVED_KEYS, load_encoder, save_artifact
 
         if Path(args.out).resolve() == Path(args.artifact).resolve():
             raise ValueError(f"--out {args.out} is the --artifact folder: write the new artifact to another folder")
         enc = load_encoder(args.artifact)
-        kept = {k: v for k, v in enc.config.items() if k not in _REDERIVED}
+        # not what save_artifact derives again, nor the eval report (it measured the other output)
+        kept = {k: v for k, v in enc.config.items() if k not in DERIVED_KEYS and k != "eval"}
         kept["dataset"] = args.dataset or kept.get("dataset")
         kept["exported_by"] = command  # `command` stays the one that trained the weights
         path = save_artifact(enc.encoder, args.out, arch=enc.config["arch"], arch_kwargs=enc.config["arch_kwargs"],
