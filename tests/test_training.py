@@ -203,6 +203,23 @@ def test_resume_continues_the_last_run(trained_run):
     assert "will be deleted" not in r.stderr
 
 
+def test_last_checkpoint_is_the_last_epoch_not_a_copy_of_the_best(tmp_path):
+    """Lightning 2.6 alone rewrites last.ckpt only when the monitored figure improves; here it never
+    does after epoch 0 (monitor `epoch`, mode min), so the last epoch's weights must still be in
+    last.ckpt, while the export takes the best checkpoint."""
+    r = run_cli("train", "--config", CONFIG, *SMALL, "--model.z_dim", "16", "--trainer.max_epochs", "2",
+                "--checkpoint.monitor", "epoch", "--checkpoint.mode", "min", "--trainer.default_root_dir", str(tmp_path))
+    assert r.returncode == 0, r.stderr[-3000:]
+    ckpts = tmp_path / "infomax" / "version_0" / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["best-000.ckpt", "last.ckpt"]
+    last = torch.load(ckpts / "last.ckpt", map_location="cpu", weights_only=True)
+    best = torch.load(ckpts / "best-000.ckpt", map_location="cpu", weights_only=True)
+    assert (last["epoch"], last["global_step"]) == (1, 2 * (256 // 32))
+    assert best["global_step"] == 256 // 32
+    config = json.loads((tmp_path / "infomax" / "version_0" / "artifact" / "encoder.json").read_text())
+    assert config["checkpoint"].endswith("best-000.ckpt")
+
+
 @pytest.mark.parametrize(
     "args,match",
     [

@@ -108,6 +108,18 @@ def _adapt_checkpoint_monitor(trainer, dm) -> None:
             )
 
 
+def _keep_last_every_epoch(trainer) -> None:
+    """Lightning 2.6 writes ``last.ckpt`` only when a top-k checkpoint is saved at the same step, so
+    with a monitor it is a copy of the best one, and ``--ckpt_path last`` would resume from there,
+    losing every epoch since (and the final weights of a run were nowhere). A second checkpoint
+    callback without a monitor writes ``last.ckpt`` after every epoch instead."""
+    for cb in list(trainer.checkpoint_callbacks):
+        if cb.monitor is not None and cb.save_last:
+            cb.save_last = False
+            trainer.callbacks.append(ModelCheckpoint(dirpath=cb.dirpath, filename=ModelCheckpoint.CHECKPOINT_NAME_LAST,
+                                                     monitor=None, save_top_k=1, enable_version_counter=False))
+
+
 def _next_version(folder: Path) -> int:
     versions = [int(p.name.split("_", 1)[1]) for p in folder.glob("version_*") if p.name.split("_", 1)[1].isdigit()]
     return max(versions, default=-1) + 1
@@ -140,6 +152,7 @@ def main(argv: list[str]) -> int:
     # Load the data now: a missing data set is reported before any training machinery starts.
     cli.datamodule.setup("fit")
     _adapt_checkpoint_monitor(cli.trainer, cli.datamodule)
+    _keep_last_every_epoch(cli.trainer)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path)
     return 0
 
