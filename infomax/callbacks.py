@@ -136,8 +136,10 @@ class ExportArtifact(Callback):
         ckpt = trainer.checkpoint_callback
         state = None
         if self.use_best and ckpt is not None and getattr(ckpt, "best_model_path", ""):
-            state = torch.load(ckpt.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
+            saved = torch.load(ckpt.best_model_path, map_location="cpu", weights_only=True)
+            state = saved["state_dict"]
             info["checkpoint"] = str(ckpt.best_model_path)
+            info.update(checkpoint_progress(saved))  # epochs/steps stay the whole run's
             info["last_epoch_metrics"] = info.pop("metrics")
             info["metrics"] = {}
             if ckpt.monitor and ckpt.best_model_score is not None:
@@ -149,3 +151,10 @@ class ExportArtifact(Callback):
         )
         log.info("serving artifact written to %s", self.path)
         print(f"infomax: serving artifact written to {self.path}", file=sys.stderr)
+
+
+def checkpoint_progress(saved: dict) -> dict:
+    """How far training had gone when a checkpoint was written, for encoder.json: the weights of
+    the best checkpoint are often epochs older than the run. Lightning stores the index of the
+    epoch being run; our checkpoints are written at its end, so that epoch is complete."""
+    return {"checkpoint_epochs": int(saved.get("epoch", -1)) + 1, "checkpoint_steps": int(saved.get("global_step", 0))}

@@ -218,6 +218,13 @@ def test_last_checkpoint_is_the_last_epoch_not_a_copy_of_the_best(tmp_path):
     assert best["global_step"] == 256 // 32
     config = json.loads((tmp_path / "infomax" / "version_0" / "artifact" / "encoder.json").read_text())
     assert config["checkpoint"].endswith("best-000.ckpt")
+    # encoder.json tells the weights' progress apart from the run's
+    assert (config["checkpoint_epochs"], config["checkpoint_steps"]) == (1, 256 // 32)
+    assert (config["epochs"], config["steps"]) == (2, 2 * (256 // 32))
+    r = run_cli("export", "--checkpoint", str(ckpts / "last.ckpt"), "--out", str(tmp_path / "last"))
+    assert r.returncode == 0, r.stderr
+    again = json.loads((tmp_path / "last" / "encoder.json").read_text())
+    assert (again["checkpoint_epochs"], again["checkpoint_steps"]) == (2, 2 * (256 // 32))
 
 
 @pytest.mark.parametrize(

@@ -55,7 +55,9 @@ def main(argv: list[str]) -> int:
         module = DeepInfoMax.from_checkpoint_state(state)
     except (KeyError, RuntimeError, EOFError) as e:
         raise ValueError(f"{ckpt} is not a readable infomax training checkpoint ({e})") from None
-    path = module.export(args.out, dataset=args.dataset, checkpoint=str(ckpt), epochs=state.get("epoch"),
-                         steps=state.get("global_step"), command=command, output=args.output)
+    from infomax.callbacks import checkpoint_progress
+
+    path = module.export(args.out, dataset=args.dataset, checkpoint=str(ckpt), command=command, output=args.output,
+                         **checkpoint_progress(state))
     print(f"infomax: serving artifact ({args.output}) written to {path}", file=sys.stderr)
     return 0
