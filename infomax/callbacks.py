@@ -72,8 +72,7 @@ class KNNMonitor(Callback):
         per_rank = -(-len(images) // world)
         if len(idx) < per_rank:  # pad so every rank gathers the same shape
             idx = torch.cat([idx, idx[-1:].expand(per_rank - len(idx))])
-        codes = torch.cat([module.encoder(module.normalize(images[i].to(module.device))).vectors(self.features)
-                           for i in idx.split(self.batch_size)])
+        codes = torch.cat([module(images[i].to(module.device), self.features) for i in idx.split(self.batch_size)])
         if world == 1:
             return codes.float()
         gathered = module.all_gather(codes)  # (world, per_rank, d)

@@ -143,9 +143,10 @@ class DeepInfoMax(pl.LightningModule):
             "normalization": dict(self._normalization),
         }
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 or [0, 1] float images (B, C, H, W) -> mu (B, z_dim)."""
-        return self.encoder(self.normalize(images)).mu
+    def forward(self, images: torch.Tensor, vectors: str = "mu") -> torch.Tensor:
+        """uint8 or [0, 1] float images (B, C, H, W) -> mu (B, z_dim), or with ``vectors="local"``
+        the flattened local feature map (B, c * h * w) (``EncoderOutput.vectors``)."""
+        return self.encoder(self.normalize(images)).vectors(vectors)
 
     def export(self, path: str | Path, state_dict: dict | None = None, **info) -> Path:
         """Writes the serving artifact of this encoder, or of the encoder weights found in a
