@@ -15,17 +15,19 @@ missing files when ``download=True``.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import logging
 import math
 import os
 import pickle
 import struct
+import unicodedata
 import warnings
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any, BinaryIO, Callable, Sequence, Union
 
 import numpy as np
@@ -47,6 +49,7 @@ __all__ = [
     "InMemoryDataset",
     "MNIST",
     "collate_batch",
+    "folder_ids",
     "list_images",
     "load_cifar10",
     "load_dataset",
@@ -54,6 +57,7 @@ __all__ = [
     "load_image",
     "load_image_folder",
     "load_mnist",
+    "path_id",
     "read_idx",
     "resolve_data_dir",
 ]
@@ -392,6 +396,34 @@ def list_images(folder: PathLike) -> list[Path]:
             if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS):
                 found.append(Path(dirpath) / name)
     return sorted(found, key=lambda p: p.relative_to(folder).as_posix())
+
+
+def path_id(relative: PathLike) -> int:
+    """The stable id of a file of a folder: the first 63 bits of the sha256 of its path relative
+    to the folder (POSIX separators, Unicode NFC), a non-negative int64 and so never -1.
+
+    Derived from the name alone, so a file keeps its id when others are added or removed, and
+    re-embedding a changed folder updates the same items. NFC: the same name written by macOS
+    (decomposed accents) and by Linux or Windows (composed) is the same file to a user."""
+    posix = unicodedata.normalize("NFC", PurePath(relative).as_posix())
+    return int.from_bytes(hashlib.sha256(posix.encode("utf-8")).digest()[:8], "big") >> 1
+
+
+def folder_ids(relative_paths: Sequence[PathLike], folder: PathLike = "") -> torch.Tensor:
+    """int64 ids (:func:`path_id`) of a folder's files; refuses two files that get one id (two
+    names that differ only in their Unicode normalisation, or, at odds of about n^2 / 2^64, a
+    hash collision), since one item would silently replace the other in an index."""
+    ids = [path_id(p) for p in relative_paths]
+    first: dict[int, int] = {}
+    for k, id_ in enumerate(ids):
+        j = first.setdefault(id_, k)
+        if j != k:
+            a, b = (PurePath(relative_paths[i]).as_posix() for i in (j, k))
+            raise ValueError(
+                f"{a!r} and {b!r} in {folder or 'the folder'} "
+                f"get the same id {id_} (their names are the same text once Unicode-normalised, or collide "
+                f"by chance): rename one of them")
+    return torch.tensor(ids, dtype=torch.int64)
 
 
 @dataclass

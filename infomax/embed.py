@@ -19,17 +19,19 @@ The embeddings folder (a contract: ``infomax index build`` and other code read i
     DIR/shard-00000-of-00002/shard.json    {"rank", "world_size", "count", "z_dim", "skipped"},
                                            written last in the shard
 
-Ids are deterministic: the image's index in the data set split, or its position in the sorted
-list of image files of a folder (``infomax.data.list_images`` order). They are unique across
-shards; together the shards hold every id exactly once (minus unreadable files, listed in
-``skipped``). Sources are ``"cifar10:test:123"`` for data sets and the path relative to the folder
+Ids are deterministic and stable: the image's index in the data set split, or for a folder's file
+the first 63 bits of the sha256 of its path relative to the folder (POSIX, Unicode NFC;
+``infomax.data.path_id``), so a file keeps its id when others are added or removed and embedding a
+changed folder again gives the same items the same ids (the manifest's ``ids`` names the scheme).
+Two files that would get one id are refused. Ids are unique across shards; together the shards
+hold every id exactly once (minus unreadable files, listed in ``skipped``). Sources are ``"cifar10:test:123"`` for data sets and the path relative to the folder
 (posix) for folders; labels are the data set's class or the first-level subfolder's class index
 (``classes`` in the manifest), null where unknown.
 
 ``embeddings.json``: ``{"format": "infomax-embeddings", "format_version": 1, "artifact": {"id",
 "weights_sha256", "output", "path", "z_dim", "dataset", ...}, "z_dim", "data", "kind": "dataset"|"folder",
 "split", "count", "classes", "shards": [{"name", "count"}], "skipped": [{"source", "reason"}],
-"world_size", "batch_size", "seconds", "created_at", "command"}``.
+"world_size", "batch_size", "seconds", "created_at", "command", "ids": "position"|"path-sha256-63"}``.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ from infomax.data import (
     _error_reason,
     _folder_labels,
     canonical_dataset_name,
+    folder_ids,
     list_images,
     load_dataset,
     load_image,
@@ -70,6 +73,10 @@ FORMAT = "infomax-embeddings"
 FORMAT_VERSION = 1
 SHARD_PREFIX = "shard-"
 VECTORS, IDS, META, SHARD_INFO = "vectors.npy", "ids.npy", "meta.jsonl", "shard.json"
+
+# How ids are made, recorded in the manifest: a data set's images keep their index in the split;
+# a folder's files get a hash of their relative path (infomax.data.path_id), stable across runs.
+ID_SCHEMES = {"dataset": "position", "folder": "path-sha256-63"}
 
 # Class names of the standard data sets, in label order (used for manifests and pictures).
 CLASS_NAMES: dict[str, list[str]] = {
@@ -200,7 +207,7 @@ def resolve_source(data: str, split: str = "test", *, channels: int, size: int, 
     relative = [p.relative_to(folder) for p in paths]
     labels, classes = _folder_labels(relative)
     return ImageSource(
-        name=str(folder), kind="folder", split=None, ids=torch.arange(len(paths), dtype=torch.int64),
+        name=str(folder), kind="folder", split=None, ids=folder_ids(relative, folder),
         labels=labels, sources=[r.as_posix() for r in relative], classes=classes or None, paths=paths,
         size=size, channels=channels,
     )
@@ -429,6 +436,7 @@ def write_manifest(out: Path, source: ImageSource, encoder, *, world_size: int, 
         "seconds": round(seconds, 3),
         "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "command": command,
+        "ids": ID_SCHEMES[source.kind],
     }
     atomic_write_json(out / MANIFEST, manifest)
     return manifest

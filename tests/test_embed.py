@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from infomax import load_encoder
-from infomax.data import load_cifar10, load_image_folder
+from infomax.data import load_cifar10, load_image_folder, path_id
 from infomax.embed import MANIFEST, embed, read_embeddings
 from infomax.index import EmbeddingIndex
 from training import embed as embed_cmd
@@ -100,16 +100,53 @@ def test_a_folder_is_embedded_in_sorted_file_order_with_subfolder_classes(tmp_pa
     emb = read_embeddings(tmp_path / "out")
     files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.png"))
     broken = files.index("others/broken.png")
+    del broken
     kept = [f for f in files if f != "others/broken.png"]
-    assert emb.sources == kept
-    np.testing.assert_array_equal(emb.ids, [i for i in range(len(files)) if i != broken])
+    by_id = sorted(kept, key=path_id)  # shards list items by id
+    assert emb.sources == by_id
+    np.testing.assert_array_equal(emb.ids, [path_id(f) for f in by_id])
     assert manifest["classes"] == ["cats", "others"] and manifest["kind"] == "folder" and manifest["split"] is None
-    assert emb.labels == [0 if s.startswith("cats/") else 1 for s in kept]
+    assert manifest["ids"] == "path-sha256-63"
+    assert emb.labels == [0 if s.startswith("cats/") else 1 for s in by_id]
     assert [s["source"] for s in manifest["skipped"]] == ["others/broken.png"]
     with pytest.warns(UserWarning, match="skipped 1 unreadable"):
         reference = load_image_folder(folder, 32, 3)
-    np.testing.assert_allclose(emb.vectors, load_encoder(tiny_artifact).embed(reference.images).numpy(),
+    order = [kept.index(s) for s in by_id]
+    np.testing.assert_allclose(emb.vectors, load_encoder(tiny_artifact).embed(reference.images[order]).numpy(),
                                rtol=1e-5, atol=1e-5)
+
+
+def test_folder_ids_are_stable_when_files_are_added_or_removed(tmp_path, tiny_artifact, cifar_slice):
+    """Issue 13 item 3: ids were positions in the sorted file list, so adding or removing one file
+    shifted every id after it, and re-embedding a changed folder no longer updated the same items."""
+    folder = tmp_path / "photos"
+    (folder / "dog").mkdir(parents=True)
+    (folder / "cat").mkdir()
+    for i, im in enumerate(cifar_slice[0][:6]):
+        Image.fromarray(im.permute(1, 2, 0).numpy()).save(folder / ("dog" if i % 2 else "cat") / f"IMG_{2010 + i}.JPG")
+    embed(tiny_artifact, str(folder), tmp_path / "e1", num_workers=0, progress=False)
+    before = dict(zip(read_embeddings(tmp_path / "e1").sources, read_embeddings(tmp_path / "e1").ids.tolist()))
+    (folder / "cat" / "IMG_2010.JPG").unlink()  # the first file goes: every position after it would shift
+    Image.fromarray(cifar_slice[0][7].permute(1, 2, 0).numpy()).save(folder / "dog" / "IMG_2099.JPG")
+    embed(tiny_artifact, str(folder), tmp_path / "e2", num_workers=0, progress=False)
+    after = dict(zip(read_embeddings(tmp_path / "e2").sources, read_embeddings(tmp_path / "e2").ids.tolist()))
+    kept = set(before) - {"cat/IMG_2010.JPG"}
+    assert kept < set(after) and {s: after[s] for s in kept} == {s: before[s] for s in kept}
+    assert all(0 <= i < 2**63 for i in after.values()) and len(set(after.values())) == len(after)
+    assert before["dog/IMG_2011.JPG"] == path_id("dog/IMG_2011.JPG") == path_id(Path("dog") / "IMG_2011.JPG")
+
+
+def test_two_files_that_would_share_an_id_are_refused(tmp_path, tiny_artifact, cifar_slice):
+    """A name written once with a composed and once with a decomposed accent (Linux keeps both; a
+    user sees one name) gets one id: refused in one line naming both, not one item lost."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    png = Image.fromarray(cifar_slice[0][0].permute(1, 2, 0).numpy())
+    png.save(folder / "caf\u00e9.png")
+    png.save(folder / "cafe\u0301.png")
+    with pytest.raises(ValueError, match="get the same id .*rename one of them"):
+        embed(tiny_artifact, str(folder), tmp_path / "out", num_workers=0, progress=False)
+    assert not (tmp_path / "out" / MANIFEST).exists()
 
 
 def test_a_folder_without_subfolders_has_no_labels(tmp_path, tiny_artifact, cifar_slice):
@@ -258,8 +295,8 @@ def test_index_build_with_images_of_a_folder_keeps_small_files_and_thumbnails_la
                            "--images"]) == 0
     store = ImageStore(tmp_path / "ix", read_only=True)
     try:
-        assert store.get(0) == (small.read_bytes(), "image/png")  # stored as it is
-        data, mime = store.get(1)
+        assert store.get(path_id("a_small.png")) == (small.read_bytes(), "image/png")  # stored as it is
+        data, mime = store.get(path_id("b_large.png"))
         assert mime == "image/jpeg"
         with Image.open(io.BytesIO(data)) as thumb:
             assert thumb.size == (256, 171)  # longest side 256, aspect kept
