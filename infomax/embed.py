@@ -20,7 +20,7 @@ The embeddings folder (a contract: ``infomax index build`` and other code read i
                                            written last in the shard
 
 Ids are deterministic and stable: the image's index in the data set split, or for a folder's file
-the first 63 bits of the sha256 of its path relative to the folder (POSIX, Unicode NFC;
+the first 53 bits of the sha256 of its path relative to the folder (POSIX, Unicode NFC;
 ``infomax.data.path_id``), so a file keeps its id when others are added or removed and embedding a
 changed folder again gives the same items the same ids (the manifest's ``ids`` names the scheme).
 Two files that would get one id are refused. Ids are unique across shards; together the shards
@@ -31,7 +31,7 @@ hold every id exactly once (minus unreadable files, listed in ``skipped``). Sour
 ``embeddings.json``: ``{"format": "infomax-embeddings", "format_version": 1, "artifact": {"id",
 "weights_sha256", "output", "path", "z_dim", "dataset", ...}, "z_dim", "data", "kind": "dataset"|"folder",
 "split", "count", "classes", "shards": [{"name", "count"}], "skipped": [{"source", "reason"}],
-"world_size", "batch_size", "seconds", "created_at", "command", "ids": "position"|"path-sha256-63"}``.
+"world_size", "batch_size", "seconds", "created_at", "command", "ids": "position"|"path-sha256-53"}``.
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ VECTORS, IDS, META, SHARD_INFO = "vectors.npy", "ids.npy", "meta.jsonl", "shard.
 
 # How ids are made, recorded in the manifest: a data set's images keep their index in the split;
 # a folder's files get a hash of their relative path (infomax.data.path_id), stable across runs.
-ID_SCHEMES = {"dataset": "position", "folder": "path-sha256-63"}
+ID_SCHEMES = {"dataset": "position", "folder": "path-sha256-53"}
 
 # Class names of the standard data sets, in label order (used for manifests and pictures).
 CLASS_NAMES: dict[str, list[str]] = {
