@@ -14,12 +14,31 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-__all__ = ["ImageSource", "load_image"]
+__all__ = ["ImageSource", "ImageTooLargeError", "MAX_DECODED_PIXELS", "MAX_HEADER_PIXELS", "load_image",
+           "plan_decode"]
 
 logger = logging.getLogger(__name__)
 
 PathLike = Union[str, os.PathLike]
 ImageSource = Union[PathLike, BinaryIO, bytes, bytearray, memoryview, Image.Image]
+
+# Decompression bombs. What an image costs is what is decoded, not what its header claims: a
+# baseline JPEG is decoded reduced (libjpeg's 1/2, 1/4 or 1/8 scale, down to no less than the
+# model's input), so a 200 M pixel phone photo decodes to ~3 M pixels in 0.2 s, and a 250 M pixel
+# JPEG of one colour (3.9 MB) decodes in 0.19 s (measured on 2 cores). Every other image costs its
+# full size; so does a progressive JPEG, whose coefficients libjpeg holds whole (2 bytes a pixel)
+# at any scale. Checked from the header, before a pixel is decoded.
+MAX_HEADER_PIXELS = 250_000_000  # any image: 200 MP phones fit; bounds the entropy decoding of a JPEG
+MAX_DECODED_PIXELS = 2 * 89_478_485  # what is decoded: PIL's own bomb limit, which folders had before
+
+# PIL refuses at open() whatever claims over twice its MAX_IMAGE_PIXELS (179 M by default), which
+# would refuse the 200 MP photos decoded reduced above; the limits above take its place.
+if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < MAX_HEADER_PIXELS:
+    Image.MAX_IMAGE_PIXELS = MAX_HEADER_PIXELS
+
+
+class ImageTooLargeError(Image.DecompressionBombError):
+    """An image over a pixel limit, refused before decoding: says its size and the limit."""
 
 
 def _check_size_channels(size: int, channels: int) -> None:
@@ -103,13 +122,42 @@ def _prepare(img: Image.Image, size: int, channels: int) -> torch.Tensor:
     return _pil_to_tensor(_resize_center_crop(img, size))
 
 
-def load_image(source: ImageSource, size: int, channels: int = 3) -> torch.Tensor:
+def _reducible(img: Image.Image) -> bool:
+    """Whether libjpeg can decode ``img`` at a reduced scale without holding it whole."""
+    return img.format == "JPEG" and not img.info.get("progressive") and not img.info.get("progression")
+
+
+def plan_decode(img: Image.Image, size: int, channels: int, max_pixels: int = MAX_DECODED_PIXELS) -> tuple[int, int]:
+    """Sets up the decoding of a freshly opened ``img`` (header read, no pixels yet): a baseline
+    JPEG at the smallest scale that still covers ``size`` x ``size``. Returns the size that will be
+    decoded; raises :class:`ImageTooLargeError` when the header claims more than
+    ``MAX_HEADER_PIXELS`` or the decoded image would hold more than ``max_pixels``."""
+    width, height = img.size
+    if width * height > MAX_HEADER_PIXELS:
+        raise ImageTooLargeError(f"{width}x{height} = {width * height} pixels, over the limit of "
+                                 f"{MAX_HEADER_PIXELS} for any image (refused before decoding)")
+    if _reducible(img):
+        # Much faster for large photos; the later bicubic resize hides the difference.
+        img.draft("L" if channels == 1 else None, (size, size))
+    dw, dh = img.size
+    if dw * dh > max_pixels:
+        reduced = f", decoded at {dw}x{dh}" if (dw, dh) != (width, height) else ""
+        whole = "; a progressive JPEG is decoded whole" if img.format == "JPEG" and not _reducible(img) else ""
+        raise ImageTooLargeError(f"{width}x{height}{reduced} = {dw * dh} pixels, over the limit of {max_pixels} "
+                                 f"(refused before decoding{whole})")
+    return dw, dh
+
+
+def load_image(source: ImageSource, size: int, channels: int = 3, *,
+               max_pixels: int = MAX_DECODED_PIXELS) -> torch.Tensor:
     """Load one image as uint8 [channels, size, size].
 
     ``source`` is a path, a binary file object, raw bytes or a PIL image. The image is
     EXIF-rotated, converted to RGB or L (palette, alpha, CMYK and 16-bit handled), its shorter
-    side resized to ``size`` (bicubic, antialiased) and center-cropped. PIL's errors
-    (``UnidentifiedImageError``, ``OSError`` for truncated files...) propagate.
+    side resized to ``size`` (bicubic, antialiased) and center-cropped. A file is checked against
+    the pixel limits before decoding (:func:`plan_decode`: large baseline JPEGs are decoded
+    reduced, ``max_pixels`` bounds what is decoded). PIL's errors (``UnidentifiedImageError``,
+    ``OSError`` for truncated files...) and :class:`ImageTooLargeError` propagate.
     """
     _check_size_channels(size, channels)
     if isinstance(source, Image.Image):
@@ -117,8 +165,5 @@ def load_image(source: ImageSource, size: int, channels: int = 3) -> torch.Tenso
     if isinstance(source, (bytes, bytearray, memoryview)):
         source = io.BytesIO(bytes(source))
     with Image.open(source) as img:
-        if img.format == "JPEG":
-            # Let libjpeg decode at a reduced scale that still covers size x size: much
-            # faster for large photos, and the later bicubic resize hides the difference.
-            img.draft("L" if channels == 1 else None, (size, size))
+        plan_decode(img, size, channels, max_pixels)
         return _prepare(img, size, channels)

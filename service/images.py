@@ -2,9 +2,11 @@
 
 * Only raster formats a browser can show are opened (PNG, JPEG, GIF, WebP, BMP): PIL's other
   plugins (EPS runs Ghostscript, for one) are never reached with request bytes.
-* ``Image.open`` parses the header only; width x height is checked against ``max_image_pixels``
-  before a single pixel is decoded, so a small file that claims 50000 x 50000 pixels (a
-  decompression bomb) is refused at once (413).
+* ``Image.open`` parses the header only; the pixels that decoding would hold are checked against
+  ``max_image_pixels`` before a single one is decoded (``infomax.imageio.plan_decode``), so a small
+  file that claims 50000 x 50000 pixels (a decompression bomb) is refused at once (413). A baseline
+  JPEG is decoded reduced to what the model needs (a 50 MP phone photo holds ~0.8 M pixels), so
+  phone photos pass; every image is refused over ``MAX_HEADER_PIXELS`` (250 M) whatever its format.
 * Empty, truncated, corrupt or non-image bytes raise :class:`ApiError` 400 naming the file.
 * Pixels go through ``infomax.data.load_image``: the same conversion and resize as training.
 
@@ -23,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from infomax.imageio import load_image
+from infomax.imageio import ImageTooLargeError, load_image, plan_decode
 from infomax.imagestore import FORMATS  # format -> MIME type of what is stored and served back
 from service.errors import ApiError
 
@@ -57,18 +59,15 @@ def decode_image(data: bytes, *, name: str, size: int, channels: int, max_pixels
     with img:
         width, height = img.size
         fmt = img.format or ""
-        if width * height > max_pixels:
-            raise ApiError(413, "image_too_large",
-                           f"{name} is {width}x{height} = {width * height} pixels, over the limit of {max_pixels} "
-                           f"(refused before decoding)")
+        try:
+            plan_decode(img, size, channels, max_pixels)
+        except ImageTooLargeError as e:
+            raise ApiError(413, "image_too_large", f"{name} is {e}") from None
         if width == 0 or height == 0:
             raise ApiError(400, "corrupt_image", f"{name} has no pixels ({width}x{height})")
         if fmt not in FORMATS:  # pragma: no cover - Image.open(formats=...) already guarantees it
             raise ApiError(400, "not_an_image", f"{name} is {fmt}, not one of {ACCEPTED}")
         try:
-            if fmt == "JPEG":
-                # libjpeg decodes at a reduced scale that still covers the model's input size
-                img.draft("L" if channels == 1 else "RGB", (size, size))
             pixels = load_image(img, size, channels)
         except Image.DecompressionBombError as e:
             raise ApiError(413, "image_too_large", f"{name}: {e}") from None

@@ -6,7 +6,8 @@ binary fixtures in the repository), each with the answer the service documents f
         ...
 
 Valid-but-odd images (1x1, 16-bit, CMYK, palette with transparency, LA/RGBA, many GIF frames, a
-huge EXIF block, a real decompression bomb *under* the pixel limit) must be accepted (200/201);
+huge EXIF block, a real decompression bomb *under* the pixel limit, a 50 M pixel phone photo) must
+be accepted (200/201);
 everything else gets its specific 4xx (service/images.py, service/limits.py):
 
 * 400 ``empty_image``: zero bytes
@@ -15,7 +16,8 @@ everything else gets its specific 4xx (service/images.py, service/limits.py):
   (PIL refuses text chunks over 1 MiB)
 * 400 ``not_an_image`` also for a 3-byte JPEG start (too short to identify)
 * 413 ``image_too_large``: a header claiming 30000x30000 with almost no data, and a *real*
-  30000x30000 PNG (900 M pixels, ~110 kB of zlib): refused from the header, before decoding
+  30000x30000 PNG (900 M pixels, ~110 kB of zlib), a JPEG claiming 65000x65000, a progressive
+  30 M pixel JPEG (decoded whole): refused from the header, before decoding
 * 413 ``payload_too_large``: a 200 MB upload, generated while it is sent (:func:`stream_upload`)
 
 The expensive members (the real bombs) are built once per process and cached.
@@ -153,6 +155,21 @@ def exif_loop_jpeg(base: bytes) -> bytes:
     return jpeg_with_app_segments(base, b"Exif\x00\x00" + tiff + ifd)
 
 
+def phone_photo_jpeg(width: int, height: int, *, progressive: bool = False) -> bytes:
+    """A large photo-like baseline (or progressive) JPEG: smooth colour fields, 12 pixels a byte at
+    quality 85, so that 50 M pixels fit in a 4.3 MB upload (built in ~1 s)."""
+    small = Image.fromarray(_noise(width // 48, height // 48, 3, seed=9))
+    big = small.resize((width, height), Image.Resampling.BILINEAR)
+    return _save(big, "JPEG", quality=85, progressive=progressive)
+
+
+def jpeg_claiming(base: bytes, width: int, height: int) -> bytes:
+    """``base`` (a baseline JPEG) with its SOF0 header claiming width x height: refused from the
+    header, since the scan holds only the original few blocks."""
+    i = base.index(b"\xff\xc0")
+    return base[: i + 5] + struct.pack(">HH", height, width) + base[i + 9:]
+
+
 def gif_many_frames(frames: int, size: int = 48) -> bytes:
     palette = list(np.random.default_rng(0).integers(0, 256, 16 * 3, dtype=np.uint8).tolist())
     imgs = []
@@ -229,6 +246,8 @@ def _corpus() -> tuple[Case, ...]:
              "IDAT checksum wrong, pixels intact (PIL does not verify IDAT CRCs)"),
         Case("bomb-under-limit", "bomb4800.png", "image/png", png_real_bomb(4800, 4800, bit_depth=8), ok, bad,
              "real 4800x4800 PNG: 23 M pixels, under the 24 M limit, decoded"),
+        Case("phone-50mp-jpeg", "IMG_5000.JPG", "image/jpeg", phone_photo_jpeg(8660, 5774), ok, bad,
+             "a 50 M pixel baseline JPEG (4.3 MB): decoded at 1/8 scale, 0.8 M pixels"),
         # ---- refused
         Case("zero-bytes", "empty.png", "image/png", b"", 400, "empty_image"),
         Case("text-named-png", "text.png", "image/png", text, 400, "not_an_image"),
@@ -249,6 +268,10 @@ def _corpus() -> tuple[Case, ...]:
         Case("bomb-30000x30000", "bomb.png", "image/png", png_real_bomb(30000, 30000), 413, "image_too_large",
              "real PNG, 900 M pixels"),
         Case("gif-claiming-65535", "claim.gif", "image/gif", gif_claiming(65535, 65535), 413, "image_too_large"),
+        Case("jpeg-claiming-65000", "claim.jpg", "image/jpeg", jpeg_claiming(jpg, 65000, 65000), 413,
+             "image_too_large", "SOF0 claims 4.2 G pixels: over the 250 M limit of any header"),
+        Case("progressive-30mp-jpeg", "prog.jpg", "image/jpeg", phone_photo_jpeg(6000, 5000, progressive=True), 413,
+             "image_too_large", "progressive: libjpeg holds all 30 M pixels' coefficients, over the 24 M limit"),
         Case("bmp-claiming-30000", "claim.bmp", "image/bmp", bmp_claiming(30000, 30000), 413, "image_too_large"),
     )
 
