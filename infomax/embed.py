@@ -67,6 +67,7 @@ from infomax.data import (
     load_dataset,
     load_image,
 )
+from infomax.registry import CLASS_NAMES
 
 MANIFEST = "embeddings.json"
 FORMAT = "infomax-embeddings"
@@ -77,14 +78,6 @@ VECTORS, IDS, META, SHARD_INFO = "vectors.npy", "ids.npy", "meta.jsonl", "shard.
 # How ids are made, recorded in the manifest: a data set's images keep their index in the split;
 # a folder's files get a hash of their relative path (infomax.data.path_id), stable across runs.
 ID_SCHEMES = {"dataset": "position", "folder": "path-sha256-53"}
-
-# Class names of the standard data sets, in label order (used for manifests and pictures).
-CLASS_NAMES: dict[str, list[str]] = {
-    "cifar10": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"],
-    "fmnist": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
-               "Ankle boot"],
-    "mnist": [str(i) for i in range(10)],
-}
 
 
 # --------------------------------------------------------------------------------------------

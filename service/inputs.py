@@ -88,6 +88,25 @@ async def uploads(form: FormData, max_files: int) -> list[tuple[str, bytes]]:
     return out
 
 
+_NAME_MAX = 255  # a file name's length on every common file system
+
+
+def source_name(filename: str | None) -> str | None:
+    """A client's file name as an item's source: its base name only (a browser may send
+    ``C:\\Users\\me\\IMG_1.jpg``; a hostile client ``../../x.png``), without control characters,
+    at most 255 characters; None when nothing usable is left."""
+    if not filename:
+        return None
+    base = filename.replace("\\", "/").rsplit("/", 1)[-1]
+    base = "".join(ch for ch in base if ch.isprintable()).strip()[:_NAME_MAX]
+    return None if base in ("", ".", "..") else base
+
+
+def upload_sources(form: FormData) -> list[str | None]:
+    """The base names of the files of the ``file`` field(s), in order (see :func:`source_name`)."""
+    return [source_name(part.filename) if isinstance(part, UploadFile) else None for part in form.getlist(UPLOAD_FIELD)]
+
+
 def form_text(form: FormData, name: str) -> list[str]:
     values = form.getlist(name)
     if any(not isinstance(v, str) for v in values):

@@ -135,3 +135,5 @@ class ServiceInfo(BaseModel):
     max_sample: int
     key_required_for_writes: bool
     key_required_for_reads: bool
+    classes: list[str] | None = Field(
+        None, description="names of the labels, in label order, where the index records them or the data set it holds")

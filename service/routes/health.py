@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
+from infomax.registry import recorded_classes
 from service.deps import ReadAccess, ReadyState, StateDep
 from service.errors import ErrorBody
 from service.schemas import Health, Readiness, ServiceInfo
@@ -37,4 +38,5 @@ async def info(state: ReadyState) -> ServiceInfo:
         default_k=s.default_k, max_k=s.max_k, max_upload_bytes=s.max_upload_bytes, max_image_pixels=s.max_image_pixels,
         max_images_per_request=s.max_images_per_request, max_sample=s.max_sample,
         key_required_for_writes=s.api_key is not None, key_required_for_reads=s.api_key is not None and s.api_key_for_reads,
+        classes=recorded_classes(state.index.info.get("artifact")),
     )

@@ -13,7 +13,7 @@ from service.deps import ReadAccess, ReadyState, WriteAccess
 from service.errors import ERROR_RESPONSES, ApiError, describe_validation_errors
 from service.images import FORMATS
 from service.inputs import (body_kind, check_metadata, decode_images, file_schema, form_int, form_text,
-                            parse_metadata_field, read_form, read_json, request_body, uploads)
+                            parse_metadata_field, read_form, read_json, request_body, upload_sources, uploads)
 from service.routes.common import to_item
 from service.schemas import MAX_CALLER_ID, MAX_ID, AddItemsRequest, ItemDeleted, ItemMetadata, ItemSample, Item, ItemsAdded
 
@@ -41,6 +41,13 @@ def _metadata(value: Any, name: str) -> dict[str, Any]:
         message, errors = describe_validation_errors(e.errors(include_url=False, include_context=False, include_input=False))
         raise ApiError(422, "invalid_request", f"{name}: {message}", errors=errors) from None
     return check_metadata(md.model_dump(exclude_none=True), name)
+
+
+def _with_file_names(metadata: list[dict[str, Any]], names: list[str | None]) -> list[dict[str, Any]]:
+    """An upload's file name is its source unless the metadata gives one: without it an item added
+    from the web page or curl could not be told apart from the others."""
+    return [md if md.get("source") is not None or name is None else {**md, "source": name}
+            for md, name in zip(metadata, names)]
 
 
 async def _parse_new_items(request: Request, state) -> tuple[list[tuple[str, Any]], list[int] | None, list[dict]]:
@@ -72,7 +79,7 @@ async def _parse_new_items(request: Request, state) -> tuple[list[tuple[str, Any
         if ids and not all(0 <= i <= MAX_CALLER_ID for i in ids):
             raise ApiError(422, "invalid_request", f"ids must be integers from 0 to {MAX_CALLER_ID} (2^53 - 1)")
         metadata = [_metadata(parse_metadata_field(v, f"metadata[{i}]"), f"metadata[{i}]") for i, v in enumerate(md_text)]
-        metadata = metadata or [{} for _ in blobs]
+        metadata = _with_file_names(metadata or [{} for _ in blobs], upload_sources(form))
     if ids is not None and len(set(ids)) != len(ids):
         dups = sorted({i for i in ids if ids.count(i) > 1})
         raise ApiError(422, "invalid_request", f"duplicate ids in the request: {dups[:10]}")

@@ -3,7 +3,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { maxK: 100, keyForReads: false };
+const state = { maxK: 100, keyForReads: false, classes: null };
 
 function apiKey() {
   return $("apikey").value.trim();
@@ -48,6 +48,23 @@ async function showImage(img, url) {
   }
 }
 
+// Where a picture came from: a file's name (its folders are in the tooltip) or a data set item
+// (cifar10:test:17); the id only when nothing else is known.
+function sourceText(item) {
+  if (!item.source) return `#${item.id}`;
+  return item.source.split("/").pop() || item.source;
+}
+
+// A class name reads better than a number: the one stored with the item (infomax index build keeps
+// it), else the name of its label in the index's data set (/v1/info), else the bare label.
+function className(item) {
+  if (item.meta && typeof item.meta.class === "string") return item.meta.class;
+  if (!Number.isInteger(item.label)) return null;
+  const names = state.classes;
+  if (names && item.label >= 0 && item.label < names.length) return names[item.label];
+  return `label ${item.label}`;
+}
+
 function card(item, withScore) {
   const fig = document.createElement("figure");
   fig.className = "card" + (withScore ? " hit" : " sample");
@@ -64,15 +81,18 @@ function card(item, withScore) {
     score.textContent = item.score.toFixed(3);
     caption.append(score);
   }
-  const parts = [`#${item.id}`];
-  // A class name stored with the item (infomax index build keeps the data set's) reads better than a number.
-  const cls = item.meta && typeof item.meta.class === "string" ? item.meta.class : null;
-  if (cls) parts.push(cls);
-  else if (item.label !== null && item.label !== undefined) parts.push(`label ${item.label}`);
-  const line = document.createElement("div");
-  line.textContent = parts.join(" · ");
-  caption.append(line);
-  caption.title = item.source || "";
+  const source = document.createElement("div");
+  source.className = "source";
+  source.textContent = sourceText(item);
+  caption.append(source);
+  const cls = className(item);
+  if (cls) {
+    const line = document.createElement("div");
+    line.className = "class";
+    line.textContent = cls;
+    caption.append(line);
+  }
+  caption.title = `item #${item.id}` + (item.source ? ` · ${item.source}` : "") + (cls ? ` · ${cls}` : "");
   fig.append(img, caption);
   const go = () => searchById(item.id);
   fig.addEventListener("click", go);
@@ -143,6 +163,7 @@ async function loadInfo() {
     const info = await api("/v1/info");
     state.maxK = info.max_k;
     state.keyForReads = info.key_required_for_reads;
+    state.classes = Array.isArray(info.classes) ? info.classes : null;
     $("k").max = String(info.max_k);
     $("info").textContent = `${info.items} images · model ${info.model.slice(0, 12)} · ` +
       `${info.z_dim}-d ${info.output === "local" ? "local feature maps" : "codes"} · ${info.index_factory}` +
