@@ -103,23 +103,50 @@ def test_cosine_schedule_anneals_over_the_epochs(data_dir):
     assert lrs == pytest.approx(expected)
 
 
-def test_cosine_schedule_anneals_over_a_time_budget(data_dir):
-    # max_epochs far away: a step-based cosine would still be near 1e-3 when the budget runs out.
-    # 3 s hold ~100 steps on an idle machine; a loaded one (a training run beside the tests) can
-    # fit 2, too few to see a curve, so the budget grows until it holds enough.
-    for seconds in (3, 12, 30):
-        rec = _fit_cosine(data_dir, max_epochs=100_000, max_time={"seconds": seconds})
-        if len(rec.lrs) > 10:
-            break
+class _FakeClock:
+    """Stands in for the ``time`` module of Lightning's Timer: ``monotonic()`` reads a clock that
+    moves only when the test moves it, so the time the scheduler sees is known exactly."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+class _TickEachBatch(pl.Callback):
+    def __init__(self, clock: _FakeClock, dt: float) -> None:
+        self.clock, self.dt = clock, dt
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        self.clock.now += self.dt
+
+
+def test_cosine_schedule_anneals_over_a_time_budget(data_dir, monkeypatch):
+    """``--trainer.max_time``: the rate is the cosine of the time spent over the budget, read from the
+    run's own Timer. Its clock is a fake that advances 0.5 s at the start of each batch, so the
+    elapsed time at each step is exact and the rate is checked to 1e-9 (a rate linear in time is
+    1e-4 away), whatever the machine's load."""
+    from pytorch_lightning.callbacks import timer as timer_module
+
+    clock = _FakeClock()
+    monkeypatch.setattr(timer_module, "time", clock)
+    seconds, dt = 10, 0.5
+    tick = _TickEachBatch(clock, dt)
+    dm = CIFAR10(data_dir=str(data_dir), limit_train=64, val_size=0, batch_size=16)
+    model = DeepInfoMax(z_dim=16, arch_kwargs={"base_width": 8}, lr_schedule="cosine")
+    rec = _RecordLR()
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, callbacks=[tick, rec], limit_val_batches=0,
+                         max_epochs=100_000, max_time={"seconds": seconds})
+    trainer.fit(model, datamodule=dm)
     lrs = rec.lrs
-    assert len(lrs) > 10 and lrs[0] > 0.9e-3  # starts at the full rate ...
-    assert all(b <= a for a, b in zip(lrs, lrs[1:]))  # ... only goes down ...
-    assert lrs[-1] < 0.05e-3  # ... and is nearly 0 when the budget is spent
-    # At every step the rate is the cosine of the time spent (to within a step's duration).
+    # The budget ends the run: 20 steps of 0.5 s, far before the epochs would.
+    assert len(lrs) == seconds / dt and trainer.global_step == len(lrs)
+    assert rec.elapsed == pytest.approx([dt * s for s in range(1, len(lrs) + 1)], abs=1e-9)
     expected = [1e-3 * 0.5 * (1 + math.cos(math.pi * min(t, seconds) / seconds)) for t in rec.elapsed]
-    longest_step = max(b - a for a, b in zip(rec.elapsed, rec.elapsed[1:]))
-    steepest = 1e-3 * 0.5 * math.pi / seconds  # the schedule's largest change a second
-    assert lrs == pytest.approx(expected, abs=max(0.08e-3, 1.5 * longest_step * steepest))
+    assert lrs == pytest.approx(expected, abs=1e-9)
+    assert lrs[-1] == pytest.approx(0.0, abs=1e-9)
 
 
 @pytest.mark.parametrize(
