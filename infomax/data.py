@@ -457,13 +457,34 @@ def _error_reason(exc: BaseException, path: Path) -> str:
 
 
 def _folder_labels(relative_paths: Sequence[Path]) -> tuple[torch.Tensor, list[str]]:
-    """Class labels from first-level subfolders, or all -1 when there is no class structure."""
-    if relative_paths and all(len(p.parts) >= 2 for p in relative_paths):
-        classes = sorted({p.parts[0] for p in relative_paths})
-        if len(classes) >= 2:
-            index = {name: i for i, name in enumerate(classes)}
-            return torch.tensor([index[p.parts[0]] for p in relative_paths], dtype=torch.int64), classes
-    return torch.full((len(relative_paths),), -1, dtype=torch.int64), []
+    """Class labels from first-level subfolders when at least two hold more than half of the
+    images; an image outside them (a stray file at the top) gets -1, so that one stray file does not
+    turn off the labels of all the others. Otherwise all -1 (a flat folder, or one subfolder)."""
+    in_classes = [p for p in relative_paths if len(p.parts) >= 2]
+    classes = sorted({p.parts[0] for p in in_classes})
+    if len(classes) < 2 or 2 * len(in_classes) <= len(relative_paths):
+        return torch.full((len(relative_paths),), -1, dtype=torch.int64), []
+    index = {name: i for i, name in enumerate(classes)}
+    labels = [index[p.parts[0]] if len(p.parts) >= 2 else -1 for p in relative_paths]
+    return torch.tensor(labels, dtype=torch.int64), classes
+
+
+def folder_labels_note(folder: PathLike, relative_paths: Sequence[Path], classes: Sequence[str]) -> str | None:
+    """One line saying which images of a folder have no class, when that is not the whole folder's
+    plain layout: strays beside the class subfolders, or subfolders holding too few images to be
+    taken as classes. None when every image has a class or the folder has no subfolders."""
+    outside = [p for p in relative_paths if len(p.parts) < 2]
+    if not outside or len(outside) == len(relative_paths):
+        return None
+    n, example = len(outside), PurePath(outside[0]).as_posix()
+    them, are = ("it has", "is") if n == 1 else ("they have", "are")
+    if classes:
+        return (f"{n} of {len(relative_paths)} images of {folder} {are} not in a class subfolder (e.g. {example}): "
+                f"{them} no label; the others keep the labels of their {len(classes)} subfolders. "
+                f"Move {'it' if n == 1 else 'them'} into a class subfolder to label {'it' if n == 1 else 'them'}")
+    return (f"{n} of {len(relative_paths)} images of {folder} {are} at its top (e.g. {example}), so its subfolders "
+            f"are not taken as classes and no image has a label; put every image in a class subfolder (two or "
+            f"more) for labels")
 
 
 def load_image_folder(folder: PathLike, size: int, channels: int = 3, num_workers: int = 0) -> FolderData:
@@ -516,7 +537,11 @@ def load_image_folder(folder: PathLike, size: int, channels: int = 3, num_worker
             folder, expected,
             hint=f"None of the {len(candidates)} image files could be read (e.g. {skipped[0][0]}: {skipped[0][1]}).",
         )
-    labels, classes = _folder_labels([p.relative_to(folder) for p in kept])
+    relative = [p.relative_to(folder) for p in kept]
+    labels, classes = _folder_labels(relative)
+    note = folder_labels_note(folder, relative, classes)
+    if note:
+        warnings.warn(note, stacklevel=2)
     return FolderData(torch.stack(tensors), labels, [str(p) for p in kept], classes, skipped)
 
 
@@ -886,6 +911,21 @@ def _parse_val_size(val_size: float | int) -> float | int:
     return val_size
 
 
+def _labelled_only(data: FolderData, folder: PathLike) -> FolderData:
+    """Training keeps only the images with a class when the folder has classes: the k-NN monitor
+    (``val/knn_top1``, and the best checkpoint by it) needs every train and val image labelled, and
+    a few stray files at the top must not cost the others their labels. Says what it left out."""
+    keep = data.labels >= 0
+    if not data.classes or bool(keep.all()):
+        return data
+    left_out = [Path(p).name for p, k in zip(data.paths, keep.tolist()) if not k]
+    warnings.warn(f"{len(left_out)} image(s) of {folder} without a class (e.g. {left_out[0]}) are left out of "
+                  f"training, so that the other {int(keep.sum())} keep their labels (val/knn_top1 and the best "
+                  f"checkpoint by it); move them into a class subfolder to train on them", stacklevel=3)
+    paths = [p for p, k in zip(data.paths, keep.tolist()) if k]
+    return FolderData(data.images[keep], data.labels[keep], paths, data.classes, data.skipped)
+
+
 class ImageFolder(InMemoryDataModule):
     """A folder of images (optionally one subfolder per class), resized and center-cropped.
 
@@ -955,7 +995,8 @@ class ImageFolder(InMemoryDataModule):
         return count
 
     def _load(self) -> _Splits:
-        data = load_image_folder(self.path, self._input_size, self._channels, num_workers=self.num_workers)
+        data = _labelled_only(load_image_folder(self.path, self._input_size, self._channels,
+                                                num_workers=self.num_workers), self.path)
         self.classes, self.paths, self.skipped = data.classes, data.paths, data.skipped
         train_idx, val_idx = _split_indices(len(data.images), self._val_count(len(data.images)), self.seed)
         self.train_indices, self.val_indices = train_idx, val_idx

@@ -63,6 +63,7 @@ from infomax.data import (
     _folder_labels,
     canonical_dataset_name,
     folder_ids,
+    folder_labels_note,
     list_images,
     load_dataset,
     load_image,
@@ -199,6 +200,9 @@ def resolve_source(data: str, split: str = "test", *, channels: int, size: int, 
         paths = paths[:limit]
     relative = [p.relative_to(folder) for p in paths]
     labels, classes = _folder_labels(relative)
+    note = folder_labels_note(folder, relative, classes)
+    if note:
+        warnings.warn(note, stacklevel=2)
     return ImageSource(
         name=str(folder), kind="folder", split=None, ids=folder_ids(relative, folder),
         labels=labels, sources=[r.as_posix() for r in relative], classes=classes or None, paths=paths,
