@@ -10,14 +10,23 @@ The protocol (the same for codes and for pixels, so the two are comparable in on
   sweep on a held-out 10 % of train, then the probe is refit on all of train;
 * **raw pixels**: images as float in [0, 1], centred on the train split's mean image, flattened.
 
-The train split is the bank / training set; the test split gives the queries.
+The train split is the bank / training set; the test split gives the queries. A folder whose
+subfolders are classes is evaluated too: a seeded held-out part of every class gives the queries
+(``test_fraction``), or two such folders are the bank and the queries.
+
+Every row also reports the spread of its cosine scores (nearest and k-th neighbour, random pairs):
+codes that collapsed (every image mapped to nearly one direction) score ~1 everywhere, which
+accuracy alone does not make plain.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -187,6 +196,36 @@ def linear_probe(train_x: Any, train_y: Any, test_x: Any, test_y: Any, *, num_cl
     }
 
 
+COLLAPSED_SCORE = 0.95  # median cosine of random pairs at or above which the codes carry ~nothing
+
+
+def _quantiles(x: torch.Tensor) -> dict[str, float]:
+    q = torch.quantile(x.double(), torch.tensor([0.05, 0.5, 0.95], dtype=torch.float64))
+    return {"p05": round(float(q[0]), 4), "median": round(float(q[1]), 4), "p95": round(float(q[2]), 4)}
+
+
+@torch.no_grad()
+def score_spread(bank: Any, queries: Any, *, k: int = 200, max_queries: int = 2000, seed: int = 0) -> dict:
+    """The cosine scores a search would show: of each query's nearest and k-th nearest bank item,
+    and of random (query, bank item) pairs, as 5 %, median and 95 % points (up to ``max_queries``
+    queries). ``collapsed``: random pairs score a median of at least ``COLLAPSED_SCORE``, i.e. the
+    codes hardly tell images apart, whatever the accuracy says."""
+    bank = F.normalize(_as_float(bank, "train features"), dim=1)
+    queries = F.normalize(_as_float(queries, "test features"), dim=1)
+    g = torch.Generator().manual_seed(seed)
+    queries = queries[torch.randperm(len(queries), generator=g)[:max_queries]]
+    k = min(k, len(bank))
+    nearest, kth = [], []
+    for q in queries.split(512):
+        top = (q @ bank.T).topk(k, dim=1).values
+        nearest.append(top[:, 0])
+        kth.append(top[:, -1])
+    partners = bank[torch.randint(len(bank), (len(queries),), generator=g)]
+    random_pairs = _quantiles((queries * partners).sum(1))
+    return {"nearest": _quantiles(torch.cat(nearest)), "kth": _quantiles(torch.cat(kth)), "k": k,
+            "random_pairs": random_pairs, "collapsed": random_pairs["median"] >= COLLAPSED_SCORE}
+
+
 def evaluate_codes(train_codes: Any, train_labels: Any, test_codes: Any, test_labels: Any, *, k: int = 200,
                    temperature: float = 0.1, probe: bool = True, num_classes: int | None = None,
                    seed: int = 0) -> dict:
@@ -203,51 +242,164 @@ def evaluate_codes(train_codes: Any, train_labels: Any, test_codes: Any, test_la
         details = linear_probe(train_codes, train_labels, test_codes, test_labels, num_classes=num_classes, seed=seed)
     result.update(
         probe_top1=details["probe_top1"] if details else None, probe=details, k=k, temperature=temperature,
+        scores=score_spread(train_codes, test_codes, k=k, seed=seed),
         dim=int(torch.as_tensor(train_codes).shape[1]), n_train=len(train_codes), n_test=len(test_codes),
         seconds={"knn": round(t_knn, 2), "probe": details["seconds"] if details else None},
     )
     return result
 
 
-def evaluate_encoder(model: Any, data: str, *, data_dir: Any = None, limit_train: int | None = None,
+@dataclass
+class EvalImages:
+    """The bank (train) and the queries (test) of an evaluation, labelled, and what they are."""
+
+    name: str  # the data set, or the folder(s)
+    how: str | None  # how the queries were held out, for people (None: given apart)
+    train_images: torch.Tensor
+    train_labels: torch.Tensor
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+    classes: list[str]
+
+
+def _labelled_folder(path: Any, flag: str, size: int, channels: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """A folder's images with a class (one subfolder per class, two or more); strays are left out
+    (``load_image_folder`` warns about them)."""
+    from infomax.data import load_image_folder
+
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        raise ValueError(f"{flag} {path}: no folder there; give a folder of images with one subfolder per class")
+    data = load_image_folder(folder, size, channels)
+    if not data.classes:
+        raise ValueError(f"{flag} {path}: its images are not sorted into class subfolders, and accuracy needs classes; "
+                         f"put them in one subfolder per class (two or more)")
+    keep = data.labels >= 0
+    return data.images[keep], data.labels[keep], data.classes
+
+
+def _held_out(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(bank, queries) indices: a seeded ``fraction`` of every class with two images or more held
+    out as queries (at least one), so that small classes are both searched and found."""
+    g = torch.Generator().manual_seed(seed)
+    bank, queries = [], []
+    for c in labels.unique().tolist():
+        idx = (labels == c).nonzero().flatten()
+        idx = idx[torch.randperm(len(idx), generator=g)]
+        n_queries = max(1, round(fraction * len(idx))) if len(idx) >= 2 else 0
+        queries.append(idx[:n_queries])
+        bank.append(idx[n_queries:])
+    return torch.cat(bank).sort().values, torch.cat(queries).sort().values
+
+
+def _bank_and_query_folders(bank: Any, queries: Any, size: int, channels: int) -> EvalImages:
+    """Two class folders; classes are matched by subfolder name. Queries of a class the bank lacks
+    could never be right: they are left out, with a warning naming the classes."""
+    b_img, b_lab, b_cls = _labelled_folder(bank, "--bank", size, channels)
+    q_img, q_lab, q_cls = _labelled_folder(queries, "--queries", size, channels)
+    classes = sorted(set(b_cls) | set(q_cls))
+    if not set(b_cls) & set(q_cls):
+        raise ValueError(f"--bank {bank} and --queries {queries} have no class subfolder name in common "
+                         f"({', '.join(b_cls[:5])} / {', '.join(q_cls[:5])}): name the classes alike in both")
+    b_lab = torch.tensor([classes.index(b_cls[i]) for i in b_lab.tolist()], dtype=torch.int64)
+    q_lab = torch.tensor([classes.index(q_cls[i]) for i in q_lab.tolist()], dtype=torch.int64)
+    missing = sorted(set(q_cls) - set(b_cls))
+    if missing:
+        keep = torch.tensor([classes[i] not in missing for i in q_lab.tolist()])
+        warnings.warn(f"{int((~keep).sum())} queries of classes the bank lacks ({', '.join(missing[:5])}) are left "
+                      f"out: they could never be right", stacklevel=3)
+        q_img, q_lab = q_img[keep], q_lab[keep]
+    return EvalImages(f"{bank} (bank) / {queries} (queries)", None, b_img, b_lab, q_img, q_lab, classes)
+
+
+def _split_folder(data: Any, size: int, channels: int, test_fraction: float, seed: int) -> EvalImages:
+    images, labels, classes = _labelled_folder(data, "--data", size, channels)
+    bank, queries = _held_out(labels, test_fraction, seed)
+    if len(bank) == 0 or len(queries) == 0:
+        raise ValueError(f"--data {data}: {len(labels)} images with a class are too few to hold some out as queries; "
+                         f"give at least two per class")
+    return EvalImages(str(data), f"{test_fraction:.0%} of every class held out as queries (seed {seed})",
+                      images[bank], labels[bank], images[queries], labels[queries], classes)
+
+
+def eval_images(data: str | None, *, bank: Any = None, queries: Any = None, data_dir: Any = None,
+                size: int = 32, channels: int = 3, test_fraction: float = 0.2, seed: int = 0,
+                fits: Callable[[str], None] = lambda name: None) -> EvalImages:
+    """The images an evaluation uses: a standard data set (train split = bank, test split =
+    queries), a folder whose subfolders are classes (a held-out part of every class = queries), or
+    ``bank`` and ``queries`` folders. Folders are decoded at ``size`` and ``channels`` (the
+    encoder's); ``fits(name)`` refuses a data set the encoder cannot take."""
+    from infomax.data import canonical_dataset_name, load_dataset
+    from infomax.embed import is_dataset_name
+    from infomax.registry import CLASS_NAMES
+
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"--test-fraction {test_fraction!r}: must be between 0 and 1 (e.g. 0.2)")
+    if bank is not None or queries is not None:
+        if data is not None:
+            raise ValueError("--data and --bank/--queries are two ways to name the images: give one of them")
+        if bank is None or queries is None:
+            raise ValueError("--bank and --queries go together: the folder searched and the folder of queries")
+        return _bank_and_query_folders(bank, queries, size, channels)
+    if data is None:
+        raise ValueError("give --data (cifar10, fmnist, mnist or a folder with one subfolder per class), or "
+                         "--bank and --queries folders")
+    if is_dataset_name(data):
+        name = canonical_dataset_name(data)
+        fits(name)
+        train_images, train_labels = load_dataset(name, data_dir, "train")
+        test_images, test_labels = load_dataset(name, data_dir, "test")
+        return EvalImages(name, None, train_images, train_labels,
+                          test_images, test_labels, CLASS_NAMES[name])
+    if not Path(data).expanduser().is_dir():
+        raise ValueError(f"unknown dataset {data!r} and no folder there: give cifar10, fmnist or mnist, or a folder "
+                         f"of images with one subfolder per class")
+    return _split_folder(data, size, channels, test_fraction, seed)
+
+
+def _load_model(model: Any) -> Any:
+    from infomax.artifact import InferenceEncoder, load_encoder
+
+    if isinstance(model, InferenceEncoder):
+        return model
+    if model is None or not Path(model).expanduser().exists():
+        raise FileNotFoundError(f"--model {model}: no artifact folder there; give the folder written by "
+                                f"`infomax train` or `infomax export`")
+    return load_encoder(Path(model).expanduser(), "cuda" if torch.cuda.is_available() else "cpu")
+
+
+def evaluate_encoder(model: Any, data: str | None = None, *, data_dir: Any = None, limit_train: int | None = None,
                      limit_test: int | None = None, probe: bool = True, pixels: bool = True,
                      encoder: bool = True, batch_size: int = 256, k: int = 200, temperature: float = 0.1,
-                     seed: int = 0, local: bool = False) -> dict:
+                     seed: int = 0, local: bool = False, bank: Any = None, queries: Any = None,
+                     test_fraction: float = 0.2) -> dict:
     """``infomax eval``: the protocol on the vectors the artifact ``model`` (a folder or a loaded
     InferenceEncoder) serves (its ``output``: the code mu, or the local map) and on raw pixels, for a
-    standard data set (train = bank, test = queries; ``limit_*`` keep the first N of each split).
-    ``local``: also on the encoder's flattened local feature map C(x) (the features the local MI
-    term trains) when the artifact serves codes. Returns the report (see :func:`format_report`)."""
-    from infomax.artifact import InferenceEncoder, load_encoder
-    from infomax.data import DATASET_STATS, canonical_dataset_name, load_dataset
+    standard data set (train = bank, test = queries), a folder whose subfolders are classes (a
+    held-out ``test_fraction`` of every class = queries) or ``bank`` and ``queries`` folders
+    (:func:`eval_images`); ``limit_*`` keep the first N of each side. ``local``: also on the
+    encoder's flattened local feature map C(x) (the features the local MI term trains) when the
+    artifact serves codes. Returns the report (see :func:`format_report`)."""
+    from infomax.artifact import InferenceEncoder
     from infomax.embed import check_fits
 
     t0 = time.perf_counter()
     for flag, value in (("--limit-train", limit_train), ("--limit-test", limit_test)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ValueError(f"{flag} {value!r}: must be a positive number of images")
-    name = canonical_dataset_name(data)
     if not (encoder or pixels):
         raise ValueError("nothing to evaluate: both the encoder and the pixel baseline are switched off")
     if local and not encoder:
         raise ValueError("--local evaluates the encoder's local feature map: it needs the encoder (drop --no-encoder)")
-    enc = None
-    if encoder:
-        if isinstance(model, InferenceEncoder):
-            enc = model
-        else:
-            from pathlib import Path
-
-            if not Path(model).expanduser().exists():
-                raise FileNotFoundError(f"--model {model}: no artifact folder there; give the folder written by "
-                                        f"`infomax train` or `infomax export`")
-            enc = load_encoder(Path(model).expanduser(), "cuda" if torch.cuda.is_available() else "cpu")
-        check_fits((enc.in_channels, enc.input_size), name, None if isinstance(model, InferenceEncoder) else model)
-    train_images, train_labels = load_dataset(name, data_dir, "train")
-    test_images, test_labels = load_dataset(name, data_dir, "test")
-    train_images, train_labels = train_images[:limit_train], train_labels[:limit_train]
-    test_images, test_labels = test_images[:limit_test], test_labels[:limit_test]
-    num_classes = DATASET_STATS[name]["num_classes"]
+    enc = _load_model(model) if encoder else None
+    shape = (enc.in_channels, enc.input_size) if enc is not None else (3, 32)
+    shown = None if isinstance(model, InferenceEncoder) else model
+    images = eval_images(data, bank=bank, queries=queries, data_dir=data_dir, size=shape[1], channels=shape[0],
+                         test_fraction=test_fraction, seed=seed,
+                         fits=(lambda name: check_fits(shape, name, shown)) if enc is not None else (lambda name: None))
+    train_images, train_labels = images.train_images[:limit_train], images.train_labels[:limit_train]
+    test_images, test_labels = images.test_images[:limit_test], images.test_labels[:limit_test]
+    num_classes = len(images.classes)
     rows: dict[str, dict] = {}
     timing: dict[str, float] = {}
     if enc is not None:
@@ -267,7 +419,9 @@ def evaluate_encoder(model: Any, data: str, *, data_dir: Any = None, limit_train
         del train_px, test_px
     timing["total"] = round(time.perf_counter() - t0, 2)
     return {
-        "data": name,
+        "data": images.name,
+        "split": images.how,
+        "classes": images.classes,
         "n_train": len(train_images),
         "n_test": len(test_images),
         "k": k,
@@ -293,6 +447,7 @@ def format_report(report: dict) -> str:
     names = {"encoder": f"encoder ({served})", "local": "local feature map C(x)", "pixels": "raw pixels"}
     lines = [
         f"{report['data']}: {report['n_train']} train (bank) / {report['n_test']} test (queries)"
+        + (f", {report['split']}" if report.get("split") else "")
         + (f", artifact {art['id'][:12]} ({art['arch']}, z_dim {art['z_dim']})" if art else ""),
         "",
         f"| features | dim | weighted {report['k']}-NN top-1 (T={report['temperature']}) | 1-NN top-1 "
@@ -305,5 +460,27 @@ def format_report(report: dict) -> str:
         lines.append(f"| {names.get(key, key)} | {row['dim']} | {_fmt(row['knn_top1'])} | {_fmt(row['nn1_top1'])} "
                      f"| {_fmt(row['probe_top1'])}{wd} |")
     lines.append("")
+    lines.extend(_spread_lines(report, names))
     lines.append(f"wall time {report['seconds']['total']:.1f} s on {report['threads']} threads")
     return "\n".join(lines)
+
+
+def _spread_lines(report: dict, names: dict[str, str]) -> list[str]:
+    """The cosine scores a search shows, per row, and a plain warning where the codes collapsed."""
+    lines = []
+    for key, row in report["results"].items():
+        sc = row.get("scores")
+        if not sc:
+            continue
+        near, kth, rand = sc["nearest"], sc["kth"], sc["random_pairs"]
+        lines.append(f"scores of {names.get(key, key)}: nearest neighbour {near['median']:.3f} (median; 5-95 %: "
+                     f"{near['p05']:.3f}-{near['p95']:.3f}), {sc['k']}th {kth['median']:.3f}, random pairs "
+                     f"{rand['median']:.3f} ({rand['p05']:.3f}-{rand['p95']:.3f})")
+        if sc["collapsed"] and key != "pixels":
+            lines.append(f"WARNING: the {names.get(key, key)} vectors collapsed: two random images score "
+                         f"{rand['median']:.3f} (median), so every search shows scores near 1 that mean little "
+                         f"(a random-init encoder does the same; whatever ranking is left shows in the k-NN "
+                         f"figures above); train longer, or look at the loss curves of the run")
+    if lines:
+        lines.append("")
+    return lines

@@ -2,10 +2,14 @@
 
     infomax eval --model ARTIFACT --data cifar10 [--limit-train N --limit-test N] [--json OUT.json]
                  [--no-probe] [--no-pixels] [--local] [--record]
+    infomax eval --model ARTIFACT --data PHOTOS/ [--test-fraction 0.2]    # PHOTOS/<class>/<image>
+    infomax eval --model ARTIFACT --bank PHOTOS/ --queries NEW_PHOTOS/    # both: one subfolder per class
 
-The train split is the k-NN bank and the probe's training set, the test split the queries. Prints
-a markdown table; --json writes the full report (every figure, the chosen probe penalty, timings).
-See ``infomax.evaluate`` for the protocol.
+The train split is the k-NN bank and the probe's training set, the test split the queries; for a
+folder whose subfolders are classes, a seeded held-out part of every class gives the queries, or
+--bank and --queries name two such folders. Prints a markdown table and the spread of the cosine
+scores (with a warning when the codes collapsed); --json writes the full report (every figure,
+the chosen probe penalty, timings). See ``infomax.evaluate`` for the protocol.
 """
 
 from __future__ import annotations
@@ -17,7 +21,13 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="infomax eval", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None, help="artifact folder (required unless --no-encoder)")
-    p.add_argument("--data", required=True, help="cifar10, fmnist or mnist")
+    p.add_argument("--data", default=None,
+                   help="cifar10, fmnist or mnist, or a folder of images with one subfolder per class")
+    p.add_argument("--bank", default=None, help="a folder with one subfolder per class: the images searched "
+                                                "(with --queries, instead of --data)")
+    p.add_argument("--queries", default=None, help="a folder with one subfolder per class: the queries (with --bank)")
+    p.add_argument("--test-fraction", type=float, default=0.2,
+                   help="part of every class of a --data folder held out as queries (default: 0.2)")
     p.add_argument("--limit-train", type=int, default=None, help="use the first N train images (default: all)")
     p.add_argument("--limit-test", type=int, default=None, help="use the first N test images (default: all)")
     p.add_argument("--json", default=None, help="also write the report to this JSON file")
@@ -47,6 +57,9 @@ def main(argv: list[str]) -> int:
     if args.record and (args.no_encoder or args.limit_train is not None or args.limit_test is not None):
         raise ValueError("--record stores the encoder's figures on the full splits in its artifact: it cannot go "
                          "with --no-encoder, --limit-train or --limit-test")
+    if args.record and (args.bank is not None or args.queries is not None or not _is_dataset(args.data)):
+        raise ValueError("--record stores figures of the standard data sets (cifar10, fmnist, mnist) in the "
+                         "artifact; a folder's figures belong in --json FILE")
 
     from infomax.atomic import atomic_write_json
     from infomax.evaluate import evaluate_encoder, format_report
@@ -54,7 +67,8 @@ def main(argv: list[str]) -> int:
     report = evaluate_encoder(
         args.model, args.data, data_dir=args.data_dir, limit_train=args.limit_train, limit_test=args.limit_test,
         probe=not args.no_probe, pixels=not args.no_pixels, encoder=not args.no_encoder, batch_size=args.batch_size,
-        k=args.k, temperature=args.temperature, seed=args.seed, local=args.local,
+        k=args.k, temperature=args.temperature, seed=args.seed, local=args.local, bank=args.bank,
+        queries=args.queries, test_fraction=args.test_fraction,
     )
     print(format_report(report))
     if args.json:
@@ -64,3 +78,9 @@ def main(argv: list[str]) -> int:
 
         print(f"recorded in {record_eval(args.model, report)}")
     return 0
+
+
+def _is_dataset(data: str | None) -> bool:
+    from infomax.embed import is_dataset_name
+
+    return data is not None and is_dataset_name(data)
