@@ -474,8 +474,8 @@ def _spread_lines(report: dict, names: dict[str, str]) -> list[str]:
             continue
         near, kth, rand = sc["nearest"], sc["kth"], sc["random_pairs"]
         lines.append(f"scores of {names.get(key, key)}: nearest neighbour {near['median']:.3f} (median; 5-95 %: "
-                     f"{near['p05']:.3f}-{near['p95']:.3f}), {sc['k']}th {kth['median']:.3f}, random pairs "
-                     f"{rand['median']:.3f} ({rand['p05']:.3f}-{rand['p95']:.3f})")
+                     f"{near['p05']:.3f} to {near['p95']:.3f}), {sc['k']}th {kth['median']:.3f}, random pairs "
+                     f"{rand['median']:.3f} ({rand['p05']:.3f} to {rand['p95']:.3f})")
         if sc["collapsed"] and key != "pixels":
             lines.append(f"WARNING: the {names.get(key, key)} vectors collapsed: two random images score "
                          f"{rand['median']:.3f} (median), so every search shows scores near 1 that mean little "
