@@ -659,78 +659,97 @@ def test_web_page_and_assets_are_served(client):
 
 
 def test_batcher_gathers_concurrent_jobs_and_keeps_their_order():
+    """The first job holds the worker (inside fn) while 19 more queue up: then they run as batches
+    of at most 8, in arrival order. Each step waits for an event (fn entered, the jobs queued),
+    not for time, so the batches are exactly [0], [1..8], [9..16], [17..19] on any machine."""
     seen: list[list[int]] = []
-    gate = threading.Event()
+    entered, gate = threading.Event(), threading.Event()
 
     def fn(payloads):
-        gate.wait(5)  # the first batch holds the thread while the others queue up
+        entered.set()
+        assert gate.wait(60), "the test never opened the gate"
         seen.append(list(payloads))
         return [p * 10 for p in payloads]
 
     async def run(enabled: bool) -> list[int]:
         batcher = Batcher(fn, max_batch_size=8, max_wait_ms=0, enabled=enabled)
         try:
-            tasks = [asyncio.ensure_future(batcher.submit(i)) for i in range(20)]
-            await asyncio.sleep(0.1)
+            first = asyncio.ensure_future(batcher.submit(0))
+            assert await asyncio.to_thread(entered.wait, 60), "the first job never reached fn"
+            rest = [asyncio.ensure_future(batcher.submit(i)) for i in range(1, 20)]
+            while batcher._queue.qsize() < 19:  # each task queues its job at its first step
+                await asyncio.sleep(0)
             gate.set()
-            return await asyncio.gather(*tasks)
+            return await asyncio.gather(first, *rest)
         finally:
-            gate.clear()
+            gate.set()
             batcher.close()
 
     assert asyncio.run(run(True)) == [i * 10 for i in range(20)]
-    sizes = [len(b) for b in seen]
-    assert sum(sizes) == 20 and max(sizes) == 8 and len(sizes) <= 4  # 1 then 8, 8, 3
-    assert [p for b in seen for p in b] == list(range(20))  # first come, first served
+    assert seen == [[0], list(range(1, 9)), list(range(9, 17)), list(range(17, 20))]
     seen.clear()
-    gate.set()
+    entered.clear()
+    gate.clear()
     assert asyncio.run(run(False)) == [i * 10 for i in range(20)]
-    assert [len(b) for b in seen] == [1] * 20
+    assert seen == [[i] for i in range(20)]
 
 
-def test_batcher_waits_max_wait_ms_for_company_and_reports_errors():
-    batches: list[int] = []
+def test_batcher_waits_for_company_on_its_way_and_reports_errors():
+    """While pending() says a request is on its way, the worker waits (up to max_wait_ms) for it
+    instead of running a batch of one: the second job is submitted only once the worker has asked
+    (an event, not a sleep), and the two run together."""
+    batches: list[list[int]] = []
+    coming = [1]
+    asked = threading.Event()
+
+    def pending() -> int:
+        asked.set()
+        return coming[0]
 
     def fn(payloads):
-        batches.append(len(payloads))
+        batches.append(list(payloads))
         if any(p < 0 for p in payloads):
             raise ValueError("negative")
         return payloads
 
     async def run() -> None:
-        batcher = Batcher(fn, max_batch_size=64, max_wait_ms=200)
+        batcher = Batcher(fn, max_batch_size=64, max_wait_ms=600_000, pending=pending)
         try:
             first = asyncio.ensure_future(batcher.submit(1))
-            await asyncio.sleep(0.05)  # arrives while the first waits for company
-            assert await asyncio.gather(first, batcher.submit(2)) == [1, 2]
+            assert await asyncio.to_thread(asked.wait, 60), "the worker never looked for company"
+            coming[0] = 0  # the awaited request arrives; no other is on its way
+            assert await asyncio.wait_for(asyncio.gather(first, batcher.submit(2)), 60) == [1, 2]
             with pytest.raises(ValueError, match="negative"):
-                await batcher.submit(-1)
+                await asyncio.wait_for(batcher.submit(-1), 60)
         finally:
             batcher.close()
 
     asyncio.run(run())
-    assert batches == [2, 1]
+    assert batches == [[1, 2], [-1]]
 
 
-def test_batcher_does_not_make_a_lone_request_wait():
-    """With pending() = 0 (no other request on its way) a job runs at once, whatever max_wait_ms."""
+def test_batcher_does_not_make_a_lone_request_wait_and_bounds_the_wait():
+    """pending() = 0 (no other request on its way): a job runs at once even with max_wait_ms of ten
+    minutes (it answers within the 60 s the test allows). pending() = 1 and nobody comes: the batch
+    runs after max_wait_ms, not before (a lower bound, which load cannot break)."""
     coming = [0]
 
-    async def run() -> tuple[float, float]:
-        batcher = Batcher(lambda p: p, max_batch_size=64, max_wait_ms=500, pending=lambda: coming[0])
+    async def run() -> float:
+        batcher = Batcher(lambda p: p, max_batch_size=64, max_wait_ms=600_000, pending=lambda: coming[0])
         try:
-            t0 = time.perf_counter()
-            await batcher.submit(1)
-            alone = time.perf_counter() - t0
-            coming[0] = 1  # another request is decoding: the batch waits for it (up to 500 ms)
-            t0 = time.perf_counter()
-            await batcher.submit(2)
-            return alone, time.perf_counter() - t0
+            assert await asyncio.wait_for(batcher.submit(1), 60) == 1
+        finally:
+            batcher.close()
+        coming[0] = 1
+        batcher = Batcher(lambda p: p, max_batch_size=64, max_wait_ms=300, pending=lambda: coming[0])
+        try:
+            t0 = time.monotonic()
+            assert await asyncio.wait_for(batcher.submit(2), 60) == 2
+            return time.monotonic() - t0
         finally:
             batcher.close()
 
-    alone, waited = asyncio.run(run())
-    assert alone < 0.25 and waited >= 0.45
+    assert asyncio.run(run()) >= 0.3
 
 
 @pytest.mark.parametrize(
