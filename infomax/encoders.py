@@ -5,7 +5,9 @@ Every encoder takes a normalised float batch ``x`` of shape (B, C, H, W) and ret
 
 * ``local``:  (B, c, h, w) feature map C(x), the "local" features of Deep INFOMAX;
 * ``mu``:     (B, z_dim) mean of the Gaussian code p(z|x);
-* ``logvar``: (B, z_dim) log sigma^2 of that code.
+* ``logvar``: (B, z_dim) log sigma^2 of that code;
+* ``maps``:   further feature maps of the network, only those asked for by name
+  (``encoder(x, maps=("layer4",))``; empty by default): the objective's other scales.
 
 Architectures are chosen by name through :data:`ARCHITECTURES` so that a serving artifact can
 store the name and its keyword arguments and rebuild the network without any training code.
@@ -24,6 +26,12 @@ class EncoderOutput(NamedTuple):
     local: torch.Tensor
     mu: torch.Tensor
     logvar: torch.Tensor
+    maps: tuple[torch.Tensor, ...] = ()  # the feature maps named in the call, in that order
+
+    def rows(self, index: slice) -> EncoderOutput:
+        """The same outputs for a slice of the batch (every tensor, the maps too)."""
+        return EncoderOutput(self.local[index], self.mu[index], self.logvar[index],
+                             tuple(m[index] for m in self.maps))
 
     def vectors(self, kind: str) -> torch.Tensor:
         """The vectors an artifact can serve and search: ``"mu"`` (B, z_dim), or ``"local"``, the
@@ -114,6 +122,11 @@ class ConvEncoder(nn.Module):
         self.global_net = nn.Sequential(
             *[_conv_block(c if i == 0 else g, g, pool=False) for i in range(n_global_blocks)]
         )
+        # Names of the maps forward(x, maps=...) can return: the output of each block.
+        self._local_names = [f"block{i + 1}" for i in range(n_blocks)]
+        self._global_names = [f"global{i + 1}" for i in range(n_global_blocks)]
+        self.map_channels = {**dict(zip(self._local_names, widths)), **{n: g for n in self._global_names}}
+        self.local_map = self._local_names[-1]
         self.local_size = _map_size(input_size, n_blocks)
         self.pool = pool
         pooled = g * self.local_size**2 if pool == "flatten" else g
@@ -121,16 +134,20 @@ class ConvEncoder(nn.Module):
         self.logvar = nn.Linear(pooled, z_dim)
         self.z_dim = z_dim
 
-    def forward(self, x: torch.Tensor) -> EncoderOutput:
-        local = self.local_net(x)
-        h = self.global_net(local)
+    def forward(self, x: torch.Tensor, maps: tuple[str, ...] = ()) -> EncoderOutput:
+        if maps:
+            local, h, found = _run_named(x, self, maps)
+        else:
+            local = self.local_net(x)
+            h = self.global_net(local)
+            found = ()
         if self.pool == "max":
             h = h.amax(dim=(2, 3))
         elif self.pool == "avg":
             h = h.mean(dim=(2, 3))
         else:
             h = h.flatten(1)
-        return EncoderOutput(local, self.mu(h), self.logvar(h))
+        return EncoderOutput(local, self.mu(h), self.logvar(h), found)
 
 
 class ResNet18Encoder(nn.Module):
@@ -163,14 +180,25 @@ class ResNet18Encoder(nn.Module):
         self.global_net = nn.Sequential(*[getattr(net, s) for s in self._STAGES[cut:]])
         self.local_channels = {"layer1": 64, "layer2": 128, "layer3": 256}[local_stage]
         self.local_size = _map_size(input_size, cut - 1)
+        # Names of the maps forward(x, maps=...) can return: the output of each stage (the stem's
+        # three modules have none).
+        self._local_names = [None, None, None, *self._STAGES[:cut]]
+        self._global_names = list(self._STAGES[cut:])
+        self.map_channels = {"layer1": 64, "layer2": 128, "layer3": 256, "layer4": 512}
+        self.local_map = local_stage
         self.mu = nn.Linear(512, z_dim)
         self.logvar = nn.Linear(512, z_dim)
         self.z_dim = z_dim
 
-    def forward(self, x: torch.Tensor) -> EncoderOutput:
-        local = self.local_net(x)
-        h = self.global_net(local).mean(dim=(2, 3))
-        return EncoderOutput(local, self.mu(h), self.logvar(h))
+    def forward(self, x: torch.Tensor, maps: tuple[str, ...] = ()) -> EncoderOutput:
+        if maps:
+            local, h, found = _run_named(x, self, maps)
+            h = h.mean(dim=(2, 3))
+        else:
+            local = self.local_net(x)
+            h = self.global_net(local).mean(dim=(2, 3))
+            found = ()
+        return EncoderOutput(local, self.mu(h), self.logvar(h), found)
 
 
 ARCHITECTURES: dict[str, type[nn.Module]] = {"conv": ConvEncoder, "resnet18": ResNet18Encoder}
@@ -181,6 +209,44 @@ def build_encoder(arch: str, **kwargs) -> nn.Module:
     if arch not in ARCHITECTURES:
         raise ValueError(f"arch={arch!r} is not a known architecture; choose one of {sorted(ARCHITECTURES)}")
     return ARCHITECTURES[arch](**kwargs)
+
+
+def check_maps(encoder: nn.Module, names) -> list[int]:
+    """The channels of each feature map named in ``names`` (``ValueError`` quoting the setting for
+    a name the encoder lacks, C(x) itself, or a repeat)."""
+    known = getattr(encoder, "map_channels", {})
+    names = list(names)
+    for name in names:
+        if name not in known:
+            raise ValueError(f"extra_local_maps={names!r}: {name!r} is not a map of this encoder; "
+                             f"choose among {sorted(known)}")
+        if name == encoder.local_map:
+            raise ValueError(f"extra_local_maps={names!r}: {name!r} is the local map C(x) itself, "
+                             f"already in the local term")
+    if len(set(names)) != len(names):
+        raise ValueError(f"extra_local_maps={names!r}: a map is named twice")
+    return [known[n] for n in names]
+
+
+def _run_named(x: torch.Tensor, encoder: nn.Module, maps: tuple[str, ...]):
+    """Runs ``local_net`` then ``global_net`` module by module (the same computation as calling
+    them), keeping the outputs named in ``maps``: (local map, last map, maps in the order asked)."""
+    found: dict[str, torch.Tensor] = {}
+    h = x
+    for name, block in zip(encoder._local_names, encoder.local_net):
+        h = block(h)
+        if name in maps:
+            found[name] = h
+    local = h
+    for name, block in zip(encoder._global_names, encoder.global_net):
+        h = block(h)
+        if name in maps:
+            found[name] = h
+    missing = [m for m in maps if m not in found]
+    if missing:
+        raise ValueError(f"maps={maps!r}: {missing} not maps of this encoder; choose among "
+                         f"{sorted(encoder.map_channels)}")
+    return local, h, tuple(found[m] for m in maps)
 
 
 def _check_common(in_channels: int, input_size: int, z_dim: int) -> None:

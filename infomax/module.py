@@ -11,7 +11,7 @@ import torch
 from pytorch_lightning.callbacks import Timer
 
 from infomax.augment import Augment
-from infomax.encoders import build_encoder
+from infomax.encoders import build_encoder, check_maps
 from infomax.objective import DIMObjective
 from infomax.transforms import Normalize
 
@@ -44,6 +44,9 @@ class DeepInfoMax(pl.LightningModule):
         lr, weight_decay: Adam's settings.
         lr_schedule: ``constant`` or ``cosine`` (annealed to 0 over the whole run: over the epochs,
             or over ``--trainer.max_time`` when that ends the run first).
+        lr_warmup: the fraction of the run (in [0, 1), of steps or of the time budget, as the
+            schedule counts) over which the rate rises linearly from 0 to ``lr``; the schedule then
+            runs over the rest (cosine: from ``lr`` to 0). 0: none.
         mean, std: per-channel normalisation (linked from the data module; 0.5 when unset).
         nonfinite_check_every: on a GPU, how often (steps) the host checks for a non-finite loss;
             checking every step would force a device sync. On the CPU every step is checked.
@@ -53,6 +56,14 @@ class DeepInfoMax(pl.LightningModule):
             them (the global code of one view against the other view's code and feature map).
         channels_last: keep conv weights and inputs in NHWC, which tensor cores prefer.
         compile: ``torch.compile`` the encoder and the critics (pays off on GPUs for long runs).
+        extra_local_maps: AMDIM's several scales: names of further feature maps of the encoder
+            (``resnet18``: ``layer1``..``layer4``; ``conv``: ``block1``.., ``global1``..), each paired
+            with the code as C(x) is, by a critic of its own; the local term is the mean over
+            C(x) and these (e.g. ``["layer4"]``: the 8x8 and the 4x4 maps of ResNet-18 at 32 px).
+        delta: weight of AMDIM's local-to-local term across the two views (needs ``views=2``): one
+            random position of one view's C(x) against every position of the other's.
+        score_penalty: AMDIM's lambda * mean(s^2) on every critic's raw scores (4e-2 there); 0: off.
+        score_clip: AMDIM's soft clip c * tanh(s / c) of every score before its bound (20 there); 0: off.
     """
 
     def __init__(
@@ -82,6 +93,11 @@ class DeepInfoMax(pl.LightningModule):
         views: int = 1,
         channels_last: bool = False,
         compile: bool = False,
+        extra_local_maps: list[str] | None = None,
+        delta: float = 0.0,
+        score_penalty: float = 0.0,
+        score_clip: float = 0.0,
+        lr_warmup: float = 0.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -95,6 +111,10 @@ class DeepInfoMax(pl.LightningModule):
             raise ValueError(f"views={views}: choose 1 or 2")
         if views == 2 and augment == "none":
             raise ValueError("views=2 with augment='none' would compare two identical views; set augment")
+        if delta > 0 and views != 2:
+            raise ValueError(f"delta={delta}: the local-to-local term compares two views; set views=2")
+        if not 0 <= lr_warmup < 1:  # also catches NaN
+            raise ValueError(f"lr_warmup={lr_warmup}: the fraction of the run spent warming up must be in [0, 1)")
         self.augment = Augment(augment)
         mean = tuple(mean) if mean is not None else (0.5,) * in_channels
         std = tuple(std) if std is not None else (0.5,) * in_channels
@@ -118,7 +138,12 @@ class DeepInfoMax(pl.LightningModule):
             critic_hidden=critic_hidden,
             prior=prior,
             critic_temperature=critic_temperature,
+            extra_channels=check_maps(self.encoder, extra_local_maps or []),
+            delta=delta,
+            score_penalty=score_penalty,
+            score_clip=score_clip,
         )
+        self._maps = tuple(extra_local_maps or ())  # what the encoder is asked for besides C(x)
         self._first_bad_step: torch.Tensor | None = None
         self._compiled: tuple | None = None  # (encoder, objective) compiled, kept out of the state dict
 
@@ -173,15 +198,14 @@ class DeepInfoMax(pl.LightningModule):
         images = batch[0]
         encoder, objective = self._compiled or (self.encoder, self.objective)
         x = images.float().div_(255.0) if images.dtype == torch.uint8 else images
+        maps = {"maps": self._maps} if self._maps else {}
         if self.hparams.views == 2:
             # One encoder pass over both views: batch norm sees them together, and half the launches.
             both = self._prepare(torch.cat([self.augment(x), self.augment(x)]))
-            out = encoder(both)
+            out = encoder(both, **maps)
             n = x.shape[0]
-            first = type(out)(*(t[:n] for t in out))
-            second = type(out)(*(t[n:] for t in out))
-            return objective(first, second)
-        return objective(encoder(self._prepare(self.augment(x))))
+            return objective(out.rows(slice(None, n)), out.rows(slice(n, None)))
+        return objective(encoder(self._prepare(self.augment(x)), **maps))
 
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
         x = self.normalize(x)
@@ -194,6 +218,7 @@ class DeepInfoMax(pl.LightningModule):
         self.log_dict(
             {"train/global_mi": losses.global_mi, "train/local_mi": losses.local_mi, "train/prior": losses.prior}
         )
+        self.log_dict(_optional("train", losses))
         return losses.loss
 
     def validation_step(self, batch, batch_idx: int) -> None:
@@ -204,6 +229,7 @@ class DeepInfoMax(pl.LightningModule):
                 "val/global_mi": losses.global_mi,
                 "val/local_mi": losses.local_mi,
                 "val/prior": losses.prior,
+                **_optional("val", losses),
             },
             sync_dist=True,
         )
@@ -234,16 +260,31 @@ class DeepInfoMax(pl.LightningModule):
 
     def configure_optimizers(self):
         opt = torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
-        if self.hparams.lr_schedule == "constant":
+        if self.hparams.lr_schedule == "constant" and not self.hparams.lr_warmup:
             return opt
         total = max(1, int(self.trainer.estimated_stepping_batches))
         timer = next((cb for cb in self.trainer.callbacks if isinstance(cb, Timer)), None)
 
+        warmup = self.hparams.lr_warmup
+        cosine = self.hparams.lr_schedule == "cosine"
+
         def factor(step: int) -> float:
-            return 0.5 * (1 + math.cos(math.pi * run_progress(step, total, timer)))
+            frac = run_progress(step, total, timer)
+            if warmup > 0:
+                if frac < warmup:
+                    return frac / warmup
+                frac = (frac - warmup) / (1 - warmup)
+            return 0.5 * (1 + math.cos(math.pi * frac)) if cosine else 1.0
 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def _optional(stage: str, losses) -> dict:
+    """The figures of the options that are on (logged only then, so that runs without them keep
+    their columns)."""
+    return {f"{stage}/{k}": v for k, v in (("local_local_mi", losses.local_local_mi),
+                                            ("score_penalty", losses.score_penalty)) if v is not None}
 
 
 def run_progress(step: int, total_steps: int, timer=None) -> float:
