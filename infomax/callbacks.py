@@ -105,11 +105,14 @@ class ExportArtifact(Callback):
     """At the end of training writes the serving artifact (``encoder.safetensors`` + ``encoder.json``)
     to ``dirpath`` (default: ``<log dir>/artifact``), from the best checkpoint when there is one.
     ``output``: the vectors the artifact serves, ``"mu"`` (the code) or ``"local"`` (the flattened
-    local feature map C(x))."""
+    local feature map C(x)). ``overwrite``: ``infomax train`` refuses, before training, a ``dirpath``
+    that already holds files unless it is set (``--overwrite``), as ``embed`` and ``index build`` do."""
 
-    def __init__(self, dirpath: str | None = None, use_best: bool = True, output: str = "mu") -> None:
+    def __init__(self, dirpath: str | None = None, use_best: bool = True, output: str = "mu",
+                 overwrite: bool = False) -> None:
         check_vectors("output", output)
         self.dirpath = dirpath
+        self.overwrite = overwrite
         self.use_best = use_best
         self.output = output
         self.command = shlex.join(["infomax", *sys.argv[1:]]) if sys.argv else None

@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import shutil
+import signal
 import sys
+from pathlib import Path
 
 
 def parser() -> argparse.ArgumentParser:
@@ -49,12 +52,22 @@ def main(argv: list[str]) -> int:
     # Lightning's start-up notices (accelerator, tips) would drown the one summary line below.
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
 
-    manifest = embed(
-        args.model, args.data, args.out, split=args.split, batch_size=args.batch_size, devices=args.devices,
-        accelerator=args.accelerator, num_nodes=args.num_nodes, overwrite=args.overwrite, limit=args.limit,
-        data_dir=args.data_dir, num_workers=args.num_workers, progress=not args.no_progress,
-        command="infomax embed " + shlex.join(argv),
-    )
+    out = Path(args.out).expanduser()
+    existed = out.exists()
+    fresh = not existed or (out.is_dir() and not any(out.iterdir()))
+    interrupted = _watch_sigint()
+    try:
+        manifest = embed(
+            args.model, args.data, args.out, split=args.split, batch_size=args.batch_size, devices=args.devices,
+            accelerator=args.accelerator, num_nodes=args.num_nodes, overwrite=args.overwrite, limit=args.limit,
+            data_dir=args.data_dir, num_workers=args.num_workers, progress=not args.no_progress,
+            command="infomax embed " + shlex.join(argv),
+        )
+    except (KeyboardInterrupt, SystemExit) as e:
+        # Lightning's prediction loop turns Ctrl-C into sys.exit(1); any other exit is not ours.
+        if isinstance(e, SystemExit) and not interrupted:
+            raise
+        return _after_interrupt(out, fresh, existed)
     if manifest is not None:  # global rank 0 only
         what = f"{manifest['data']}:{manifest['split']}" if manifest["split"] else manifest["data"]
         print(f"infomax embed: {manifest['count']} vectors (z_dim {manifest['z_dim']}) of {what} written to "
@@ -62,5 +75,41 @@ def main(argv: list[str]) -> int:
         if manifest["skipped"]:
             first = manifest["skipped"][0]
             print(f"infomax embed: skipped {len(manifest['skipped'])} unreadable file(s), e.g. "
-                  f"{first['source']}: {first['reason']}", file=sys.stderr)
+                  f"{first['source']}: {first['reason']}; all of them listed under \"skipped\" in "
+                  f"{out / 'embeddings.json'}", file=sys.stderr)
     return 0
+
+
+def _watch_sigint() -> list[bool]:
+    """A list that turns true when SIGINT arrives (then raised as KeyboardInterrupt as usual), to
+    tell Lightning's exit after Ctrl-C from any other."""
+    seen: list[bool] = []
+
+    def on_sigint(signum, frame):
+        seen.append(True)
+        raise KeyboardInterrupt
+
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, on_sigint)
+    return seen
+
+
+def _after_interrupt(out: Path, fresh: bool, existed: bool) -> int:
+    """After Ctrl-C: a folder this run filled holds no usable embeddings until embeddings.json is
+    written (last), so it is removed (emptied, if it was there empty); a folder that held files
+    before is left, and said incomplete."""
+    from infomax.embed import MANIFEST
+
+    if (out / MANIFEST).is_file():
+        print(f"infomax embed: interrupted after {out} was complete", file=sys.stderr)
+    elif fresh and out.is_dir():
+        shutil.rmtree(out, ignore_errors=True)
+        if existed:
+            out.mkdir(exist_ok=True)
+        print(f"infomax embed: interrupted; removed the incomplete embeddings from {out}", file=sys.stderr)
+    elif out.is_dir():
+        print(f"infomax embed: interrupted; {out} is incomplete (no {MANIFEST}): run the command again with "
+              f"--overwrite", file=sys.stderr)
+    else:
+        print("infomax embed: interrupted before anything was written", file=sys.stderr)
+    return 130

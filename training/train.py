@@ -10,6 +10,10 @@ YAML files only override them.
 
 from __future__ import annotations
 
+import argparse
+import json
+import logging
+import shlex
 import sys
 import warnings
 from pathlib import Path
@@ -20,6 +24,7 @@ from pytorch_lightning.cli import LightningCLI
 from infomax.callbacks import ExportArtifact, KNNMonitor
 from infomax.data import InMemoryDataModule
 from infomax.module import DeepInfoMax
+from training import train_args
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -30,7 +35,10 @@ class InfomaxCLI(LightningCLI):
         # warns about that case by echoing the whole command line twice on every run.
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-            super().parse_arguments(parser, args)
+            try:
+                super().parse_arguments(parser, args)
+            except argparse.ArgumentError as e:  # the parser is built with exit_on_error=False
+                raise ValueError(train_args.one_line(str(e))) from None
 
     def add_arguments_to_parser(self, parser) -> None:
         for attr in ("in_channels", "input_size", "mean", "std"):
@@ -139,22 +147,165 @@ def build_cli(argv: list[str]) -> InfomaxCLI:
         seed_everything_default=0,
         trainer_defaults=TRAINER_DEFAULTS,
         save_config_kwargs={"overwrite": True},
-        parser_kwargs={"prog": "infomax train", "default_env": False},
+        # A bad option is one line (ValueError below), not the whole usage and a nested report.
+        parser_kwargs={"prog": "infomax train", "default_env": False, "exit_on_error": False},
         args=argv,
     )
 
 
 def main(argv: list[str]) -> int:
-    cli = build_cli(argv)
+    typed = list(argv)
+    _quiet_lightning()
+    cli = build_cli(train_args.normalize(typed))
     ckpt_path = cli.config.get("ckpt_path")
     if ckpt_path and ckpt_path != "last" and not Path(ckpt_path).is_file():
         raise FileNotFoundError(f"--ckpt_path {ckpt_path}: no such checkpoint file")
+    export = next(cb for cb in cli.trainer.callbacks if isinstance(cb, ExportArtifact))
+    _check_export_target(export.target(cli.trainer), export.overwrite, ckpt_path)
     # Load the data now: a missing data set is reported before any training machinery starts.
     cli.datamodule.setup("fit")
+    _report_skipped(cli.datamodule, cli.trainer)
+    _check_data_size(cli.datamodule)
     _adapt_checkpoint_monitor(cli.trainer, cli.datamodule)
     _keep_last_every_epoch(cli.trainer)
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path)
+    _fit_log_interval(cli.trainer, cli.datamodule)
+    try:
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path)
+    except SystemExit:
+        # Lightning turns Ctrl-C into a graceful stop then sys.exit(1), with no word on the weights.
+        if not cli.trainer.interrupted:
+            raise
+        return _after_interrupt(cli, export, typed)
     return 0
+
+
+# -- before training ---------------------------------------------------------------------------
+
+
+def _check_export_target(target: Path, overwrite: bool, ckpt_path: str | None) -> None:
+    """Refuses, before any training, to replace files already in the export folder, the way
+    ``infomax embed`` and ``infomax index build`` refuse theirs. A resumed run may replace its own
+    artifact (the one exported from a checkpoint in the same folder as the one resumed)."""
+    if target.exists() and not target.is_dir():
+        raise ValueError(f"--export.dirpath {target} is a file: give a folder for the serving artifact")
+    if overwrite or not target.is_dir() or not any(target.iterdir()):
+        return
+    if ckpt_path and _exported_from(target) == Path(ckpt_path).resolve().parent:
+        return
+    raise ValueError(f"--export.dirpath {target} already holds files: pass --overwrite to replace them at the "
+                     f"end of training, or choose another --export.dirpath")
+
+
+def _exported_from(artifact: Path) -> Path | None:
+    """The checkpoint folder an artifact was exported from, per its encoder.json."""
+    try:
+        ckpt = json.loads((artifact / "encoder.json").read_text()).get("checkpoint")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return Path(ckpt).resolve().parent if isinstance(ckpt, str) and ckpt else None
+
+
+# Below this many training images a run is refused: each image is contrasted with the others of
+# its batch, and a handful of images gives a task a network solves by memorising them.
+MIN_TRAIN_IMAGES = 16
+# Below this many it runs, with a warning: Deep INFOMAX is trained on tens of thousands of images,
+# and a few hundred give codes barely better than a random initialisation.
+FEW_TRAIN_IMAGES = 1000
+
+
+def _check_data_size(dm) -> None:
+    n = len(dm.train_images)
+    held_out = 0 if dm.val_images is None else len(dm.val_images)
+    where = f"{dm.name}" + (f" ({dm.path})" if getattr(dm, "path", None) else "")
+    if n < MIN_TRAIN_IMAGES:
+        raise ValueError(f"{where}: {n} training image(s) (after holding out {held_out} for validation); "
+                         f"training needs at least {MIN_TRAIN_IMAGES}: give more images")
+    if n < FEW_TRAIN_IMAGES:
+        _say(f"warning: only {n} training images in {where}: expect codes little better than a random "
+             f"initialisation (Deep INFOMAX is trained on tens of thousands)")
+    if not held_out:
+        _say("warning: no validation images (--data.val_size): no val/loss or val/knn_top1; the checkpoint kept "
+             "is the last epoch's")
+
+
+def _report_skipped(dm, trainer) -> None:
+    """One line for the unreadable files of a folder, and the full list in the run folder."""
+    skipped = getattr(dm, "skipped", None)
+    if not skipped:
+        return
+    listing = Path(trainer.log_dir or trainer.default_root_dir) / "skipped-files.txt"
+    if trainer.is_global_zero:
+        listing.parent.mkdir(parents=True, exist_ok=True)
+        listing.write_text("".join(f"{path}\t{reason}\n" for path, reason in skipped))
+    folder = Path(dm.path).expanduser().absolute()
+    first_path, first_reason = skipped[0]
+    first = Path(first_path)
+    first = first.relative_to(folder).as_posix() if first.is_relative_to(folder) else first_path
+    _say(f"warning: skipped {len(skipped)} unreadable file(s) in {dm.path}, e.g. {first}: {first_reason}; "
+         f"all of them listed in {listing}")
+
+
+def _fit_log_interval(trainer, dm) -> None:
+    """Logs the training loss at least once an epoch: with fewer batches than log_every_n_steps
+    (default 50) a run would record no training loss at all (Lightning only warns about it)."""
+    per_epoch = len(dm.train_images) // (dm.batch_size * max(1, trainer.world_size))
+    trainer.log_every_n_steps = max(1, min(trainer.log_every_n_steps, per_epoch))
+
+
+# -- output ------------------------------------------------------------------------------------
+
+
+def _say(message: str) -> None:
+    print(f"infomax train: {message}", file=sys.stderr)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    # One line, without the library source path Lightning prints before each of its warnings.
+    _say(f"warning: {message}")
+
+
+class _DropTips(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("\N{ELECTRIC LIGHT BULB} Tip")
+
+
+def _quiet_lightning() -> None:
+    """Silences what tells a user of this command nothing: an advertisement for a cloud logger, a
+    deprecation inside Lightning itself, the empty validation loader of data without a validation
+    split (said plainly by _check_data_size), the logging interval (fitted by _fit_log_interval),
+    and the data module's note on unreadable files (said again by _report_skipped, with where the
+    whole list is; a folder is read while the command line is parsed, so the filter is global)."""
+    logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_DropTips())
+    for message in (r".*LeafSpec.*", r"Total length of .* across ranks is zero",
+                    r"The number of training batches .* is smaller than the logging interval",
+                    r"skipped \d+ unreadable"):
+        warnings.filterwarnings("ignore", message=message)
+    warnings.showwarning = _show_warning
+
+
+# -- Ctrl-C ------------------------------------------------------------------------------------
+
+
+def _after_interrupt(cli, export: ExportArtifact, typed: list[str]) -> int:
+    """After Ctrl-C: exports the best checkpoint so far (a second Ctrl-C is ignored meanwhile:
+    Lightning ignores SIGINT once it has stopped) and says how to resume."""
+    trainer = cli.trainer
+    if not trainer.is_global_zero:
+        return 130
+    ckpt = trainer.checkpoint_callback
+    best = getattr(ckpt, "best_model_path", "") if ckpt is not None else ""
+    where = f"epoch {trainer.current_epoch + 1}, step {trainer.global_step}"
+    if not best or not Path(best).is_file():
+        _say(f"interrupted at {where}, before the first checkpoint (written at the end of an epoch): "
+             f"nothing to export")
+        return 130
+    export._export(trainer, cli.model, export.target(trainer))
+    resume = list(typed)
+    if "--ckpt_path" not in resume and not any(a.startswith("--ckpt_path=") for a in resume):
+        resume += ["--ckpt_path", "last"]
+    _say(f"interrupted at {where}; exported the best checkpoint so far ({Path(best).name}) to {export.path}; "
+         f"continue training with: {shlex.join(['infomax', 'train', *resume])}")
+    return 130
 
 
 if __name__ == "__main__":
