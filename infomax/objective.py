@@ -174,13 +174,20 @@ class DIMObjective(nn.Module):
             return self.adversarial(z)
         return gaussian_kl(out.mu, out.logvar)
 
-    def _bound(self, bound, pos: torch.Tensor, neg: torch.Tensor, scores: tuple[torch.Tensor, ...]):
-        """``bound(pos, neg)`` and, with ``score_penalty`` on, mean(s^2) over ``scores`` (the raw
-        scores, each once); with ``score_clip`` on, the bound sees clipped scores."""
-        penalty = mean_square_score(*scores) if self.score_penalty > 0 else None
-        if self.score_clip > 0:
+    def _bound(self, bound, pos: torch.Tensor, neg: torch.Tensor, raw: tuple[torch.Tensor, ...],
+               clipped: bool = False):
+        """``bound(pos, neg)`` and, with ``score_penalty`` on, mean(s^2) over ``raw`` (the raw
+        scores, each once); with ``score_clip`` on, the bound sees clipped scores (``clipped``:
+        ``pos`` and ``neg`` were cut from an already clipped score matrix)."""
+        penalty = mean_square_score(*raw) if self.score_penalty > 0 else None
+        if self.score_clip > 0 and not clipped:
             pos, neg = soft_clip(pos, self.score_clip), soft_clip(neg, self.score_clip)
         return bound(pos, neg), penalty
+
+    def _clip(self, scores: torch.Tensor) -> torch.Tensor:
+        # All pairs: clip the (N, N, ...) matrix once, before the local term expands its negatives
+        # P-fold (the same values as clipping the expansion, at 1/P of the memory).
+        return soft_clip(scores, self.score_clip) if self.score_clip > 0 else scores
 
     def _global(self, z: torch.Tensor, target: torch.Tensor):
         """Positive: T(z_i, target_i); negatives: T(z_i, target_j), j != i. (bound, penalty)."""
@@ -189,8 +196,9 @@ class DIMObjective(nn.Module):
             pos = self.global_critic(z, target)
             neg = self.global_critic(z, target[perm])
             return self._bound(self.global_bound, pos, neg.unsqueeze(-1), (pos, neg))
-        scores = self.global_critic.pairs(z, target)  # (N, N): [i, j] = T(z_i, target_j)
-        return self._bound(self.global_bound, scores.diagonal(), off_diagonal(scores), (scores,))
+        raw = self.global_critic.pairs(z, target)  # (N, N): [i, j] = T(z_i, target_j)
+        scores = self._clip(raw)
+        return self._bound(self.global_bound, scores.diagonal(), off_diagonal(scores), (raw,), clipped=True)
 
     def _local(self, z: torch.Tensor, local: torch.Tensor, critic: nn.Module):
         """z (N, d) against every position of ``local`` (N, c, h, w) through ``critic``: positive
@@ -203,11 +211,12 @@ class DIMObjective(nn.Module):
             pos = critic(zb, feats)
             neg = critic(zb, feats[perm])
             return self._bound(self.local_bound, pos, neg.unsqueeze(-1), (pos, neg))
-        scores = critic.pairs(z, feats)  # (N, N, P): [i, j, q] = T(z_i, C(x_j)_q)
+        raw = critic.pairs(z, feats)  # (N, N, P): [i, j, q] = T(z_i, C(x_j)_q)
+        scores = self._clip(raw)
         pos = scores.diagonal().transpose(0, 1)  # (N, P)
         # Negatives of (i, q): every position of every other image, the same set for each q.
         neg = off_diagonal(scores).transpose(1, 2).reshape(n, 1, -1).expand(n, p, -1)
-        return self._bound(self.local_bound, pos, neg, (scores,))
+        return self._bound(self.local_bound, pos, neg, (raw,), clipped=True)
 
     def _local_local(self, source: torch.Tensor, target: torch.Tensor):
         """AMDIM's 5->5: one random position of each image's ``source`` map (N, c, h, w) against
