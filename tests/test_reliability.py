@@ -114,12 +114,12 @@ def test_key_never_reaches_the_server_log(server):
 
 
 def test_key_misplaced_in_the_url_is_not_logged_either(server):
-    from stress.security import check_key_not_logged, send_key_in_query
+    from stress.security import check_key_not_logged, send_key_in_query, wait_for_log
 
-    assert send_key_in_query(server, API_KEY)[0] == 401
-    import time
-
-    time.sleep(0.3)
+    assert send_key_in_query(server, API_KEY) == [401, 200]  # a write refused; reads are open
+    # Wait for the two redacted access lines to be written (an event, not a sleep), then grep.
+    wait_for_log(server, '"POST /v1/items?api_key=*** HTTP/1.1" 401')
+    wait_for_log(server, '"GET /v1/items/sample?n=1&key=*** HTTP/1.1" 200')
     assert check_key_not_logged(server, API_KEY)["found"] == []
 
 
@@ -141,7 +141,7 @@ def test_startup_refuses_damaged_or_mismatched_files(tmp_path, tiny_artifact):
         assert r["names_file"], f"{r['case']}: the message does not name the file:\n{r['output_tail']}"
         assert not r["secret_leaked"], f"{r['case']}: the API key is in the output"
         assert not r["traceback"], f"{r['case']}: a traceback instead of one line:\n{r['output_tail']}"
-        assert r["seconds"] < 60, r  # a few seconds on an idle machine; generous for a loaded CI box
+        assert not r["timed_out"], r  # it exited by itself (the 90 s limit only ends a hung case)
 
 
 def test_only_user_errors_lose_their_startup_traceback():

@@ -200,4 +200,21 @@ def exercise_with_key(srv: ServerProcess, key: str) -> None:
         c.post("/v1/items", files={"file": ("k.png", png, "image/png")}, headers={"X-API-Key": key + "-wrong"})
         c.get("/v1/items/0", headers={"X-API-Key": key})
         c.post("/v1/search", json={"id": 0, "k": 10_000}, headers={"X-API-Key": key})
-    time.sleep(0.3)  # let the access log reach the file
+        # The access log is written in request order: once a last, marked request's line is in the
+        # file, every line above is too (an event to wait for, where a sleep would race the log).
+        marker = f"end-of-exercise-{time.monotonic_ns()}"
+        c.get("/v1/info", params={"marker": marker}, headers={"X-API-Key": key})
+    wait_for_log(srv, marker)
+
+
+def wait_for_log(srv: ServerProcess, text: str, timeout: float = 60.0) -> str:
+    """Returns the server's log once it holds ``text``; fails naming it after ``timeout`` seconds
+    (a bound on failure only: the wait ends as soon as the line is there)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        log = srv.log()
+        if text in log:
+            return log
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{text!r} never appeared in the server log:\n{log[-3000:]}")
+        time.sleep(0.02)  # how often the file is looked at, not a synchronisation

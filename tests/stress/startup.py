@@ -135,17 +135,23 @@ def run_one(c: Refusal, *, timeout: float = 120.0) -> dict:
     with tempfile.TemporaryFile() as out:
         t0 = time.monotonic()
         p = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL)
-        served = False
-        while p.poll() is None and time.monotonic() - t0 < timeout:
+        served = timed_out = False
+        while time.monotonic() - t0 < timeout:
             served = served or _accepts(port)
-            time.sleep(0.05)
+            try:
+                p.wait(0.05)  # returns the moment it exits; else the next look at the port
+                break
+            except subprocess.TimeoutExpired:
+                continue
         seconds = time.monotonic() - t0
         if p.poll() is None:
             p.kill()
             p.wait(10)
-            seconds = float("nan")
+            seconds, timed_out = float("nan"), True
         out.seek(0)
         text = out.read().decode(errors="replace")
+    # uvicorn says so once it listens: a port that accepted between two looks is still seen here
+    served = served or "Uvicorn running on" in text or "Application startup complete" in text
     lines = [ln for ln in text.splitlines() if ln.strip()]
     message = next((ln for ln in lines if "error" in ln.lower() and not ln.lstrip().startswith("File ")),
                    lines[-1] if lines else "")
@@ -154,6 +160,7 @@ def run_one(c: Refusal, *, timeout: float = 120.0) -> dict:
         "exit_code": p.returncode,
         "seconds": round(seconds, 1),
         "served": served,
+        "timed_out": timed_out,
         "names_file": c.names in text,
         "secret_leaked": bool(c.secret) and c.secret in text,
         "traceback": "Traceback" in text,
