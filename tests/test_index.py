@@ -674,6 +674,9 @@ def test_concurrent_searches_while_adding(tmp_path, factory):
     rng = np.random.default_rng(0)
     extra = clustered(2000, 16, seed=13)
 
+    searches = [0] * 4  # searches each searcher has completed
+    progress = threading.Condition()
+
     def searcher(seed: int) -> None:
         r = np.random.default_rng(seed)
         faiss.omp_set_num_threads(1)
@@ -688,16 +691,27 @@ def test_concurrent_searches_while_adding(tmp_path, factory):
                 assert (np.diff(D, axis=1) <= 1e-5).all()
                 got = idx.get_many(I[0])
                 assert all(g is None or g["id"] == i for g, i in zip(got, I[0]))
+                with progress:
+                    searches[seed] += 1
+                    progress.notify_all()
         except BaseException as e:  # pragma: no cover - reported below
             errors.append(e)
+            with progress:
+                progress.notify_all()
+
+    def each_searcher_searched_since(counts: list[int]) -> None:
+        """Waits (on events, not time) until every searcher has finished a search begun after the
+        last write, so writes and searches interleave however loaded the machine is."""
+        with progress:
+            assert progress.wait_for(lambda: errors or all(n >= c + 2 for n, c in zip(searches, counts)), 120)
 
     threads = [threading.Thread(target=searcher, args=(s,)) for s in range(4)]
     for t in threads:
         t.start()
     try:
-        deadline = time.monotonic() + 1.5
         batch = 0
-        while time.monotonic() < deadline and not errors:
+        while batch < 8 and not errors:
+            each_searcher_searched_since(list(searches))
             vecs = extra[(batch * 25) % 2000 : (batch * 25) % 2000 + 25]
             ids = np.arange(10_000 + batch * 25, 10_000 + batch * 25 + len(vecs))
             added.update(ids.tolist())  # announce before they can show up
@@ -712,7 +726,7 @@ def test_concurrent_searches_while_adding(tmp_path, factory):
             t.join()
     if errors:
         raise errors[0]
-    assert batch > 3
+    assert batch == 8 and all(n >= 16 for n in searches)
     assert len(idx) == 2000 + 25 * batch - len(removed)
     D, I = idx.search(x, 10)
     assert not np.isin(I, list(removed)).any()
