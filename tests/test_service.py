@@ -423,11 +423,9 @@ def test_every_bad_search_input_gets_a_4xx_json_error_naming_it(client, index_te
     assert client.get("/readyz").json()["items"] == before
 
 
-def test_bad_embed_and_item_inputs(client, index_template):
-    png = index_template["pngs"][0]
+def _item_cases(png: bytes):
     many = [("file", (f"{i}.png", png, "image/png")) for i in range(5)]
-    before = client.get("/readyz").json()["items"]
-    cases = [
+    return [
         ("post", "/v1/embed", dict(files=many), 400, "Too many files"),
         ("post", "/v1/embed", dict(json={"images": [b64(png)] * 5}), 422, "limit is 4"),
         ("post", "/v1/embed", dict(json={"images": []}), 422, "images"),
@@ -465,7 +463,11 @@ def test_bad_embed_and_item_inputs(client, index_template):
         ("put", "/v1/items", {}, 405, "Method Not Allowed"),
         ("get", "/v2/search", {}, 404, "no route"),
     ]
-    for method, path, kwargs, status, fragment in cases:
+
+
+def test_bad_embed_and_item_inputs(client, index_template):
+    before = client.get("/readyz").json()["items"]
+    for method, path, kwargs, status, fragment in _item_cases(index_template["pngs"][0]):
         r = client.request(method.upper(), path, **kwargs)
         assert r.status_code == status, f"{method} {path} {kwargs.get('data')}: {r.status_code} {r.text}"
         assert fragment in r.json()["detail"], f"{path}: {r.json()}"
@@ -473,17 +475,33 @@ def test_bad_embed_and_item_inputs(client, index_template):
     assert client.get("/readyz").json()["items"] == before
 
 
-def test_no_input_above_produced_a_500(client):
-    """Runs after the bad-input tests on the same app: its metrics hold every answer it gave."""
-    text = client.get("/metrics").text
-    statuses = {line.split('status="')[1].split('"')[0] for line in text.splitlines()
-                if line.startswith("infomax_http_requests_total{")}
-    assert statuses and not any(s.startswith("5") for s in statuses), statuses
+def test_no_input_above_produced_a_500(writable, index_template):
+    """Every bad input above, sent to an app of its own (so the test stands alone, in any order):
+    its metrics count each answer, and none is a 5xx."""
+    _, make = writable
+    with make(max_k=50, max_upload_bytes=200_000, max_image_pixels=1_000_000, max_images_per_request=4,
+              max_sample=100) as c:
+        sent = 0
+        for _, kwargs, *_ in _cases(index_template["pngs"]):
+            c.post("/v1/search", **kwargs)
+            sent += 1
+        for method, path, kwargs, *_ in _item_cases(index_template["pngs"][0]):
+            c.request(method.upper(), path, **kwargs)
+            sent += 1
+        text = c.get("/metrics").text
+    counts: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("infomax_http_requests_total{"):
+            status = line.split('status="')[1].split('"')[0]
+            counts[status] = counts.get(status, 0) + float(line.rsplit(" ", 1)[1])
+    assert sum(counts.values()) >= sent, (counts, sent)  # every answer above is counted ...
+    assert not any(s.startswith("5") for s in counts), counts  # ... and none was a server error
     assert 'code="invalid_vector"' in text and 'code="payload_too_large"' in text
 
 
 def test_unexpected_errors_are_json_500_without_traceback(tiny_artifact, shared_index):
-    app = create_app(Settings(artifact=tiny_artifact, index=shared_index))
+    # read-only: the module's `client` app is the folder's one writer
+    app = create_app(Settings(artifact=tiny_artifact, index=shared_index, read_only=True))
 
     def boom():
         raise RuntimeError("secret internal detail")
@@ -611,7 +629,8 @@ def test_create_index_starts_empty_and_bound_to_the_artifact(tiny_artifact, tmp_
 
 def test_metrics_per_app_registry(writable, tiny_artifact, shared_index, index_template):
     _, make = writable
-    with make() as a, TestClient(create_app(Settings(artifact=tiny_artifact, index=shared_index))) as b:
+    # b reads the module's shared folder, whose writer is the `client` app
+    with make() as a, TestClient(create_app(Settings(artifact=tiny_artifact, index=shared_index, read_only=True))) as b:
         a.get("/v1/items/3")
         a.get("/v1/items/4")
         a.get("/v1/items/999999")
