@@ -40,9 +40,14 @@ def make_artifact(path: Path, *, z_dim: int = 32, seed: int = 0) -> Path:
     return _make(Path(path), z_dim=z_dim, seed=seed)
 
 
-def data_dir() -> Path | None:
+def data_dir() -> Path:
+    """The shared data folder with CIFAR-10 in it. Missing data is an error naming the folder, not
+    a reason to index random pictures: the harness measures the product on real images."""
     path = Path(os.environ.get("INFOMAX_DATA_DIR") or REPO.parent / "shared" / "data")
-    return path if (path / "cifar-10-batches-py").is_dir() else None
+    if not (path / "cifar-10-batches-py").is_dir():
+        raise FileNotFoundError(f"CIFAR-10 not found: no cifar-10-batches-py/ in {path}; set INFOMAX_DATA_DIR "
+                                f"to the shared data folder")
+    return path
 
 
 def png_bytes(arr: np.ndarray) -> bytes:
@@ -61,25 +66,19 @@ def unique_png(seed: int, size: int = 32) -> bytes:
 
 
 def build_index(folder: Path, artifact: Path, n: int = 200) -> dict:
-    """An index folder bound to ``artifact`` holding ``n`` items (ids 0..n-1) with their PNGs:
-    the first CIFAR-10 test images when the shared data is there, random pictures otherwise."""
+    """An index folder bound to ``artifact`` holding ``n`` items (ids 0..n-1) with their PNGs: the
+    first CIFAR-10 test images (missing data fails, naming the folder)."""
     from infomax.artifact import load_encoder
     from infomax.imagestore import ImageStore
     from infomax.index import EmbeddingIndex
 
     enc = load_encoder(artifact)
-    root = data_dir()
-    if root is not None:
-        from infomax.data import load_cifar10
+    from infomax.data import load_cifar10
 
-        images, labels = load_cifar10(root, "test")
-        images, labels = images[:n], labels[:n].tolist()
-        pngs = [png_bytes(t.permute(1, 2, 0).numpy()) for t in images]
-        sources = [f"cifar10:test:{i}" for i in range(n)]
-    else:
-        pngs = [unique_png(10_000_000 + i) for i in range(n)]
-        labels = [i % 10 for i in range(n)]
-        sources = [f"random:{i}" for i in range(n)]
+    images, labels = load_cifar10(data_dir(), "test")
+    images, labels = images[:n], labels[:n].tolist()
+    pngs = [png_bytes(t.permute(1, 2, 0).numpy()) for t in images]
+    sources = [f"cifar10:test:{i}" for i in range(n)]
     from PIL import Image
 
     import torch
