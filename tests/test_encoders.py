@@ -28,6 +28,43 @@ def test_encoder_shapes(arch, channels, size, local_shape):
     assert enc.local_channels == local_shape[0] and enc.local_size == local_shape[1]
 
 
+@pytest.mark.parametrize("local_stage", ["layer2", "layer3"])
+def test_resnet18_is_torchvisions_with_a_cifar_stem(local_stage):
+    """Values, not shapes: the encoder equals a torchvision ResNet-18 given the same weights, with a
+    3x3 stride-1 first conv and no max-pool; C(x) is the output of ``local_stage`` and mu / log
+    sigma^2 are linear in the global average pool of layer4."""
+    from torchvision.models import resnet18
+
+    torch.manual_seed(0)
+    enc = build_encoder("resnet18", in_channels=3, input_size=32, z_dim=8, local_stage=local_stage)
+    ref = resnet18(weights=None)
+    ref.conv1 = torch.nn.Conv2d(3, 64, 3, stride=1, padding=1, bias=False)
+    ref.maxpool = torch.nn.Identity()
+    with torch.no_grad():  # give every parameter and BN statistic a non-trivial value
+        for t in [*enc.parameters(), *(b for b in enc.buffers() if b.dtype.is_floating_point)]:
+            t.copy_(torch.rand_like(t) * 0.5 + 0.5 if t.dim() <= 1 else torch.randn_like(t) * 0.05)
+    stages = [enc.local_net, enc.global_net]
+    flat = [m for part in stages for m in part]  # conv1, bn1, relu, layer1, ..., layer4
+    ref_modules = [ref.conv1, ref.bn1, ref.relu, ref.layer1, ref.layer2, ref.layer3, ref.layer4]
+    assert len(flat) == len(ref_modules)
+    for mine, theirs in zip(flat, ref_modules):
+        theirs.load_state_dict(mine.state_dict())
+    enc.eval(), ref.eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        out = enc(x)
+        h = ref.relu(ref.bn1(ref.conv1(x)))
+        maps = {}
+        for name in ("layer1", "layer2", "layer3", "layer4"):
+            h = getattr(ref, name)(h)
+            maps[name] = h
+        pooled = maps["layer4"].mean(dim=(2, 3))
+    torch.testing.assert_close(out.local, maps[local_stage])
+    torch.testing.assert_close(out.mu, enc.mu(pooled))
+    torch.testing.assert_close(out.logvar, enc.logvar(pooled))
+    assert not torch.allclose(out.mu, out.logvar)
+
+
 def test_reference_conv_layout():
     enc = build_encoder("conv")
     convs = [m for m in enc.modules() if isinstance(m, torch.nn.Conv2d)]
