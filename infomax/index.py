@@ -17,7 +17,7 @@ Conventions (faiss / autofaiss style)
 
 On-disk layout (a contract other code relies on)
 ------------------------------------------------
-A folder with three files::
+A folder with three files (and ``writer.lock``, see below)::
 
     index.faiss      FAISS index (``faiss.read_index`` reads it as is), followed by a
                      32-byte snapshot trailer: b"IMXSNAP1", payload length (u64),
@@ -56,9 +56,17 @@ entries it contains. ``load()`` replays log entries newer than the snapshot, so 
 FAISS index and the metadata store agree. Replay is idempotent (every logged id is
 re-synchronised with the ``items`` table), and a full reconciliation runs if the
 snapshot and the store disagree in any other way (e.g. the log was pruned past the
-snapshot). Several instances (threads or processes) may write the same folder:
-each catches up on the others' log entries before writing; a read-only instance
-picks them up with :meth:`EmbeddingIndex.refresh`.
+snapshot).
+
+One writer per folder (``infomax.writer_lock``): a writable instance holds an
+exclusive OS lock on ``writer.lock`` in the folder for its lifetime (released by
+``close()``, or by the kernel when the process dies, ``kill -9`` included); a
+second writable ``load()`` anywhere raises :class:`IndexLockedError` naming the
+holder's pid and command, and so does a ``build``/``save`` that would replace a
+folder a writer has open. Any number of read-only instances may open the folder
+alongside the writer; they pick up its log entries with
+:meth:`EmbeddingIndex.refresh`, and :meth:`EmbeddingIndex.folder_replaced` tells
+them when a rebuild has put a new folder in place.
 
 Thread safety
 -------------
@@ -102,11 +110,13 @@ from infomax.atomic import (
     temp_dir_beside,
     temp_name_for,
 )
+from infomax.writer_lock import REPLACE_FIX, IndexLockedError, WriterLock
 
 __all__ = [
     "EmbeddingIndex",
     "IndexLoadError",
     "IndexMismatchError",
+    "IndexLockedError",
     "choose_factory",
     "parse_memory",
     "FORMAT_VERSION",
@@ -714,6 +724,8 @@ class EmbeddingIndex:
         self._conn_lock = threading.RLock()
         self._rconn_lock = self._conn_lock if self._rconn is conn else threading.Lock()
         self._closed = False
+        self._lock: WriterLock | None = None  # held by a writable instance bound to a folder
+        self._folder_id: tuple[int, int] | None = _folder_id(path) if path is not None else None
         self._params_cache: dict[Any, Any] = {}
         self._quantizer_hnsw = False
         if self._kind == "ivf":
@@ -1196,6 +1208,13 @@ class EmbeddingIndex:
             self._apply_plan(plan)
             return 0 if plan is None else int(len(np.union1d(plan.remove, plan.add_ids)))
 
+    def folder_replaced(self) -> bool:
+        """True when the folder this index was opened from is no longer at its path (a rebuild
+        renamed a new folder into place, or it was moved or deleted): a reader then serves a
+        snapshot nobody writes any more, and should open the path again."""
+        self._check_open()
+        return self._path is not None and self._folder_id is not None and _folder_id(self._path) != self._folder_id
+
     def compact(self) -> int:
         """Rebuild an HNSW graph without its tombstones (removed entries) from the
         stored vectors; a no-op for other types. Searches continue on the old graph
@@ -1498,11 +1517,13 @@ class EmbeddingIndex:
             os.replace(snap, tmpdir / INDEX_FILE)
             atomic_write_json(tmpdir / RECORD_FILE, self._record_for_disk(seq, (tmpdir / INDEX_FILE).stat().st_size))
             fsync_dir(tmpdir)
-            _install_dir(tmpdir, target)
+            lock = _install_as_writer(tmpdir, target, bind=bind)
         except BaseException:
             shutil.rmtree(tmpdir, ignore_errors=True)
             raise
         if bind:
+            self._lock = lock
+            self._folder_id = _folder_id(target)
             conn = _connect(target / METADATA_FILE, read_only=False, durable=self._durable)
             rconn = _connect(target / METADATA_FILE, read_only=False, durable=self._durable)
             with self._conn_lock:
@@ -1525,6 +1546,9 @@ class EmbeddingIndex:
                     with contextlib.suppress(Exception):
                         c.close()
                 self._index = None
+            if self._lock is not None:  # after the connections: no write can follow the release
+                self._lock.release()
+                self._lock = None
 
     # ------------------------------------------------------------------ load
 
@@ -1551,6 +1575,21 @@ class EmbeddingIndex:
             raise IndexLoadError(f"{folder}: index folder does not exist")
         if not folder.is_dir():
             raise IndexLoadError(f"{folder}: not an index folder (expected a directory with {INDEX_FILE}, {RECORD_FILE}, {METADATA_FILE})")
+        # The lock first: what is read below must not be swapped by a rebuild meanwhile.
+        lock = None if read_only else _lock_for_writing(folder, "open it for writing")
+        try:
+            self = cls._open_folder(folder, mmap=mmap, expected_dim=expected_dim,
+                                    expected_artifact_id=expected_artifact_id, read_only=read_only,
+                                    durable=durable, verify=verify, lock=lock)
+        except BaseException:
+            if lock is not None:
+                lock.release()
+            raise
+        return self
+
+    @classmethod
+    def _open_folder(cls, folder: Path, *, mmap: bool, expected_dim: int | None, expected_artifact_id: str | None,
+                     read_only: bool, durable: bool, verify: bool | None, lock: WriterLock | None) -> "EmbeddingIndex":
         rec = _read_record(folder / RECORD_FILE)
         dim = int(rec["dim"])
         if expected_dim is not None and int(expected_dim) != dim:
@@ -1604,6 +1643,7 @@ class EmbeddingIndex:
             _remove_old_temps(folder)
         self = cls(index=index, info=rec, path=folder, conn=conn, read_conn=rconn, read_only=read_only,
                    durable=durable, mmapped=mmapped, applied_seq=seq, logging_enabled=True)
+        self._lock = lock
         try:
             self._recover()
         except BaseException:
@@ -1645,7 +1685,8 @@ class EmbeddingIndex:
     def build(cls, vectors: Any, *, ids: Any = None, metadata: list[dict] | None = None, factory: str | None = None,
               memory_budget: int | str = "4GB", recall_target: float = 0.95, artifact: dict | None = None,
               path: str | os.PathLike | None = None, seed: int = 0, overwrite: bool = False,
-              tune_queries: int = 1000, k: int = 10, durable: bool = True) -> "EmbeddingIndex":
+              tune_queries: int = 1000, k: int = 10, durable: bool = True,
+              prepare: Any = None) -> "EmbeddingIndex":
         """Build an index from ``vectors`` (n, dim).
 
         ``factory`` None -> :func:`choose_factory` (n, dim, ``memory_budget``).
@@ -1658,7 +1699,11 @@ class EmbeddingIndex:
         codes bound the recall), the best is kept, ``recall_target_met`` is False
         and a warning is issued. Recall and latency go into the build record.
         With ``path`` the folder is written in a temp dir and renamed into place
-        (an existing non-empty folder needs ``overwrite``)."""
+        (an existing non-empty folder needs ``overwrite``, and is refused with
+        :class:`IndexLockedError` while a writer has it open); ``prepare(tmp)``,
+        if given, is called with the temp folder once the index files are in it,
+        before the rename (to add files that must be there when it appears, e.g.
+        the image store). The built index stays bound to ``path`` as its writer."""
         t_start = time.perf_counter()
         if not 0.0 < float(recall_target) <= 1.0:
             raise ValueError(f"recall_target must be in (0, 1], got {recall_target!r}")
@@ -1685,7 +1730,7 @@ class EmbeddingIndex:
             try:
                 self._build_into(raw, ids, metadata, budget, float(recall_target), int(seed), int(tune_queries), int(k), t_start)
                 if tmpdir is not None:
-                    self._finish_build(tmpdir, target)
+                    self._finish_build(tmpdir, target, prepare)
             except BaseException:
                 self.close()
                 raise
@@ -1695,7 +1740,7 @@ class EmbeddingIndex:
             raise
         return self
 
-    def _finish_build(self, tmpdir: Path, target: Path) -> None:
+    def _finish_build(self, tmpdir: Path, target: Path, prepare: Any = None) -> None:
         """Complete the folder being built in ``tmpdir``, move it to ``target`` and bind."""
         conn = self._conn
         with _transaction(conn):
@@ -1707,12 +1752,15 @@ class EmbeddingIndex:
         snap = _write_snapshot_tmp(self._index, tmpdir / INDEX_FILE, 0)
         os.replace(snap, tmpdir / INDEX_FILE)
         atomic_write_json(tmpdir / RECORD_FILE, self._record_for_disk(0, (tmpdir / INDEX_FILE).stat().st_size))
+        if prepare is not None:
+            prepare(tmpdir)  # e.g. the pictures: in place before the folder can be opened
         fsync_dir(tmpdir)
-        _install_dir(tmpdir, target)
+        self._lock = _install_as_writer(tmpdir, target, bind=True)
         self._conn = _connect(target / METADATA_FILE, read_only=False, durable=self._durable)
         self._rconn = _connect(target / METADATA_FILE, read_only=False, durable=self._durable)
         self._rconn_lock = threading.Lock()
         self._path = target
+        self._folder_id = _folder_id(target)
         self._logging = True
 
     def _build_into(self, raw: np.ndarray, ids: Any, metadata: Any, budget: int, recall_target: float, seed: int,
@@ -1909,6 +1957,49 @@ def _remove_old_temps(folder: Path, min_age_s: float = 3600.0) -> None:
             with contextlib.suppress(OSError):
                 if now - p.stat().st_mtime > min_age_s:
                     p.unlink()
+
+
+def _lock_for_writing(folder: Path, doing: str, fix: str | None = None) -> WriterLock:
+    """The folder's writer lock, or a one-line refusal naming the holder (or the permission missing)."""
+    try:
+        return WriterLock.acquire(folder, doing=doing, **({"fix": fix} if fix else {}))
+    except IndexLockedError:
+        raise
+    except PermissionError as e:
+        raise PermissionError(f"{folder}: cannot {doing}: no permission to write there ({e.strerror}); open it "
+                              f"read-only (read_only=True; `infomax serve --read-only`) or fix the folder's "
+                              f"permissions") from None
+
+
+def _install_as_writer(tmpdir: Path, target: Path, *, bind: bool) -> WriterLock | None:
+    """Move the completed folder ``tmpdir`` to ``target``, refused while a writer has ``target`` open.
+
+    The old folder's lock is held across the swap, so no writer can open it in between; with
+    ``bind`` the new folder's lock is taken on ``tmpdir`` before the rename (it moves with the
+    folder) and returned, so no other writer can open the new folder before its builder does."""
+    new_lock = WriterLock.acquire(tmpdir, doing="bind it") if bind else None
+    old_lock = None
+    try:
+        if target.is_dir():
+            old_lock = _lock_for_writing(target, "replace it", REPLACE_FIX)
+        _install_dir(tmpdir, target)
+    except BaseException:
+        if new_lock is not None:
+            new_lock.release()
+        raise
+    finally:
+        if old_lock is not None:
+            old_lock.release()
+    return new_lock
+
+
+def _folder_id(folder: Path) -> tuple[int, int] | None:
+    """(device, inode) of a folder: a rebuild renames a new folder into place, which changes it."""
+    try:
+        st = os.stat(folder)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
 
 
 def _install_dir(tmpdir: Path, target: Path) -> None:

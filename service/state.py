@@ -112,7 +112,7 @@ class ServiceState:
         self.batcher = Batcher(self._run_batch, max_batch_size=s.max_batch_size, max_wait_ms=s.max_wait_ms,
                                enabled=s.batching, name="infomax-encode", on_batch=self.metrics.observe_batch,
                                initializer=self._init_batch_thread, pending=lambda: self._coming)
-        self.metrics.track_index_size(lambda: len(index) if self.index is not None else 0)
+        self.metrics.track_index_size(lambda: len(self.index) if self.index is not None else 0)
         # torch, FastAPI and the loaded model leave a million long-lived objects behind; a full
         # cyclic-GC pass over them stalls every request for tens of ms (the p99 tail under load).
         # Freezing them moves them out of the collector's sight; garbage made later is still collected.
@@ -163,15 +163,37 @@ class ServiceState:
             return None  # an index built without pictures: /image answers 404
 
     async def _refresh_loop(self) -> None:
-        """Read-only instances: apply the items the writer process logged since the last look."""
+        """Read-only instances: apply the items the writer process logged since the last look, and
+        follow a rebuild (a new folder renamed into place) by opening the new folder."""
+        failed: str | None = None
         while True:
             await asyncio.sleep(self.settings.refresh_s)
             try:
+                if await to_thread.run_sync(self.index.folder_replaced):
+                    await to_thread.run_sync(self._reopen)
+                    failed = None
+                    continue
                 n = await to_thread.run_sync(self.index.refresh)
                 if n:
                     log.info("index refreshed: %d ids re-synchronised", n)
-            except Exception:  # noqa: BLE001 - keep serving the last good state
-                log.exception("index refresh failed")
+            except Exception as e:  # noqa: BLE001 - keep serving the last good state
+                message = f"{type(e).__name__}: {e}"
+                if message != failed:  # once per distinct failure, not every refresh_s
+                    log.error("index refresh failed, still serving the previous state: %s", message)
+                failed = message
+
+    def _reopen(self) -> None:
+        """Read-only: the index folder was replaced by a rebuild; serve the new one. The old
+        index and image store are dropped, not closed: a request may still be reading them, and
+        they close when the last reference goes."""
+        index = self._open_index(self.model)
+        try:
+            images = self._open_images(index)
+        except BaseException:
+            index.close()
+            raise
+        self.index, self.images = index, images
+        log.info("index folder %s was replaced: now serving the new one (%d items)", index.path, len(index))
 
     async def stop(self) -> None:
         self.ready = False
@@ -193,6 +215,7 @@ class ServiceState:
     def _run_batch(self, jobs: Sequence[EncodeJob]) -> list[np.ndarray | Hits | ApiError]:
         """On the batch thread: one forward pass for every job, one FAISS search for those
         that asked for neighbours."""
+        index = self.index  # one index for the whole batch, should a reader's refresh swap it meanwhile
         x = jobs[0].pixels if len(jobs) == 1 else torch.cat([j.pixels for j in jobs])
         codes = self.model.encode(x)
         bounds = np.cumsum([0] + [len(j.pixels) for j in jobs])
@@ -207,9 +230,9 @@ class ServiceState:
             scores = np.full((len(rows), kmax), -np.inf, np.float32)
             ids = np.full((len(rows), kmax), -1, np.int64)
             if usable.any():
-                scores[usable], ids[usable] = self.index.search(rows[usable], kmax)
+                scores[usable], ids[usable] = index.search(rows[usable], kmax)
             # one metadata query for the whole batch rather than one per request
-            found = {m["id"]: m for m in self.index.get_many(np.unique(ids[ids >= 0])) if m is not None}
+            found = {m["id"]: m for m in index.get_many(np.unique(ids[ids >= 0])) if m is not None}
             r = 0
             for i in want:
                 n, k = len(results[i]), jobs[i].k
@@ -256,18 +279,21 @@ class ServiceState:
 
     def search_vector(self, v: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, list[dict | None]]:
         """(scores, ids, metadata) of one query, all in one trip to the thread pool."""
-        scores, ids = self.index.search(v[None, :], k)
-        return scores[0], ids[0], self.items(ids[0].tolist())
+        index = self.index
+        scores, ids = index.search(v[None, :], k)
+        return scores[0], ids[0], self.items(ids[0].tolist(), index)
 
     def search_id(self, item_id: int, k: int) -> tuple[np.ndarray, np.ndarray, list[dict | None]]:
+        index = self.index
         try:
-            scores, ids = self.index.search_by_id(item_id, k)
+            scores, ids = index.search_by_id(item_id, k)
         except KeyError:
             raise ApiError(404, "not_found", f"no item with id {item_id}") from None
-        return scores[0], ids[0], self.items(ids[0].tolist())
+        return scores[0], ids[0], self.items(ids[0].tolist(), index)
 
-    def items(self, ids: Sequence[int]) -> list[dict | None]:
-        return self.index.get_many(np.asarray(ids, dtype=np.int64)) if len(ids) else []
+    def items(self, ids: Sequence[int], index: EmbeddingIndex | None = None) -> list[dict | None]:
+        index = index or self.index
+        return index.get_many(np.asarray(ids, dtype=np.int64)) if len(ids) else []
 
     def sample(self, n: int) -> list[dict]:
         return [m for m in self.items(self.index.sample_ids(n).tolist()) if m is not None]

@@ -24,6 +24,7 @@ from infomax.index import (
     RECORD_FILE,
     EmbeddingIndex,
     IndexLoadError,
+    IndexLockedError,
     IndexMismatchError,
     choose_factory,
     estimate_memory,
@@ -188,8 +189,8 @@ def test_in_memory_index_save_binds_to_folder(tmp_path):
     assert idx.save(tmp_path / "a") == tmp_path / "a"
     assert idx.path == tmp_path / "a"
     idx.add(x[:3] + 1)  # logged durably from now on
-    # a second instance (as after a crash) sees the logged add without a checkpoint
-    other = EmbeddingIndex.load(tmp_path / "a")
+    # a reader (as a restart after a crash would) sees the logged add without a checkpoint
+    other = EmbeddingIndex.load(tmp_path / "a", read_only=True)
     assert len(other) == 103 and other.get(1)["label"] == 1
     other.close()
     idx.close()
@@ -260,6 +261,7 @@ def test_hnsw_tombstones_and_compact(tmp_path):
     before = idx.search(x[1::2][:50], 5)[1]
     assert not (before % 2 == 0).any()
     idx.save()
+    idx.close()
     j = EmbeddingIndex.load(tmp_path / "h")
     assert j.tombstones == 400 and len(j) == 400
     assert j.compact() == 400
@@ -492,7 +494,7 @@ def test_kill_9_after_add_and_remove_loses_nothing(tmp_path, factory):
     D, I = j.search(x[:40], 10)
     assert not np.isin(I, np.arange(0, 40, 2)).any()
     # replay is idempotent: loading again (without a checkpoint) gives the same state
-    j2 = EmbeddingIndex.load(tmp_path / "ix", mmap=False)
+    j2 = EmbeddingIndex.load(tmp_path / "ix", mmap=False, read_only=True)
     np.testing.assert_array_equal(j2.search(x[:40], 10)[1], I)
     j2.close()
     # checkpoint prunes the log; the next load needs no replay
@@ -526,7 +528,7 @@ def test_temp_written_but_not_renamed_leaves_previous_index_loadable(tmp_path, m
         idx.save()
     monkeypatch.undo()
     assert not [p for p in folder.iterdir() if p.name.startswith(".index.faiss.tmp") and p != tmp]
-    j = EmbeddingIndex.load(folder)
+    j = EmbeddingIndex.load(folder, read_only=True)
     assert len(j) == 603
     np.testing.assert_array_equal(j.search(q, 5)[1], after)  # old snapshot + replayed log
     j.close()
@@ -534,39 +536,127 @@ def test_temp_written_but_not_renamed_leaves_previous_index_loadable(tmp_path, m
     assert before.shape == after.shape
 
 
-def test_two_instances_share_a_folder(tmp_path):
+def test_one_writer_per_folder_and_readers_follow_it(tmp_path):
     x = clustered(300, 16, seed=10)
     a = EmbeddingIndex.build(x, path=tmp_path / "ix")
-    b = EmbeddingIndex.load(tmp_path / "ix")
-    ro = EmbeddingIndex.load(tmp_path / "ix", read_only=True)
+    # a second writer, even in the same process, is refused naming the holder
+    with pytest.raises(IndexLockedError, match=rf"cannot open it for writing: pid {os.getpid()}, this very process"):
+        EmbeddingIndex.load(tmp_path / "ix")
+    ro = EmbeddingIndex.load(tmp_path / "ix", read_only=True)  # readers take no lock
     a.add(x[:5] + 0.5)  # ids 300..304
-    assert len(b) == 300
-    assert b.refresh() == 5 and len(b) == 305
-    b.remove([300])
-    a.add(x[5:6] + 0.5)  # a catches up on b's remove before writing
-    assert len(a) == 305 and 300 not in set(a.search(x[:5] + 0.5, 3)[1].ravel().tolist())
-    assert ro.refresh() > 0 and len(ro) == 305
+    assert len(ro) == 300
+    assert ro.refresh() == 5 and len(ro) == 305
+    a.remove([300])
+    assert ro.refresh() == 1 and len(ro) == 304 and 300 not in set(ro.search(x[:5] + 0.5, 3)[1].ravel().tolist())
     with pytest.raises(PermissionError):
         ro.add(x[:1])
     with pytest.raises(PermissionError):
         ro.save()
+    a.close()  # releases the folder
+    b = EmbeddingIndex.load(tmp_path / "ix")
+    # the reader falls behind while the writer writes and checkpoints (pruning the log entries
+    # the reader would need): its refresh reconciles against the store
+    b.add(x[10:14] + 2.0)  # 305..308
+    b.remove([1, 2])
     b.save()
-    a.save()
-    for inst in (a, b, ro):
-        inst.close()
-    c = EmbeddingIndex.load(tmp_path / "ix")
-    assert len(c) == 305 and 300 not in c and 305 in c
-    # c falls behind while another instance writes and checkpoints (pruning the log
-    # c would need): c reconciles against the store before its own write
-    d = EmbeddingIndex.load(tmp_path / "ix")
-    d.add(x[10:14] + 2.0)  # 306..309
-    d.remove([1, 2])
-    d.save()
-    c.add(x[20:21] + 3.0)  # 310
-    assert len(c) == 308 and 1 not in set(c.search(x[1:3], 3)[1].ravel().tolist())
-    assert c.search(x[10:14] + 2.0, 1)[1].ravel().tolist() == [306, 307, 308, 309]
-    c.close()
-    d.close()
+    assert ro.refresh() > 0 and len(ro) == 306 and 1 not in set(ro.search(x[1:3], 3)[1].ravel().tolist())
+    assert ro.search(x[10:14] + 2.0, 1)[1].ravel().tolist() == [305, 306, 307, 308]
+    assert not ro.folder_replaced()
+    ro.close()
+    b.close()
+
+
+_WRITER = textwrap.dedent("""
+    import sys
+    import numpy as np
+    from infomax.index import EmbeddingIndex
+    idx = EmbeddingIndex.load(sys.argv[1])
+    idx.add(np.ones((2, 16), np.float32), metadata=[{"source": "from-child"}] * 2)
+    print("added", flush=True)
+    sys.stdin.readline()  # hold the folder until killed
+""")
+
+
+def test_second_writer_is_refused_naming_the_holder_until_it_dies(tmp_path):
+    x = clustered(100, 16, seed=21)
+    EmbeddingIndex.build(x, path=tmp_path / "ix").close()
+    child = subprocess.Popen([sys.executable, "-c", _WRITER, str(tmp_path / "ix"), "--api-key", "s3cret"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        assert child.stdout.readline().strip() == "added"  # the child holds the lock now
+        with pytest.raises(IndexLockedError) as err:
+            EmbeddingIndex.load(tmp_path / "ix")
+        message = str(err.value)
+        assert f"pid {child.pid} (-c {tmp_path / 'ix'} --api-key ***, since " in message
+        assert "s3cret" not in message and "read-only" in message
+        assert err.value.holder["pid"] == child.pid
+        with EmbeddingIndex.load(tmp_path / "ix", read_only=True) as ro:  # readers still open it
+            assert len(ro) == 102
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    # the kernel released the lock with the process: no stale lock to clean up by hand
+    with EmbeddingIndex.load(tmp_path / "ix") as idx:
+        assert len(idx) == 102 and idx.get(100)["source"] == "from-child"
+
+
+def test_rebuild_of_a_folder_open_for_writing_is_refused_and_loses_nothing(tmp_path):
+    x = clustered(200, 16, seed=22)
+    folder = tmp_path / "ix"
+    writer = EmbeddingIndex.build(x, path=folder)
+    before = sorted(p.name for p in folder.iterdir())
+    with pytest.raises(IndexLockedError, match="cannot replace it: .*build into another folder"):
+        EmbeddingIndex.build(x[:50], path=folder, overwrite=True)
+    with pytest.raises(IndexLockedError, match="cannot replace it"):
+        EmbeddingIndex.create(16, path=folder, overwrite=True)
+    other = EmbeddingIndex.build(x[:10], path=tmp_path / "other")
+    with pytest.raises(IndexLockedError, match="cannot replace it"):
+        other.save(folder, overwrite=True)  # an export onto it, too
+    other.close()
+    assert sorted(p.name for p in folder.iterdir()) == before  # no temp folder left beside or inside
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    (acked,) = writer.add(x[:1] + 1.0)  # the writer goes on writing into the folder that stays
+    writer.close()
+    with EmbeddingIndex.load(folder) as idx:
+        assert len(idx) == 201 and acked in idx
+
+
+def test_rebuild_of_a_folder_with_only_readers_replaces_it_and_they_can_tell(tmp_path):
+    x = clustered(200, 16, seed=23)
+    folder = tmp_path / "ix"
+    EmbeddingIndex.build(x, path=folder).close()
+    reader = EmbeddingIndex.load(folder, read_only=True)
+    assert not reader.folder_replaced()
+    rebuilt = EmbeddingIndex.build(x[:50], path=folder, overwrite=True)
+    # the builder is the new folder's writer from the moment it appears
+    with pytest.raises(IndexLockedError, match=rf"pid {os.getpid()}"):
+        EmbeddingIndex.load(folder)
+    assert reader.folder_replaced() and len(reader) == 200  # still the old snapshot
+    rebuilt.close()
+    with EmbeddingIndex.load(folder, read_only=True) as fresh:
+        assert len(fresh) == 50 and not fresh.folder_replaced()
+    reader.close()
+
+
+def test_build_prepare_puts_files_in_place_before_the_folder_appears(tmp_path):
+    seen = []
+
+    def prepare(tmp: Path) -> None:
+        assert not (tmp_path / "ix").exists()  # nothing at the target yet
+        seen.append(sorted(p.name for p in tmp.iterdir()))
+        (tmp / "extra.txt").write_text("here")
+
+    EmbeddingIndex.build(clustered(50, 8), path=tmp_path / "ix", prepare=prepare).close()
+    assert {INDEX_FILE, RECORD_FILE, METADATA_FILE} <= set(seen[0])
+    assert (tmp_path / "ix" / "extra.txt").read_text() == "here"
+    # a failing prepare leaves no folder and no temp folder behind
+    with pytest.raises(RuntimeError, match="no pictures"):
+        EmbeddingIndex.build(clustered(50, 8), path=tmp_path / "iy",
+                             prepare=lambda tmp: (_ for _ in ()).throw(RuntimeError("no pictures")))
+    assert not (tmp_path / "iy").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
 def test_lost_log_entries_are_reconciled_at_load(tmp_path):

@@ -250,3 +250,16 @@ def test_integer_fields_are_strict(server):
             assert r.status_code == 422, (body, r.text)
         r = c.post("/v1/items", json={"items": [{"image": base64.b64encode(unique_png(4345)).decode(), "id": "12"}]})
         assert r.status_code == 422, r.text
+
+
+# ----------------------------------------------------------------------------- one writer per folder
+
+
+def test_one_writer_per_index_folder_and_rebuilds_lose_nothing(tmp_path, tiny_artifact):
+    """A second writable server and a rebuild of a served folder are refused in one line naming the
+    server's pid; the writes the server acknowledged survive a kill -9; a read-only server starts
+    beside it and follows a rebuild made once the writer is gone (tests/stress/writers.py)."""
+    from stress.writers import run_writers
+
+    fig = run_writers(tmp_path, tiny_artifact, log=lambda *_: None)
+    assert fig["problems"] == [], "\n".join(fig["problems"])

@@ -55,6 +55,12 @@ def build(args: argparse.Namespace) -> dict:
         raise ValueError(f"--out {out} is a file: give a folder for the index")
     if out.is_dir() and any(out.iterdir()) and not args.overwrite:
         raise ValueError(f"--out {out} is not empty: pass --overwrite to replace the index there, or choose another folder")
+    if out.is_dir():
+        # A server writing that folder would lose what it acknowledges after the swap: refused
+        # now rather than after the build (the build checks again, holding the lock, at the swap).
+        from infomax.writer_lock import REPLACE_FIX, WriterLock
+
+        WriterLock.probe(out, doing="replace it", fix=REPLACE_FIX)
     m = emb.manifest
     artifact = {
         "id": m["artifact"]["id"],
@@ -70,10 +76,18 @@ def build(args: argparse.Namespace) -> dict:
     # the class name beside the label, for people (the web page shows it under each picture)
     metadata = [{"source": s, "label": lab} | ({"class": classes[lab]} if lab is not None and 0 <= lab < len(classes) else {})
                 for s, lab in zip(emb.sources, emb.labels)]
+    pictures: list[int] = []
+
+    def prepare(tmp: Path) -> None:
+        # The pictures go into the folder before it appears at --out: a server never opens the
+        # index without them, and a failure leaves the previous folder as it was.
+        pictures.append(store_pictures(tmp, emb, args.data_dir))
+
     try:
         index = EmbeddingIndex.build(emb.vectors, ids=emb.ids, metadata=metadata, factory=args.factory,
                                      memory_budget=args.memory_budget, recall_target=args.recall_target,
-                                     artifact=artifact, path=out, overwrite=args.overwrite)
+                                     artifact=artifact, path=out, overwrite=args.overwrite,
+                                     prepare=prepare if getattr(args, "images", False) else None)
     except FileExistsError as e:  # an OSError, not one of the errors the CLI prints as one line
         raise ValueError(str(e).replace("overwrite=True", "--overwrite")) from None
     except RuntimeError as e:  # FAISS refuses a factory string it cannot parse
@@ -82,8 +96,8 @@ def build(args: argparse.Namespace) -> dict:
         record = index.info
     finally:
         index.close()
-    if getattr(args, "images", False):
-        record = dict(record, pictures=store_pictures(out, emb, args.data_dir))
+    if pictures:
+        record = dict(record, pictures=pictures[0])
     return record
 
 

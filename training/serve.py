@@ -128,6 +128,12 @@ def _preflight(settings) -> None:
         raise ValueError(f"no index at {index}: --create-index cannot create one in --read-only mode")
     if index.exists() and not index.is_dir():
         raise ValueError(f"{index} is a file, not an index folder")
+    if index.is_dir() and not settings.read_only:
+        # The app takes the lock when it opens the index; asking here refuses a second writer
+        # in one line before uvicorn and the model load.
+        from infomax.writer_lock import WriterLock
+
+        WriterLock.probe(index, doing="serve it for writing")
     artifact = Path(settings.artifact)
     for name in ("encoder.json", "encoder.safetensors"):
         if not (artifact / name).is_file():
@@ -198,7 +204,7 @@ class RedactSecrets(logging.Filter):
 
 
 # What the app raises for a file or setting the user gave; its message names the file and the fix.
-_USER_ERRORS = frozenset({"ArtifactError", "IndexLoadError", "IndexMismatchError", "DataNotFoundError",
+_USER_ERRORS = frozenset({"ArtifactError", "IndexLoadError", "IndexMismatchError", "IndexLockedError", "DataNotFoundError",
                           "FileNotFoundError", "PermissionError", "NotADirectoryError", "IsADirectoryError",
                           "ValueError"})
 _EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_]\w*\.)*([A-Za-z_]\w*): ")

@@ -13,7 +13,10 @@ markdown summary to OUT/summary.md (the "last run" section of docs/RELIABILITY.m
    (200 MB, with and without Content-Length), the key grepped for in the server's output;
 4. crash safety: 20 SIGKILLs during concurrent writes (own server, own index);
 5. startup refusal: every damaged or mismatched setup of tests/stress/startup.py;
-6. optionally the soak (bench/soak.py).
+6. one writer per index folder: a second writable server and a rebuild of the served folder
+   refused, acknowledged writes kept across them and a kill -9, a reader following a rebuild
+   (tests/stress/writers.py);
+7. optionally the soak (bench/soak.py).
 
 Exit status 0 when every promise of docs/RELIABILITY.md held.
 """
@@ -141,7 +144,16 @@ def main(argv: list[str] | None = None) -> int:
             x["exit_code"] not in (0, None) and not x["served"] and x["names_file"] and not x["secret_leaked"] for x in r)
         log(json.dumps(figures["startup"], indent=1))
 
-    # ---------------------------------------------------------------- 6: soak
+        # ------------------------------------------------------------ 6: one writer per folder
+        from stress.writers import run_writers
+
+        log("one writer per index folder ...")
+        w = run_writers(tmp / "writers", artifact, log=log)
+        (out / "writers.json").write_text(json.dumps(w, indent=1))
+        figures["writers"] = w
+        verdicts["writers: second writer and rebuild refused, nothing acknowledged lost"] = not w["problems"]
+
+    # ---------------------------------------------------------------- 7: soak
     if a.soak_minutes > 0:
         log(f"soak: {a.soak_minutes} min ...")
         proc = subprocess.run([sys.executable, str(REPO / "bench" / "soak.py"), "--minutes", str(a.soak_minutes),
@@ -200,6 +212,14 @@ def summary(f: dict) -> str:
         lines += [f"* Startup refusal: {len(st)} setups, {sum(x['exit_code'] not in (0, None) for x in st)} refused "
                   f"(exit != 0), {sum(x['names_file'] for x in st)} naming the file, {sum(x['served'] for x in st)} "
                   f"ever served; seconds to exit {min(x['seconds'] for x in st)}-{max(x['seconds'] for x in st)}."]
+    if "writers" in f:
+        w = f["writers"]
+        sw, rb = w.get("second_writer", {}), w.get("rebuild_while_served", {})
+        lines += [f"* One writer per folder: second writable server exit {sw.get('exit_code')} after "
+                  f"{sw.get('seconds')} s, rebuild of the served folder exit {rb.get('exit_code')} after "
+                  f"{rb.get('seconds')} s; items after a kill -9 and restart {w.get('items_after_restart')} of 42; "
+                  f"reader caught up with the writer in {w.get('reader_follows_writer_s')} s and with a rebuild in "
+                  f"{w.get('reader_follows_rebuild_s')} s; problems: {len(w['problems'])}."]
     if "soak" in f:
         s = f["soak"]
         lines += [f"* Soak: {s['clients']} clients, {s['seconds'] / 60:.1f} min: {s['requests_per_s']} req/s, p50 "
