@@ -42,33 +42,20 @@ import os
 import shutil
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from PIL import Image
 from pytorch_lightning.accelerators import CUDAAccelerator
 from pytorch_lightning.callbacks import BasePredictionWriter
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from infomax.atomic import atomic_path, atomic_write_json, atomic_write_text
-from infomax.data import (
-    DATASET_STATS,
-    IMAGE_EXTENSIONS,
-    SPLITS,
-    _error_reason,
-    _folder_labels,
-    canonical_dataset_name,
-    folder_ids,
-    folder_labels_note,
-    list_images,
-    load_dataset,
-    load_image,
-)
-from infomax.registry import CLASS_NAMES
+from infomax.data.datasets import collate_batch
+from infomax.data.sources import ImageSource, resolve_source
 
 MANIFEST = "embeddings.json"
 FORMAT = "infomax-embeddings"
@@ -82,187 +69,16 @@ ID_SCHEMES = {"dataset": "position", "folder": "path-sha256-53"}
 
 
 # --------------------------------------------------------------------------------------------
-# What to embed
+# What to embed: the images of infomax.data.resolve_source, in batches
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass
-class ImageSource:
-    """The images to embed, their ids, sources and labels.
-
-    Data sets are held decoded (``images`` uint8 (N, C, S, S)); folders are decoded lazily from
-    ``paths`` at the encoder's size and channels, so each rank of a distributed run only decodes
-    its own slice. ``labels`` is int64 (N,), -1 where unknown.
-    """
-
-    name: str  # data set name ("cifar10") or the folder's absolute path
-    kind: str  # "dataset" | "folder"
-    split: str | None
-    ids: torch.Tensor  # int64 (N,)
-    labels: torch.Tensor  # int64 (N,)
-    sources: list[str]
-    classes: list[str] | None
-    images: torch.Tensor | None = None  # uint8 (N, C, S, S), datasets only
-    paths: list[Path] | None = None  # folders only
-    size: int = 0
-    channels: int = 0
-    _source_of: dict[int, int] = field(default_factory=dict, repr=False)
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def dataset(self) -> Dataset:
-        """A map-style dataset of ``(uint8 image, id, error)``; ``error`` is "" for a good image."""
-        if self.images is not None:
-            return _TensorImages(self.images, self.ids)
-        return _FileImages(self.paths, self.ids, self.size, self.channels)
-
-    def position(self, id_: int) -> int:
-        """Index in this source of the image with id ``id_``."""
-        if not self._source_of:
-            self._source_of = {int(i): p for p, i in enumerate(self.ids.tolist())}
-        return self._source_of[int(id_)]
-
-    def label_or_none(self, position: int) -> int | None:
-        label = int(self.labels[position])
-        return None if label < 0 else label
-
-
-def is_dataset_name(data: str) -> bool:
-    """Whether ``data`` names a standard data set (any accepted spelling) rather than a folder."""
-    try:
-        canonical_dataset_name(data)
-        return True
-    except ValueError:
-        return False
-
-
-def check_split(split: str) -> str:
-    if split not in SPLITS:
-        raise ValueError(f"split {split!r} does not exist: use --split train or --split test")
-    return split
-
-
-def check_fits(encoder_shape: tuple[int, int], name: str, model: str | Path | None = None) -> None:
-    """Refuse a data set whose images do not have the shape the encoder takes (channels, size)."""
-    stats = DATASET_STATS[name]
-    channels, size = encoder_shape
-    if (stats["channels"], stats["size"]) != (channels, size):
-        which = f"the artifact {model}" if model else "the encoder"
-        raise ValueError(
-            f"{which} takes {channels}x{size}x{size} images but {name} holds "
-            f"{stats['channels']}x{stats['size']}x{stats['size']}: use an encoder trained on {name} "
-            f"(or an image folder, which is resized to fit)"
-        )
-
-
-def resolve_source(data: str, split: str = "test", *, channels: int, size: int, data_dir: str | Path | None = None,
-                   limit: int | None = None, model: str | Path | None = None) -> ImageSource:
-    """The images named by ``data``: a data set name (cifar10, fmnist, mnist: ``split`` of it,
-    read from ``data_dir`` / $INFOMAX_DATA_DIR) or an image folder (all images under it, sorted).
-
-    ``channels``/``size`` are the encoder's; a data set of another shape is refused. ``limit``
-    keeps the first N images (a quick trial). Raises ValueError / FileNotFoundError naming what
-    is wrong and how to fix it.
-    """
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise ValueError(f"--limit {limit!r}: must be a positive number of images")
-    if is_dataset_name(data):
-        name = canonical_dataset_name(data)
-        check_split(split)
-        check_fits((channels, size), name, model)
-        images, labels = load_dataset(name, data_dir, split)
-        if limit is not None:
-            images, labels = images[:limit], labels[:limit]
-        n = len(images)
-        return ImageSource(
-            name=name, kind="dataset", split=split, ids=torch.arange(n, dtype=torch.int64), labels=labels,
-            sources=[f"{name}:{split}:{i}" for i in range(n)], classes=CLASS_NAMES.get(name), images=images,
-            size=size, channels=channels,
-        )
-    folder = Path(data).expanduser()
-    if not folder.exists():
-        names = ", ".join(sorted(CLASS_NAMES))
-        raise ValueError(
-            f"--data {data!r} is neither a data set name ({names}) nor an existing folder: "
-            f"give one of those names or the path of a folder of images"
-        )
-    if not folder.is_dir():
-        raise ValueError(f"--data {data!r} is a file, not a folder: give the folder that holds the images")
-    folder = folder.absolute()
-    paths = list_images(folder)
-    if not paths:
-        raise FileNotFoundError(
-            f"no image files in {folder} (looked for {', '.join(IMAGE_EXTENSIONS)}, hidden files skipped): "
-            f"give a folder that holds images"
-        )
-    if limit is not None:
-        paths = paths[:limit]
-    relative = [p.relative_to(folder) for p in paths]
-    labels, classes = _folder_labels(relative)
-    note = folder_labels_note(folder, relative, classes)
-    if note:
-        warnings.warn(note, stacklevel=2)
-    return ImageSource(
-        name=str(folder), kind="folder", split=None, ids=folder_ids(relative, folder),
-        labels=labels, sources=[r.as_posix() for r in relative], classes=classes or None, paths=paths,
-        size=size, channels=channels,
-    )
-
-
-class _TensorImages(Dataset):
-    """Decoded images; ``__getitems__`` gathers a whole batch with one index (no per-item work)."""
-
-    def __init__(self, images: torch.Tensor, ids: torch.Tensor) -> None:
-        self.images, self.ids = images, ids
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, str]:
-        return self.images[i], self.ids[i], ""
-
-    def __getitems__(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, None]:
-        index = torch.as_tensor(indices, dtype=torch.long)
-        return self.images[index], self.ids[index], None
-
-
-# What PIL raises for a file that is not a usable image (not an image, truncated, too large).
-_UNREADABLE = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
-
-
-class _FileImages(Dataset):
-    """Image files decoded on access (in DataLoader workers when there are any). An unreadable file
-    gives a blank image and the reason, so one bad file does not stop a large run."""
-
-    def __init__(self, paths: list[Path], ids: torch.Tensor, size: int, channels: int) -> None:
-        self.paths, self.ids, self.size, self.channels = paths, ids, size, channels
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, str]:
-        try:
-            return load_image(self.paths[i], self.size, self.channels), self.ids[i], ""
-        except _UNREADABLE as e:
-            blank = torch.zeros(self.channels, self.size, self.size, dtype=torch.uint8)
-            return blank, self.ids[i], f"{type(e).__name__}: {_error_reason(e, self.paths[i])}"
-
-
-def _collate(batch: Any) -> Any:
-    """Batches from ``__getitems__`` are already stacked; lists of items are stacked here."""
-    if isinstance(batch, tuple):
-        return batch
-    images, ids, errors = zip(*batch)
-    return torch.stack(images), torch.stack(ids), list(errors)
-
-
 def make_loader(source: ImageSource, batch_size: int, num_workers: int = 0, pin_memory: bool = False) -> DataLoader:
-    """The images in id order, ``batch_size`` at a time: ``(uint8 (B, C, S, S), int64 ids (B,),
-    errors (list of str, or None when every image is good))``. Lightning replaces its sampler with a
-    distributed one under DDP."""
+    """The images in id order, ``batch_size`` at a time: ``(uint8 (B, C, S, S), int64 ids (B,))``,
+    and for a folder's files a third item, the errors (one str per image, "" for a good one).
+    Lightning replaces its sampler with a distributed one under DDP."""
     return DataLoader(source.dataset(), batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                      collate_fn=_collate, pin_memory=pin_memory, persistent_workers=False)
+                      collate_fn=collate_batch, pin_memory=pin_memory, persistent_workers=False)
 
 
 # --------------------------------------------------------------------------------------------
@@ -283,7 +99,8 @@ class EncoderPredictor(pl.LightningModule):
         return self.encoder(images)
 
     def predict_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> dict:
-        images, ids, errors = batch
+        images, ids = batch[0], batch[1]
+        errors = batch[2] if len(batch) > 2 else None  # a decoded data set's batches have no unreadable images
         skipped = []
         if errors is not None and any(errors):
             good = torch.tensor([not e for e in errors])

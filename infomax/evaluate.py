@@ -329,9 +329,7 @@ def eval_images(data: str | None, *, bank: Any = None, queries: Any = None, data
     queries), a folder whose subfolders are classes (a held-out part of every class = queries), or
     ``bank`` and ``queries`` folders. Folders are decoded at ``size`` and ``channels`` (the
     encoder's); ``fits(name)`` refuses a data set the encoder cannot take."""
-    from infomax.data import canonical_dataset_name, load_dataset
-    from infomax.embed import is_dataset_name
-    from infomax.registry import CLASS_NAMES
+    from infomax.data import CLASS_NAMES, canonical_dataset_name, is_dataset_name, load_dataset
 
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"--test-fraction {test_fraction!r}: must be between 0 and 1 (e.g. 0.2)")
@@ -381,7 +379,7 @@ def evaluate_encoder(model: Any, data: str | None = None, *, data_dir: Any = Non
     encoder's flattened local feature map C(x) (the features the local MI term trains) when the
     artifact serves codes. Returns the report (see :func:`format_report`)."""
     from infomax.artifact import InferenceEncoder
-    from infomax.embed import check_fits
+    from infomax.data import check_fits
 
     t0 = time.perf_counter()
     for flag, value in (("--limit-train", limit_train), ("--limit-test", limit_test)):

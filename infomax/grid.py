@@ -213,8 +213,8 @@ def make_knn_grid(model: str, data: str, out: str, *, split: str = "test", queri
 
     from infomax.artifact import load_encoder
     from infomax.atomic import atomic_path
-    from infomax.data import canonical_dataset_name, load_dataset, load_image_folder
-    from infomax.embed import CLASS_NAMES, check_fits, check_split, is_dataset_name
+    from infomax.data import (CLASS_NAMES, canonical_dataset_name, check_fits, check_split, is_dataset_name,
+                              load_dataset, load_image_folder)
 
     check_grid_args(k, metric, scale, queries)
     if bank_limit is not None and (isinstance(bank_limit, bool) or not isinstance(bank_limit, int) or bank_limit < 1):

@@ -197,7 +197,7 @@ def test_user_errors_name_the_problem(tmp_path, tiny_artifact, tiny_grey_artifac
 
 
 def test_a_bad_split_is_refused():
-    from infomax.embed import check_split
+    from infomax.data import check_split
 
     with pytest.raises(ValueError, match="split 'val' does not exist: use --split train or --split test"):
         check_split("val")

@@ -19,7 +19,7 @@ from infomax.artifact import load_encoder
 from infomax.data import load_cifar10
 from infomax.imagestore import ImageStore
 from infomax.index import EmbeddingIndex
-from infomax.registry import CLASS_NAMES
+from infomax.data.registry import CLASS_NAMES
 from service.inputs import source_name
 from service.settings import Settings
 

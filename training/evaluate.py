@@ -81,6 +81,6 @@ def main(argv: list[str]) -> int:
 
 
 def _is_dataset(data: str | None) -> bool:
-    from infomax.embed import is_dataset_name
+    from infomax.data.registry import is_dataset_name
 
     return data is not None and is_dataset_name(data)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from infomax.registry import recorded_classes
+from infomax.data.registry import recorded_classes
 from service.deps import ReadAccess, ReadyState, StateDep
 from service.errors import ErrorBody
 from service.schemas import Health, Readiness, ServiceInfo
