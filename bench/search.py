@@ -62,9 +62,9 @@ def rss_bytes() -> int:
 
 
 def families(n: int, dim: int) -> list[str]:
-    from infomax.index import _nlist_for
+    from infomax.index.factory import nlist_for
 
-    nlist = _nlist_for(n)
+    nlist = nlist_for(n)
     quant = f"IVF{nlist}_HNSW32" if nlist >= 16384 else f"IVF{nlist}"
     m = max(d for d in range(1, max(1, dim // 4) + 1) if dim % d == 0)
     return ["Flat", "HNSW32", f"{quant},Flat", f"{quant},PQ{m}x8"]

@@ -518,7 +518,7 @@ def test_temp_written_but_not_renamed_leaves_previous_index_loadable(tmp_path, m
     tmp = temp_name_for(folder / INDEX_FILE)
     tmp.write_bytes((folder / INDEX_FILE).read_bytes()[:1000])
     # (2) a checkpoint that dies between writing its temp file and renaming it
-    import infomax.index as mod
+    import infomax.index.persist as mod  # the module whose os.replace publishes the snapshot
 
     def boom(src, dst):
         raise OSError("simulated crash before rename")

@@ -58,7 +58,7 @@ def build(args: argparse.Namespace) -> dict:
     if out.is_dir():
         # A server writing that folder would lose what it acknowledges after the swap: refused
         # now rather than after the build (the build checks again, holding the lock, at the swap).
-        from infomax.writer_lock import REPLACE_FIX, WriterLock
+        from infomax.index.locks import REPLACE_FIX, WriterLock
 
         WriterLock.probe(out, doing="replace it", fix=REPLACE_FIX)
     m = emb.manifest

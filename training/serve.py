@@ -131,7 +131,7 @@ def _preflight(settings) -> None:
     if index.is_dir() and not settings.read_only:
         # The app takes the lock when it opens the index; asking here refuses a second writer
         # in one line before uvicorn and the model load.
-        from infomax.writer_lock import WriterLock
+        from infomax.index.locks import WriterLock
 
         WriterLock.probe(index, doing="serve it for writing")
     artifact = Path(settings.artifact)

@@ -1,4 +1,6 @@
-"""One writer per index folder, enforced by the operating system.
+"""The index's locks: one writer per index folder, enforced by the operating system (between
+processes), and the readers-writer lock that keeps searches off a FAISS structure while it changes
+(between the threads of one process, ``RWLock`` at the end).
 
 A writer (``EmbeddingIndex`` opened writable, or a build about to replace a folder) holds an
 exclusive ``flock`` on ``<folder>/writer.lock`` for its whole lifetime. The kernel drops the
@@ -23,15 +25,17 @@ import json
 import os
 import re
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import Iterator
 
 try:
     import fcntl
 except ImportError:  # pragma: no cover - Windows: no advisory locks, one writer is then on trust
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["LOCK_FILE", "READ_ONLY_FIX", "REPLACE_FIX", "IndexLockedError", "WriterLock", "holder_of"]
+__all__ = ["LOCK_FILE", "READ_ONLY_FIX", "REPLACE_FIX", "IndexLockedError", "RWLock", "WriterLock", "holder_of"]
 
 LOCK_FILE = "writer.lock"
 # What a refused writer can do instead (the end of the refusal message).
@@ -47,7 +51,6 @@ class IndexLockedError(PermissionError):
         self.holder = holder
         super().__init__(f"{folder}: cannot {doing}: {describe(holder)} has it open for writing, and an index "
                          f"folder has one writer at a time. Stop that process first, or {fix}")
-
 
 
 def describe(holder: dict | None) -> str:
@@ -146,6 +149,47 @@ class WriterLock:
 
     def __del__(self) -> None:
         self.release()
+
+
+class RWLock:
+    """Writer-preferring readers-writer lock (not re-entrant)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._readers = 0
+        self._writer = False
+        self._waiting = 0
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[None]:
+        with self._cond:
+            while self._writer or self._waiting:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                if self._readers == 0:
+                    self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[None]:
+        with self._cond:
+            self._waiting += 1
+            try:
+                while self._writer or self._readers:
+                    self._cond.wait()
+            finally:
+                self._waiting -= 1
+            self._writer = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writer = False
+                self._cond.notify_all()
 
 
 _SECRET = re.compile(r"key|token|secret|passw|auth", re.IGNORECASE)
