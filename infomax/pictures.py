@@ -64,10 +64,12 @@ def item_pictures(manifest: dict, ids: Sequence[int], sources: Sequence[str], *,
                 raise ValueError(f"item {id_}: source {src!r} is not an image of {name} {split}")
             yield int(id_), png_bytes(images[int(src[len(prefix):])].numpy()), "image/png"
         return
+    from infomax.data.folder import UNREADABLE_ERRORS  # what embedding skips, the picture skips too
+
     root = Path(manifest["data"])
     for id_, src in zip(ids, sources):
         try:
             data, mime = file_picture(root / src, max_side=max_side)
-        except (OSError, ValueError, Image.DecompressionBombError):
+        except UNREADABLE_ERRORS:
             continue
         yield int(id_), data, mime
