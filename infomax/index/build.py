@@ -16,8 +16,8 @@ import numpy as np
 
 from infomax.atomic import atomic_write_json, fsync_dir, fsync_file, temp_dir_beside
 from infomax.index.factory import choose_factory, parse_memory, safe_estimate
-from infomax.index.folders import folder_id, install_as_writer
-from infomax.index.inputs import as_id_array, metadata_rows
+from infomax.index.folders import check_target, folder_id, install_as_writer
+from infomax.index.inputs import metadata_rows, new_ids
 from infomax.index.record import RECORD_FILE, check_artifact
 from infomax.index.snapshot import INDEX_FILE, write_snapshot_tmp
 from infomax.index.store import METADATA_FILE, connect, kv_set, transaction
@@ -68,10 +68,7 @@ class Building:
             factory = choose_factory(n, dim, budget)
         target = Path(path) if path is not None else None
         if target is not None:
-            if target.exists() and not target.is_dir():
-                raise FileExistsError(f"{target} exists and is not a directory")
-            if target.is_dir() and any(target.iterdir()) and not overwrite:
-                raise FileExistsError(f"{target} is not empty (pass overwrite=True to replace the index there)")
+            check_target(target, overwrite)
         tmpdir = temp_dir_beside(target) if target is not None else None
         try:
             self = cls._new(int(dim), factory, artifact, durable, tmpdir / METADATA_FILE if tmpdir else ":memory:")
@@ -116,17 +113,7 @@ class Building:
         n, dim = raw.shape
         factory = self.factory
         x = self._prepare(raw, "vectors")
-        if ids is None:
-            ids_a = np.arange(n, dtype=np.int64)
-        else:
-            ids_a = as_id_array(ids)
-            if len(ids_a) != n:
-                raise ValueError(f"got {len(ids_a)} ids for {n} vectors")
-            if n and int(ids_a.min()) < 0:
-                raise ValueError(f"ids must be non-negative, got {ids_a[ids_a < 0][:10].tolist()}")
-            uniq, counts = np.unique(ids_a, return_counts=True)
-            if len(uniq) != n:
-                raise ValueError(f"duplicate ids: {uniq[counts > 1][:10].tolist()}")
+        ids_a = np.arange(n, dtype=np.int64) if ids is None else new_ids(ids, n)
         rows = metadata_rows(metadata, ids_a, n)
         rng = np.random.default_rng(seed)
         perm = rng.permutation(n)

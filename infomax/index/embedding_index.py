@@ -10,7 +10,6 @@ import logging
 import os
 import sqlite3
 import threading
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -27,11 +26,11 @@ from infomax.index.faiss_ops import (
     new_faiss_index,
 )
 from infomax.index.folders import folder_id
-from infomax.index.inputs import MAX_ID, as_id_array, metadata_rows, normalized
+from infomax.index.inputs import MAX_ID, as_id_array, metadata_rows, new_ids, normalized
 from infomax.index.items import Items
 from infomax.index.load import Loading
 from infomax.index.locks import RWLock, WriterLock
-from infomax.index.oplog import Plan, catch_up
+from infomax.index.oplog import Plan, catch_up, log_entry
 from infomax.index.persist import Saving
 from infomax.index.record import base_record, check_artifact
 from infomax.index.search import Searching
@@ -44,7 +43,6 @@ from infomax.index.store import (
     existing_ids,
     fetch_vectors,
     first_free_id,
-    ids_blob,
     kv_get,
     kv_set,
     last_seq,
@@ -298,18 +296,7 @@ class EmbeddingIndex(Loading, Saving, Building, Tuning, Searching, Items):
         self._check_writable()
         x = self._prepare(vectors, "vectors")
         n = len(x)
-        if ids is not None:
-            ids_a = as_id_array(ids)
-            if len(ids_a) != n:
-                raise ValueError(f"got {len(ids_a)} ids for {n} vectors")
-            if n and int(ids_a.min()) < 0:
-                bad = ids_a[ids_a < 0][:10].tolist()
-                raise ValueError(f"ids must be non-negative, got {bad}")
-            uniq, counts = np.unique(ids_a, return_counts=True)
-            if len(uniq) != n:
-                raise ValueError(f"duplicate ids in the batch: {uniq[counts > 1][:10].tolist()}")
-        else:
-            ids_a = None
+        ids_a = new_ids(ids, n) if ids is not None else None
         rows = metadata_rows(metadata, ids_a, n)
         if not self._index.is_trained:
             raise ValueError(f"the {self.factory!r} index is not trained: call train() first or use EmbeddingIndex.build()")
@@ -337,9 +324,7 @@ class EmbeddingIndex(Loading, Saving, Building, Tuning, Searching, Items):
                     else:
                         new_seq = 0
                         if log_op:
-                            cur = conn.execute("INSERT INTO oplog(op, ids, n, created_at) VALUES('add', ?, ?, ?)",
-                                               (ids_blob(ids_a), n, time.time()))
-                            new_seq = int(cur.lastrowid)
+                            new_seq = log_entry(conn, "add", ids_a)
                         le = x.astype("<f4", copy=False)
                         conn.executemany(
                             "INSERT INTO items(id, source, label, meta, vector, seq) VALUES(?, ?, ?, ?, ?, ?)",
@@ -373,9 +358,7 @@ class EmbeddingIndex(Loading, Saving, Building, Tuning, Searching, Items):
                 new_seq = None
                 if len(present):
                     if self._logging:
-                        cur = conn.execute("INSERT INTO oplog(op, ids, n, created_at) VALUES('remove', ?, ?, ?)",
-                                           (ids_blob(present), len(present), time.time()))
-                        new_seq = int(cur.lastrowid)
+                        new_seq = log_entry(conn, "remove", present)
                     for chunk in chunks(present):
                         conn.execute(f"DELETE FROM items WHERE id IN ({','.join('?' * len(chunk))})", chunk)
             self._apply_plan(plan)

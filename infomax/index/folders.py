@@ -3,16 +3,21 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import time
 from pathlib import Path
 
 from infomax.atomic import fsync_dir, temp_dir_beside
 from infomax.index.locks import REPLACE_FIX, IndexLockedError, WriterLock
-from infomax.index.record import RECORD_FILE
-from infomax.index.snapshot import INDEX_FILE
+
+
+def check_target(target: Path, overwrite: bool) -> None:
+    """Refuse to write a folder over a file, or over a non-empty folder without ``overwrite``
+    (build and save(path) alike), before any work is done."""
+    if target.exists() and not target.is_dir():
+        raise FileExistsError(f"{target} exists and is not a directory")
+    if target.is_dir() and any(target.iterdir()) and not overwrite:
+        raise FileExistsError(f"{target} is not empty (pass overwrite=True to replace the index there)")
 
 
 def same_path(a: Path, b: Path) -> bool:
@@ -79,14 +84,3 @@ def _install_dir(tmpdir: Path, target: Path) -> None:
     else:
         os.replace(tmpdir, target)
         fsync_dir(target.parent)
-
-
-def remove_old_temps(folder: Path, min_age_s: float = 3600.0) -> None:
-    """Delete snapshot/record temp files left by writers that crashed before their
-    rename (only old ones: a live writer may be about to rename a fresh one)."""
-    now = time.time()
-    for name in (INDEX_FILE, RECORD_FILE):
-        for p in folder.glob(f".{name}.tmp-*"):
-            with contextlib.suppress(OSError):
-                if now - p.stat().st_mtime > min_age_s:
-                    p.unlink()

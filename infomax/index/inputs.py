@@ -38,6 +38,20 @@ def as_id_array(ids: Any, what: str = "ids") -> np.ndarray:
     return a.astype(np.int64, copy=False)
 
 
+def new_ids(ids: Any, n: int) -> np.ndarray:
+    """The caller's ids for ``n`` new vectors (add and build): one per vector, non-negative and
+    distinct (ids already in the index are the store's to refuse, by its primary key)."""
+    ids_a = as_id_array(ids)
+    if len(ids_a) != n:
+        raise ValueError(f"got {len(ids_a)} ids for {n} vectors")
+    if n and int(ids_a.min()) < 0:
+        raise ValueError(f"ids must be non-negative, got {ids_a[ids_a < 0][:10].tolist()}")
+    uniq, counts = np.unique(ids_a, return_counts=True)
+    if len(uniq) != n:
+        raise ValueError(f"duplicate ids in the batch: {uniq[counts > 1][:10].tolist()}")
+    return ids_a
+
+
 def normalized(vectors: Any, dim: int, what: str) -> np.ndarray:
     """(n, dim) float32 C-contiguous, L2-normalised copy; ValueError on bad input."""
     if isinstance(vectors, np.ndarray) and vectors.dtype == np.float32:

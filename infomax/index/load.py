@@ -11,8 +11,9 @@ from typing import TYPE_CHECKING
 
 import faiss
 
+from infomax.atomic import remove_stale_temps
 from infomax.index.errors import IndexLoadError, IndexMismatchError
-from infomax.index.folders import lock_for_writing, remove_old_temps
+from infomax.index.folders import lock_for_writing
 from infomax.index.locks import WriterLock
 from infomax.index.record import RECORD_FILE, read_record
 from infomax.index.snapshot import INDEX_FILE, read_snapshot
@@ -123,7 +124,10 @@ class Loading:
                 raise IndexLoadError(f"{db}: corrupt or unreadable SQLite database: {e}") from None
             raise
         if not read_only:
-            remove_old_temps(folder)
+            # Temp snapshots/records of writers that died before their rename. Any age may go:
+            # the writer lock taken in load() means no live writer is about to rename one.
+            for name in (INDEX_FILE, RECORD_FILE):
+                remove_stale_temps(folder, name)
         self = cls(index=index, info=rec, path=folder, conn=conn, read_conn=rconn, read_only=read_only,
                    durable=durable, mmapped=mmapped, applied_seq=seq, logging_enabled=True)
         self._lock = lock

@@ -5,12 +5,25 @@ FAISS index that applied the log up to ``applied_seq`` must change to catch up w
 from __future__ import annotations
 
 import sqlite3
+import time
 from typing import Any
 
 import numpy as np
 
 from infomax.index.faiss_ops import faiss_ids
-from infomax.index.store import blob_ids, fetch_vectors, kv_get, last_seq
+from infomax.index.store import fetch_vectors, kv_get, last_seq
+
+
+def log_entry(conn: sqlite3.Connection, op: str, ids: np.ndarray) -> int:
+    """Append an 'add' or 'remove' of ``ids`` (inside the caller's transaction, with the items it
+    changes); returns its sequence number."""
+    cur = conn.execute("INSERT INTO oplog(op, ids, n, created_at) VALUES(?, ?, ?, ?)",
+                       (op, np.ascontiguousarray(ids, dtype="<i8").tobytes(), len(ids), time.time()))
+    return int(cur.lastrowid)
+
+
+def logged_ids(blob: bytes) -> np.ndarray:
+    return np.frombuffer(blob, dtype="<i8").astype(np.int64)
 
 
 class Plan:
@@ -36,7 +49,7 @@ def catch_up(conn: sqlite3.Connection, applied_seq: int, index: Any, kind: str, 
             if seq != expect:  # gap: entries were pruned or lost
                 full = True
                 break
-            touched.append(blob_ids(blob))
+            touched.append(logged_ids(blob))
             expect += 1
         if expect != last + 1:  # trailing entries missing
             full = True

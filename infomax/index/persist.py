@@ -12,7 +12,7 @@ import threading
 from pathlib import Path
 
 from infomax.atomic import atomic_write_json, fsync_dir, fsync_file, temp_dir_beside
-from infomax.index.folders import folder_id, install_as_writer, same_path
+from infomax.index.folders import check_target, folder_id, install_as_writer, same_path
 from infomax.index.record import RECORD_FILE, now_iso
 from infomax.index.snapshot import INDEX_FILE, write_snapshot_tmp
 from infomax.index.store import (
@@ -103,10 +103,7 @@ class Saving:
     def _export_locked(self, target: Path, *, overwrite: bool, bind: bool) -> None:
         """Write a complete folder at ``target`` (built in a temp dir, then renamed
         into place)."""
-        if target.exists() and not target.is_dir():
-            raise FileExistsError(f"{target} exists and is not a directory")
-        if target.is_dir() and any(target.iterdir()) and not overwrite:
-            raise FileExistsError(f"{target} is not empty (pass overwrite=True to replace the index there)")
+        check_target(target, overwrite)
         self._materialize()
         if self._logging:
             with self._conn_lock, transaction(self._conn, "DEFERRED"):

@@ -112,14 +112,6 @@ def transaction(conn: sqlite3.Connection, mode: str = "IMMEDIATE") -> Iterator[s
     conn.execute("COMMIT")
 
 
-def ids_blob(ids: np.ndarray) -> bytes:
-    return np.ascontiguousarray(ids, dtype="<i8").tobytes()
-
-
-def blob_ids(blob: bytes) -> np.ndarray:
-    return np.frombuffer(blob, dtype="<i8").astype(np.int64)
-
-
 def chunks(a: np.ndarray, size: int = _SQL_CHUNK) -> Iterator[list[int]]:
     for i in range(0, len(a), size):
         yield [int(v) for v in a[i : i + size]]
