@@ -14,6 +14,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "index": ("training.index_cmd", "build a FAISS index folder from embeddings (`infomax index build`)"),
     "eval": ("training.evaluate", "k-NN, 1-NN and linear-probe accuracy of an encoder, beside raw pixels"),
     "knn-grid": ("training.knn_grid", "a PNG of query images beside their nearest neighbours"),
+    "duplicates": ("training.duplicates", "groups of near-identical images in an index folder (CSV or JSON)"),
     "serve": ("training.serve", "serve encoding and similar-image search over HTTP (uvicorn)"),
 }
 
