@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-DEFAULT_THRESHOLD = 0.95
+DEFAULT_THRESHOLD = 0.90
 _K = 16          # neighbours asked per item at first; doubled for rows still above the threshold
 _BATCH = 1024    # queries per search call
 
@@ -38,6 +38,7 @@ class Member:
     source: str | None
     label: int | None
     similarity: float  # to the group's representative (1.0 for the representative itself)
+    meta: dict = field(default_factory=dict)  # the item's other metadata keys
 
 
 @dataclass
@@ -173,7 +174,8 @@ def describe_group(index, member_ids: list[int], pairs: list[tuple[int, int, flo
     order = sorted(range(len(ids)), key=lambda r: (r != rep_row, -float(sims[r]), int(ids[r])))
     meta = index.get_many(ids[order])
     members = [Member(id=int(ids[r]), source=(m or {}).get("source"), label=(m or {}).get("label"),
-                      similarity=float(min(1.0, sims[r]))) for r, m in zip(order, meta)]
+                      similarity=float(min(1.0, sims[r])), meta=(m or {}).get("meta") or {})
+               for r, m in zip(order, meta)]
     return Group(representative=int(ids[rep_row]), members=members, pairs=sorted(pairs or []))
 
 

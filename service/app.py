@@ -15,7 +15,7 @@ from infomax import __version__
 from service.errors import install_error_handlers
 from service.limits import BodySizeLimit
 from service.metrics import MetricsMiddleware
-from service.routes import embed, health, items, metrics, search, web
+from service.routes import duplicates, embed, health, items, metrics, search, web
 from service.schemas import AddItemsRequest, EmbedRequest, SearchRequest
 from service.settings import Settings
 from service.state import ServiceState
@@ -63,7 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="infomax", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.state.service = state
     install_error_handlers(app)
-    for module in (health, embed, search, items, metrics, web):
+    for module in (health, embed, search, items, duplicates, metrics, web):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=web.STATIC_DIR), name="static")
     # Outermost last: metrics see every answer, the 413s of the size limit included.
