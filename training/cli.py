@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "knn-grid": ("training.knn_grid", "a PNG of query images beside their nearest neighbours"),
     "duplicates": ("training.duplicates", "groups of near-identical images in an index folder (CSV or JSON)"),
     "serve": ("training.serve", "serve encoding and similar-image search over HTTP (uvicorn)"),
+    "up": ("training.up", "from a folder of images to a running search: train, embed, index, serve (incremental)"),
 }
 
 USAGE = "usage: infomax COMMAND [ARGS...]\n\ncommands:\n" + "\n".join(
