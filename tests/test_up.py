@@ -53,7 +53,7 @@ def make_messy_folder(root: Path, images: np.ndarray) -> tuple[set[str], set[str
     save("png/palette.png", _pil(images, next(k)).convert("P", palette=Image.ADAPTIVE, colors=16))
     pal_t = _pil(images, next(k)).convert("P", palette=Image.ADAPTIVE, colors=8)
     save("png/palette transparent.png", pal_t, transparency=0)
-    grey16 = Image.fromarray((np.asarray(_pil(images, next(k)).convert("L"), dtype=np.uint16) * 257))
+    grey16 = Image.fromarray(np.asarray(_pil(images, next(k)).convert("L"), dtype=np.uint16) * 257)
     assert grey16.mode in ("I;16", "I")
     save("png/grey 16-bit.png", grey16)
     save("png/grey+alpha.png", _pil(images, next(k)).convert("LA"))
@@ -182,6 +182,28 @@ def test_messy_folder_indexed_then_updated_incrementally(tmp_path, tiny_artifact
     assert up(folder, "--model", tiny_artifact) == 0
     assert not (work / "embeddings" / "embeddings.json").exists()
     assert read_index(work / "index")[0] == items2
+
+    # a picture replaced under the same name, an unreadable file mended: both embedded, under their ids
+    _pil(cifar, 291).save(folder / "dogs" / "img_000.png")
+    os.utime(folder / "dogs" / "img_000.png", ns=(1, 10**18))
+    _pil(cifar, 292).save(folder / "broken" / "notes.jpg", format="JPEG")
+    assert up(folder, "--model", tiny_artifact) == 0
+    # 3: the symlink to the replaced picture changed with it
+    assert json.loads((work / "embeddings" / "embeddings.json").read_text())["count"] == 3
+    items3, searchable3, pictures3 = read_index(work / "index")
+    assert set(items3) == searchable3 == set(items2) | {path_id("broken/notes.jpg")}
+    for dog in path_id("dogs/img_000.png"), path_id("trips/link to a dog.png"):
+        assert items3[dog]["meta"]["modified"] != items2[dog]["meta"]["modified"] and pictures3[dog] != pictures2[dog]
+    assert "broken/notes.jpg" not in json.loads((work / "state.json").read_text())["skipped"]
+
+    # another model: everything embedded again into a new index bound to it
+    from conftest import make_artifact
+
+    other = make_artifact(tmp_path / "other", seed=1)
+    assert up(folder, "--model", other) == 0
+    assert json.loads((work / "embeddings" / "embeddings.json").read_text())["count"] == len(items3)
+    assert read_index(work / "index")[0] == items3
+    assert json.loads((work / "index" / "index.json").read_text())["artifact"]["path"] == str(other)
 
 
 def test_trains_within_the_budget_then_embeds_indexes(tmp_path, cifar, capsys):

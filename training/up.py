@@ -31,7 +31,6 @@ import argparse
 import datetime as _dt
 import json
 import logging
-import os
 import shlex
 import sys
 from pathlib import Path, PurePosixPath
