@@ -87,12 +87,13 @@ def stored_vectors(index, ids: np.ndarray) -> np.ndarray:
     return out
 
 
-def neighbours_above(index, queries: np.ndarray, threshold: float, *, k: int = _K,
-                     batch: int = _BATCH) -> list[tuple[np.ndarray, np.ndarray]]:
+def neighbours_above(index, queries: np.ndarray, threshold: float, *, k: int = _K, batch: int = _BATCH,
+                     max_k: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
     """For each query vector: (ids, scores) of every indexed item with score >= threshold (the
     query's own item included when indexed). A row whose last score is still >= threshold is
-    searched again with twice the k, up to the size of the index."""
-    n_items = len(index)
+    searched again with twice the k, up to the size of the index (or ``max_k``: then a row may
+    hold only the ``max_k`` best of more)."""
+    n_items = len(index) if max_k is None else min(len(index), max(1, max_k))
     out: list[tuple[np.ndarray, np.ndarray]] = [None] * len(queries)  # type: ignore[list-item]
     if n_items == 0:
         return [(np.zeros(0, np.int64), np.zeros(0, np.float32)) for _ in queries]
@@ -208,7 +209,8 @@ def duplicates_of(index, item_id: int, threshold: float = DEFAULT_THRESHOLD, *, 
     while frontier and not truncated:
         vecs = stored_vectors(index, np.asarray(frontier, dtype=np.int64))
         nxt: list[int] = []
-        for a, (nb, sc) in zip(frontier, neighbours_above(index, vecs, threshold, k=k)):
+        # max_k: a row with more than max_members neighbours above the threshold truncates anyway
+        for a, (nb, sc) in zip(frontier, neighbours_above(index, vecs, threshold, k=k, max_k=max_members + 1)):
             for b, s in zip(nb.tolist(), sc.tolist()):
                 if b == a:
                     continue

@@ -195,3 +195,31 @@ def test_command_refuses_bad_settings_in_one_line(folder, capsys, tmp_path):
 
 def test_csv_of_no_groups_is_the_header():
     assert groups_csv([]) == "group,size,representative,id,source,label,similarity\n"
+
+
+class CountingIndex:
+    """The index, recording the k of every search."""
+
+    def __init__(self, index):
+        self._index, self.ks = index, []
+
+    def __len__(self):
+        return len(self._index)
+
+    def search(self, q, k):
+        self.ks.append(k)
+        return self._index.search(q, k)
+
+    def __getattr__(self, name):
+        return getattr(self._index, name)
+
+
+def test_the_group_of_one_item_searches_no_further_than_its_limit(data):
+    """A collapsed index (every pair above the threshold) must not make one request search the
+    whole index: the searches of duplicates_of stop at max_members + 1 neighbours."""
+    _, _, index = data
+    counting = CountingIndex(index)
+    big = find_duplicates(index, 0.97)[0]
+    group, truncated = duplicates_of(counting, big.members[0].id, 0.97, max_members=5)
+    assert truncated and group.size == 5
+    assert max(counting.ks) <= 6, counting.ks

@@ -3,7 +3,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { maxK: 100, keyForReads: false, classes: null };
+const state = { maxK: 100, keyForReads: false, classes: null, searches: 0 };
 
 function apiKey() {
   return $("apikey").value.trim();
@@ -122,6 +122,7 @@ function showQuery(url, caption, isBlob) {
 
 async function searchFile(file) {
   if (!file) return;
+  ++state.searches;
   showQuery(URL.createObjectURL(file), file.name, true);
   setStatus("searching…");
   const started = performance.now();
@@ -137,15 +138,39 @@ async function searchFile(file) {
 }
 
 async function searchById(id) {
+  const search = ++state.searches;
   showQuery(`/v1/items/${id}/image`, `item #${id}`, false);
   setStatus("searching…");
   const started = performance.now();
   try {
     const body = JSON.stringify({ id: id, k: k() });
+    const duplicates = api(`/v1/items/${id}/duplicates`).catch(() => null);
     showResults(await api("/v1/search", { method: "POST", body, headers: { "Content-Type": "application/json" } }), started);
+    markDuplicates(id, await duplicates, search);
   } catch (e) {
     $("results").replaceChildren();
     setStatus(e.message, true);
+  }
+}
+
+// The item's near-duplicates (GET /v1/items/{id}/duplicates, the server's default threshold):
+// their result cards get a "near-duplicate" mark, the query's caption their number. Skipped when
+// a newer search has replaced the results meanwhile, or when the answer did not come.
+function markDuplicates(id, answer, search) {
+  if (!answer || search !== state.searches) return;
+  const ids = new Set(answer.duplicates.map((d) => d.id));
+  for (const fig of document.querySelectorAll("#results .hit")) {
+    if (!ids.has(Number(fig.dataset.id))) continue;
+    fig.classList.add("dup");
+    const mark = document.createElement("div");
+    mark.className = "dup-mark";
+    mark.textContent = "near-duplicate";
+    fig.querySelector("figcaption").prepend(mark);
+  }
+  const n = answer.duplicates.length;
+  if (n) {
+    $("query-caption").textContent = `item #${id} · ${n}${answer.truncated ? "+" : ""} near-duplicate${n === 1 ? "" : "s"}` +
+      ` (cosine ≥ ${answer.threshold})`;
   }
 }
 
