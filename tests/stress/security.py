@@ -69,7 +69,8 @@ def traversal_targets(base_item: int = 0) -> list[tuple[str, str]]:
     out = []
     for t in TRAVERSALS:
         out += [("GET", f"/v1/items/{t}"), ("GET", f"/v1/items/{t}/image"), ("DELETE", f"/v1/items/{t}"),
-                ("GET", f"/static/{t}"), ("GET", f"/v1/items/{base_item}/image/{t}")]
+                ("GET", f"/static/{t}"), ("GET", f"/v1/items/{base_item}/image/{t}"),
+                ("GET", f"/v1/items/{t}/duplicates"), ("GET", f"/v1/items/{base_item}/duplicates?threshold={t}&limit={t}")]
     out += [("GET", "/static/../../../../etc/passwd"), ("GET", "/static/..%2f..%2f..%2f..%2fetc%2fpasswd"),
             ("GET", "/static/%2e%2e/routes/web.py"), ("GET", "/static/../settings.py"),
             ("GET", "/static//etc/passwd"), ("GET", "//etc/passwd"), ("GET", "/../../../etc/passwd"),
