@@ -29,7 +29,9 @@ browser:
 	  echo "installing Debian's chromium and chromium-driver for the browser test"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null; }
 
+# Lint first (seconds): a finding fails the run before the tests start.
 test: install browser
+	$(PY) -m ruff check .
 	$(PY) -m pytest -q
 
 bench: install

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-from machine import cpu_name  # bench/machine.py (bench/ is on sys.path when a script here runs)
+from machine import cpu_name  # noqa: E402 (bench/machine.py; bench/ is on sys.path when a script here runs)
 
 DIM_L = ["--model.alpha", "0", "--model.beta", "1"]
 INFONCE = ["--model.global_estimator", "infonce", "--model.local_estimator", "infonce"]

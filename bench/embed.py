@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import torch
-
 from machine import cpu_name  # bench/machine.py (bench/ is on sys.path when a script here runs)
 
 

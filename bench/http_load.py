@@ -135,7 +135,7 @@ class Server:
         self._log = open(log, "ab")
         self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT)
 
-    def wait_ready(self, timeout: float = 300) -> "Server":
+    def wait_ready(self, timeout: float = 300) -> Server:
         import httpx
 
         deadline = time.monotonic() + timeout

@@ -20,12 +20,11 @@ import time
 
 import pytorch_lightning as pl
 import torch
+from machine import cpu_name  # bench/machine.py (bench/ is on sys.path when a script here runs)
 from torch.utils.data import DataLoader
 
 from infomax.data import DeviceBatches, InMemoryDataset, collate_batch, load_cifar10
 from infomax.module import DeepInfoMax
-
-from machine import cpu_name  # bench/machine.py (bench/ is on sys.path when a script here runs)
 
 
 def loader(images: torch.Tensor, batch_size: int, device: str, on_device: bool = False):
@@ -134,7 +133,7 @@ def main() -> None:
           f"batch {args.batch_size}, {args.steps} timed steps after {args.warmup}, precision {args.precision}, "
           f"arch {args.arch}, on_device {args.on_device}, channels_last {args.channels_last}, compile {args.compile}, "
           f"augment {args.augment}, views {args.views}")
-    print("| loop | images/s (best of %d) | all runs |" % args.repeats)
+    print(f"| loop | images/s (best of {args.repeats}) | all runs |")
     print("|---|---|---|")
     print(f"| plain PyTorch | {max(plain):.0f} | {', '.join(f'{v:.0f}' for v in plain)} |")
     print(f"| Lightning DeepInfoMax | {max(light):.0f} | {', '.join(f'{v:.0f}' for v in light)} |")

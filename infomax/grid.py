@@ -12,8 +12,8 @@ shows exactly the pixels the encoder saw; grey images stay grey.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -213,8 +213,15 @@ def make_knn_grid(model: str, data: str, out: str, *, split: str = "test", queri
 
     from infomax.artifact import load_encoder
     from infomax.atomic import atomic_path
-    from infomax.data import (CLASS_NAMES, canonical_dataset_name, check_fits, check_split, is_dataset_name,
-                              load_dataset, load_image_folder)
+    from infomax.data import (
+        CLASS_NAMES,
+        canonical_dataset_name,
+        check_fits,
+        check_split,
+        is_dataset_name,
+        load_dataset,
+        load_image_folder,
+    )
 
     check_grid_args(k, metric, scale, queries)
     if bank_limit is not None and (isinstance(bank_limit, bool) or not isinstance(bank_limit, int) or bank_limit < 1):

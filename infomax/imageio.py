@@ -8,7 +8,7 @@ import io
 import logging
 import os
 import struct
-from typing import BinaryIO, Union
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -19,8 +19,8 @@ __all__ = ["ImageSource", "ImageTooLargeError", "MAX_DECODED_PIXELS", "MAX_HEADE
 
 logger = logging.getLogger(__name__)
 
-PathLike = Union[str, os.PathLike]
-ImageSource = Union[PathLike, BinaryIO, bytes, bytearray, memoryview, Image.Image]
+PathLike = str | os.PathLike
+ImageSource = PathLike | BinaryIO | bytes | bytearray | memoryview | Image.Image
 
 # Decompression bombs. What an image costs is what is decoded, not what its header claims: a
 # baseline JPEG is decoded reduced (libjpeg's 1/2, 1/4 or 1/8 scale, down to no less than the

@@ -35,7 +35,7 @@ class SearchRequest(_Strict):
     k: StrictInt | None = Field(None, description="number of neighbours, 1..max_k (default: default_k)")
 
     @model_validator(mode="after")
-    def _one_query(self) -> "SearchRequest":
+    def _one_query(self) -> SearchRequest:
         given = [name for name in ("image", "vector", "id") if getattr(self, name) is not None]
         if len(given) != 1:
             raise ValueError(f"give exactly one of image, vector, id (got {', '.join(given) or 'none'})")

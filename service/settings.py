@@ -59,7 +59,7 @@ class Settings(BaseSettings):
     )
 
     @model_validator(mode="after")
-    def _check(self) -> "Settings":
+    def _check(self) -> Settings:
         if self.default_k > self.max_k:
             raise ValueError(f"default_k ({self.default_k}) must not exceed max_k ({self.max_k})")
         if self.workers > 1 and not self.read_only:

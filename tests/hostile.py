@@ -369,7 +369,7 @@ def stream_upload(host: str, port: int, path: str, total: int = 200 * 10**6, *, 
                 received += data
                 if _complete(received):
                     break
-        except (ConnectionResetError, socket.timeout) as e:
+        except (TimeoutError, ConnectionResetError) as e:
             error = error or type(e).__name__
         del answered
     finally:

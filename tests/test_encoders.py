@@ -7,7 +7,7 @@ import torch
 
 from infomax.discriminators import ConcatCritic, CosineCritic, DotCritic, build_critic
 from infomax.encoders import build_encoder
-from infomax.estimators import infonce_bound, jsd_bound
+from infomax.estimators import jsd_bound
 from infomax.objective import DIMObjective, reparameterize
 
 

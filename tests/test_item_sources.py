@@ -17,9 +17,9 @@ from test_web import LiveServer, _wait, browser, screenshot  # noqa: F401 (fixtu
 
 from infomax.artifact import load_encoder
 from infomax.data import load_cifar10
+from infomax.data.registry import CLASS_NAMES
 from infomax.imagestore import ImageStore
 from infomax.index import EmbeddingIndex
-from infomax.data.registry import CLASS_NAMES
 from service.inputs import source_name
 from service.settings import Settings
 

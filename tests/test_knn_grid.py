@@ -64,7 +64,7 @@ def test_the_grid_shows_the_source_pixels_and_marks_matches(cifar, tiny_artifact
     encoder = load_encoder(tiny_artifact)
     queries, k, scale = 4, 5, 3
     image, info = knn_grid(encoder, test, train, query_labels=test_y, bank_labels=train_y,
-                           class_names=["c%d" % i for i in range(10)], queries=queries, k=k, scale=scale, seed=1)
+                           class_names=[f"c{i}" for i in range(10)], queries=queries, k=k, scale=scale, seed=1)
     layout = GridLayout(rows=queries, cols=k + 1, image_size=32, scale=scale)
     tile_w, tile_h = layout.tile_size
     assert tile_w >= 32 * scale

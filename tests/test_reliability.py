@@ -21,7 +21,6 @@ import importlib.util
 from pathlib import Path
 
 import pytest
-
 from stress.harness import ServerProcess, build_index
 
 API_KEY = "reliability-test-key-5d1f2c9a"

@@ -21,11 +21,10 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 import zlib
 from contextlib import contextmanager
 from pathlib import Path
-
-import warnings
 
 import httpx
 import numpy as np
@@ -106,7 +105,7 @@ class Server:
         self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT,
                                      env={**os.environ, **(env or {})})
 
-    def wait_ready(self, timeout: float = 90.0) -> "Server":
+    def wait_ready(self, timeout: float = 90.0) -> Server:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -65,9 +65,9 @@ def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     overrides = {_FIELD.get(k, k): v for k, v in vars(args).items() if v is not None and k != "no_access_log"}
 
-    from service.settings import Settings
-
     from pydantic import ValidationError
+
+    from service.settings import Settings
 
     try:
         settings = Settings(**overrides)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence, Union
+from typing import Any
 
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 
 DATA_DIR_ENV = "INFOMAX_DATA_DIR"
 DEFAULT_DATA_DIR = Path("~/.cache/infomax/data")

@@ -8,7 +8,8 @@ index per batch instead of per-image PIL work in the training loop.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch.utils.data import Dataset

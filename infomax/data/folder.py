@@ -10,10 +10,10 @@ import os
 import struct
 import unicodedata
 import warnings
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
-from typing import Sequence
 
 import torch
 from PIL import Image

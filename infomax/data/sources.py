@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import Dataset
 
 from infomax.data.datasets import InMemoryDataset
-from infomax.data.folder import FileImages, IMAGE_EXTENSIONS, folder_ids, folder_labels, folder_labels_note, list_images
+from infomax.data.folder import IMAGE_EXTENSIONS, FileImages, folder_ids, folder_labels, folder_labels_note, list_images
 from infomax.data.readers import load_dataset
 from infomax.data.registry import CLASS_NAMES, canonical_dataset_name, check_fits, check_split, is_dataset_name
 

@@ -34,7 +34,7 @@ class Building:
               memory_budget: int | str = "4GB", recall_target: float = 0.95, artifact: dict | None = None,
               path: str | os.PathLike | None = None, seed: int = 0, overwrite: bool = False,
               tune_queries: int = 1000, k: int = 10, durable: bool = True,
-              prepare: Any = None) -> "EmbeddingIndex":
+              prepare: Any = None) -> EmbeddingIndex:
         """Build an index from ``vectors`` (n, dim).
 
         ``factory`` None -> :func:`choose_factory` (n, dim, ``memory_budget``).

@@ -95,7 +95,7 @@ class EmbeddingIndex(Loading, Saving, Building, Tuning, Searching, Items):
 
     @classmethod
     def create(cls, dim: int, factory: str | None = None, *, path: str | os.PathLike | None = None,
-               artifact: dict | None = None, overwrite: bool = False, durable: bool = True) -> "EmbeddingIndex":
+               artifact: dict | None = None, overwrite: bool = False, durable: bool = True) -> EmbeddingIndex:
         """An empty index of dimension ``dim`` (``factory`` None -> ``"Flat"``).
 
         With ``path`` the folder is written immediately (it must not already hold
@@ -111,7 +111,7 @@ class EmbeddingIndex(Loading, Saving, Building, Tuning, Searching, Items):
         return self
 
     @classmethod
-    def _new(cls, dim: int, factory: str, artifact: dict | None, durable: bool, db: Path | str) -> "EmbeddingIndex":
+    def _new(cls, dim: int, factory: str, artifact: dict | None, durable: bool, db: Path | str) -> EmbeddingIndex:
         index = new_faiss_index(dim, factory)
         info = base_record(dim, factory, dict(artifact) if artifact is not None else None)
         conn = connect(db, read_only=False, durable=False)
@@ -195,7 +195,7 @@ class EmbeddingIndex(Loading, Saving, Building, Tuning, Searching, Items):
         where = str(self._path) if self._path else "in memory"
         return f"<EmbeddingIndex {self.factory!r} dim={self._dim} n={len(self)} {where}>"
 
-    def __enter__(self) -> "EmbeddingIndex":
+    def __enter__(self) -> EmbeddingIndex:
         return self
 
     def __exit__(self, *exc: Any) -> None:

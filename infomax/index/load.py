@@ -39,7 +39,7 @@ class Loading:
     @classmethod
     def load(cls, path: str | os.PathLike, *, mmap: bool = True, expected_dim: int | None = None,
              expected_artifact_id: str | None = None, read_only: bool = False, durable: bool = True,
-             verify: bool | None = None) -> "EmbeddingIndex":
+             verify: bool | None = None) -> EmbeddingIndex:
         """Open an index folder.
 
         ``mmap``: memory-map the FAISS data where the type allows it (flat codes,
@@ -73,7 +73,7 @@ class Loading:
 
     @classmethod
     def _open_folder(cls, folder: Path, *, mmap: bool, expected_dim: int | None, expected_artifact_id: str | None,
-                     read_only: bool, durable: bool, verify: bool | None, lock: WriterLock | None) -> "EmbeddingIndex":
+                     read_only: bool, durable: bool, verify: bool | None, lock: WriterLock | None) -> EmbeddingIndex:
         rec = read_record(folder / RECORD_FILE)
         dim = int(rec["dim"])
         if expected_dim is not None and int(expected_dim) != dim:

@@ -27,8 +27,8 @@ import re
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 try:
     import fcntl
@@ -86,7 +86,7 @@ class WriterLock:
 
     @classmethod
     def acquire(cls, folder: str | os.PathLike, *, doing: str = "open it for writing",
-                fix: str = READ_ONLY_FIX) -> "WriterLock":
+                fix: str = READ_ONLY_FIX) -> WriterLock:
         folder = Path(folder)
         if fcntl is None:  # pragma: no cover
             return cls(folder, None)
@@ -141,7 +141,7 @@ class WriterLock:
             with contextlib.suppress(OSError):
                 os.close(fd)  # closing the descriptor is what releases a flock
 
-    def __enter__(self) -> "WriterLock":
+    def __enter__(self) -> WriterLock:
         return self
 
     def __exit__(self, *exc) -> None:

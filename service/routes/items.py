@@ -12,10 +12,22 @@ from pydantic import ValidationError
 from service.deps import ReadAccess, ReadyState, WriteAccess
 from service.errors import ERROR_RESPONSES, ApiError, describe_validation_errors
 from service.images import FORMATS
-from service.inputs import (body_kind, check_metadata, decode_images, file_schema, form_int, form_text,
-                            parse_metadata_field, read_form, read_json, request_body, upload_sources, uploads)
+from service.inputs import (
+    body_kind,
+    check_metadata,
+    decode_images,
+    file_schema,
+    form_int,
+    form_text,
+    parse_metadata_field,
+    read_form,
+    read_json,
+    request_body,
+    upload_sources,
+    uploads,
+)
 from service.routes.common import to_item
-from service.schemas import MAX_CALLER_ID, MAX_ID, AddItemsRequest, ItemDeleted, ItemMetadata, ItemSample, Item, ItemsAdded
+from service.schemas import MAX_CALLER_ID, MAX_ID, AddItemsRequest, Item, ItemDeleted, ItemMetadata, ItemsAdded, ItemSample
 
 router = APIRouter(prefix="/v1/items", tags=["items"], responses=ERROR_RESPONSES)
 

@@ -7,8 +7,18 @@ from fastapi import APIRouter, Request, Response
 
 from service.deps import ReadAccess, ReadyState
 from service.errors import ERROR_RESPONSES
-from service.inputs import (body_kind, check_k, decode_images, file_schema, form_int, form_text, read_form,
-                            read_json, request_body, uploads)
+from service.inputs import (
+    body_kind,
+    check_k,
+    decode_images,
+    file_schema,
+    form_int,
+    form_text,
+    read_form,
+    read_json,
+    request_body,
+    uploads,
+)
 from service.routes.common import json_response, to_neighbors
 from service.schemas import SearchRequest, SearchResponse
 

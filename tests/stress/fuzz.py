@@ -96,7 +96,7 @@ def read_reports(out_dir: Path, base_url: str) -> dict:
             if not fin:
                 continue
             rec = fin.get("recorder") or {}
-            for case_id, results in (rec.get("checks") or {}).items():
+            for results in (rec.get("checks") or {}).values():
                 for r in results:
                     checks_run[r["name"]] += 1
                     if r["status"] == "failure":

@@ -79,9 +79,8 @@ def build_index(folder: Path, artifact: Path, n: int = 200) -> dict:
     images, labels = images[:n], labels[:n].tolist()
     pngs = [png_bytes(t.permute(1, 2, 0).numpy()) for t in images]
     sources = [f"cifar10:test:{i}" for i in range(n)]
-    from PIL import Image
-
     import torch
+    from PIL import Image
 
     pixels = torch.stack([torch.from_numpy(np.array(Image.open(io.BytesIO(p)).convert("RGB"))).permute(2, 0, 1)
                           for p in pngs])
@@ -164,7 +163,7 @@ class ServerProcess:
         return [*infomax_command(), "serve", "--model", str(self.artifact), "--index", str(self.index),
                 "--host", "127.0.0.1", "--port", str(self.port), *self.args]
 
-    def start(self, timeout: float = 120.0) -> "ServerProcess":
+    def start(self, timeout: float = 120.0) -> ServerProcess:
         self.spawn()
         return self.wait_ready(timeout)
 
@@ -178,7 +177,7 @@ class ServerProcess:
         self.starts += 1
         return self.proc
 
-    def wait_ready(self, timeout: float = 120.0) -> "ServerProcess":
+    def wait_ready(self, timeout: float = 120.0) -> ServerProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -207,7 +206,7 @@ class ServerProcess:
         if self.proc is not None:
             self.proc.wait(30)
 
-    def restart(self, timeout: float = 120.0) -> "ServerProcess":
+    def restart(self, timeout: float = 120.0) -> ServerProcess:
         self.kill9()
         return self.start(timeout)
 
@@ -224,7 +223,7 @@ class ServerProcess:
                 self.proc.wait(10)
         return self.proc.returncode
 
-    def __enter__(self) -> "ServerProcess":
+    def __enter__(self) -> ServerProcess:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -15,8 +15,8 @@ import json
 import time
 
 import httpx
-
 from hostile import corpus, stream_upload
+
 from stress.harness import ServerProcess
 
 

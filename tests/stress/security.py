@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 
 import httpx
-
 from hostile import stream_upload
+
 from stress.harness import ServerProcess, unique_png
 
 PASSWD_MARKERS = (b"root:x:0:0", b"root:*:0:0", b"daemon:")
@@ -42,7 +42,7 @@ def raw_request(host: str, port: int, method: str, target: str, headers: dict[st
         while True:
             try:
                 b = s.recv(65536)
-            except (ConnectionResetError, socket.timeout):
+            except (TimeoutError, ConnectionResetError):
                 break
             if not b:
                 break
