@@ -9,7 +9,8 @@
 #
 # Build arguments: TORCH_INDEX_URL (where the CPU build of torch comes from: PyTorch's own CPU
 # index by default, or a local mirror), TORCH_VERSION, TORCHVISION_VERSION (left out when the index
-# has no such build; only the resnet18 encoder needs it), PIP_INDEX_URL (everything else).
+# has no such build; only the resnet18 encoder needs it), PIP_INDEX_URL (everything else: unset by
+# default, so pip follows its own configuration or built-in default; set it to use a mirror).
 # Configuration at run time is by environment only: PORT, and the INFOMAX_* settings of
 # service/settings.py (INFOMAX_ARTIFACT, INFOMAX_INDEX, INFOMAX_API_KEY, INFOMAX_CREATE_INDEX...).
 FROM python:3.11-slim-bookworm
@@ -17,7 +18,8 @@ FROM python:3.11-slim-bookworm
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 ARG TORCH_VERSION=2.14.1
 ARG TORCHVISION_VERSION=0.29.1
-ARG PIP_INDEX_URL=https://pypi.org/simple
+# No default: when given, pip reads it from the environment of each RUN.
+ARG PIP_INDEX_URL
 
 ENV VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:$PATH \
@@ -27,12 +29,12 @@ ENV VIRTUAL_ENV=/opt/venv \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_DEFAULT_TIMEOUT=120
 
-# 1. torch (CPU build) first, from TORCH_INDEX_URL; its own dependencies may come from PIP_INDEX_URL.
+# 1. torch (CPU build) first, from TORCH_INDEX_URL; its own dependencies may come from pip's index.
 #    A CPU build's version carries a local label (2.14.1+cpu), which satisfies ==2.14.1, and sorts
 #    above the CUDA build of PyPI, so the CPU one wins. Dropped: C++ headers, static libraries and
 #    CMake files (only needed to compile extensions), compiled C++ test programs some builds ship.
 RUN python -m venv "$VIRTUAL_ENV" \
- && pip install --index-url "$TORCH_INDEX_URL" --extra-index-url "$PIP_INDEX_URL" "torch==$TORCH_VERSION" \
+ && pip install --extra-index-url "$TORCH_INDEX_URL" "torch==$TORCH_VERSION" \
  && if pip install --no-deps --index-url "$TORCH_INDEX_URL" "torchvision==$TORCHVISION_VERSION"; then \
         python -c "import torch, torchvision.ops; torchvision.ops.nms(torch.zeros(1, 4), torch.zeros(1), 0.5)" \
         || { echo "torchvision $TORCHVISION_VERSION does not work with torch $TORCH_VERSION: set TORCHVISION_VERSION" >&2; exit 1; }; \
