@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-DEFAULT_THRESHOLD = 0.90
+DEFAULT_THRESHOLD = 0.93
 _K = 16          # neighbours asked per item at first; doubled for rows still above the threshold
 _BATCH = 1024    # queries per search call
 

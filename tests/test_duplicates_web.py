@@ -12,6 +12,7 @@ import pytest
 from test_web import LiveServer, _keep_torch_threads, _wait, browser, screenshot  # noqa: F401 (fixtures)
 
 from infomax.artifact import load_encoder
+from infomax.duplicates import DEFAULT_THRESHOLD
 from infomax.imagestore import ImageStore
 from infomax.index import EmbeddingIndex
 from service.settings import Settings
@@ -63,7 +64,7 @@ def test_clicking_an_item_marks_its_near_duplicates(browser, folder, tiny_artifa
         _wait(browser, lambda d: sorted(_marked(d)) == [0, 1000, 1002])
         assert _hits(browser)[:3] and set(_hits(browser)[:3]) == {0, 1000, 1002}
         caption = browser.find_element("id", "query-caption").text
-        assert caption.startswith("item #1001 · 3 near-duplicates (cosine ≥ 0.9)"), caption
+        assert caption == f"item #1001 · 3 near-duplicates (cosine ≥ {DEFAULT_THRESHOLD})", caption
         first = browser.find_elements(by, "#results .hit.dup")[0]
         assert first.find_element(by, ".dup-mark").text == "near-duplicate"
         screenshot(browser, tmp_path, "web-duplicates.png")
