@@ -196,20 +196,26 @@ def main() -> int:
     images: list[Image.Image] = []
     group: list[int] = []
     kind: list[str] = []
+
+    def put(img: Image.Image, g: int, k: str) -> None:
+        images.append(img)
+        group.append(g)
+        kind.append(k)
+
     pool = np.array([i for i in rng.permutation(len(test)) if int(i) not in near])
     originals = pool[: args.originals]
     for g, i in enumerate(originals.tolist()):
         img = pil(test[i])
-        images.append(img); group.append(g); kind.append("original")
+        put(img, g, "original")
         for k in KINDS:
-            images.append(transform(img, k, rng)); group.append(g); kind.append(k)
+            put(transform(img, k, rng), g, k)
     g = len(originals)
     for i, other, j, _ in cifar_pairs:
-        images.append(pil(test[i])); group.append(g); kind.append("original")
-        images.append(pil(train[j] if other == "train" else test[j])); group.append(g); kind.append(f"cifar-{other}")
+        put(pil(test[i]), g, "original")
+        put(pil(train[j] if other == "train" else test[j]), g, f"cifar-{other}")
         g += 1
     for i in pool[args.originals: args.originals + args.negatives].tolist():
-        images.append(pil(test[i])); group.append(-1 - i); kind.append("negative")
+        put(pil(test[i]), -1 - i, "negative")
     group_a, kind_a = np.array(group), np.array(kind)
     n = len(images)
     iu = np.triu_indices(n, 1)

@@ -13,8 +13,9 @@ come from the index's own search: exact for ``Flat`` indexes, as good as the tun
 approximate ones (a pair HNSW/IVF does not return is not found). A row whose k-th neighbour is
 still above the threshold is searched again with a larger k, so no pair is lost to k.
 
-``DEFAULT_THRESHOLD`` was chosen by measurement: ``bench/duplicates.py`` on planted copies of
-CIFAR-10 test images (docs/BENCHMARKS.md, "Near-duplicates").
+``DEFAULT_THRESHOLD`` was chosen by measurement for the shipped CIFAR-10 encoder:
+``bench/duplicates.py`` on planted copies of CIFAR-10 test images and on the 10,000 test images as
+they are (docs/BENCHMARKS.md, "Near-duplicates"); another encoder's codes need their own.
 """
 
 from __future__ import annotations

@@ -15,12 +15,13 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", UserWarning)
     from fastapi.testclient import TestClient
 
+from stress.harness import ServerProcess, build_index
+
 from infomax.duplicates import DEFAULT_THRESHOLD, duplicates_of
 from infomax.imagestore import ImageStore
 from infomax.index import EmbeddingIndex
 from service.app import create_app
 from service.settings import Settings
-from stress.harness import ServerProcess, build_index
 
 COPIES_OF_0 = [1000, 1001, 1002]
 COPY_OF_7 = 1003
@@ -133,12 +134,12 @@ def test_writable_server_and_deleted_items(folder, tiny_artifact, tmp_path):
 
 @pytest.mark.slow
 def test_real_server_fuzzed_and_path_traversal(folder, tiny_artifact, tmp_path):
-    from stress.fuzz import CHECKS, read_reports, st_command
-    from stress.security import PASSWD_MARKERS, SOURCE_MARKERS, TRAVERSALS, raw_request
     import os
     import subprocess
 
     from stress import harness
+    from stress.fuzz import CHECKS, read_reports, st_command
+    from stress.security import PASSWD_MARKERS, SOURCE_MARKERS, TRAVERSALS, raw_request
 
     with ServerProcess(tiny_artifact, folder, tmp_path / "server.log", args=["--read-only"]) as srv:
         bad = []

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from stress.harness import png_bytes
 from test_web import LiveServer, _keep_torch_threads, _wait, browser, screenshot  # noqa: F401 (fixtures)
 
 from infomax.artifact import load_encoder
@@ -16,7 +17,6 @@ from infomax.duplicates import DEFAULT_THRESHOLD
 from infomax.imagestore import ImageStore
 from infomax.index import EmbeddingIndex
 from service.settings import Settings
-from stress.harness import png_bytes
 
 COPIES = [1000, 1001, 1002]
 
