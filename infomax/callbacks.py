@@ -140,7 +140,8 @@ class ExportArtifact(Callback):
         if self.use_best and ckpt is not None and getattr(ckpt, "best_model_path", ""):
             saved = torch.load(ckpt.best_model_path, map_location="cpu", weights_only=True)
             state = saved["state_dict"]
-            info["checkpoint"] = str(ckpt.best_model_path)
+            # relative to the run root, not this machine's path (an artifact travels; its record must not leak paths)
+            info["checkpoint"] = run_relative(ckpt.best_model_path, trainer.default_root_dir)
             info.update(checkpoint_progress(saved))  # epochs/steps stay the whole run's
             info["last_epoch_metrics"] = info.pop("metrics")
             info["metrics"] = {}
@@ -153,6 +154,21 @@ class ExportArtifact(Callback):
         )
         log.info("serving artifact written to %s", self.path)
         print(f"infomax: serving artifact written to {self.path}", file=sys.stderr)
+
+
+def run_relative(path: str | Path, root: str | Path | None = None) -> str:
+    """A checkpoint's path as encoder.json records it: relative to the run root (``runs/`` by
+    default), e.g. ``infomax/version_3/checkpoints/best-041.ckpt``; without a root, the same last
+    four parts when the file sits in a run's ``checkpoints/`` folder; else its name alone."""
+    p = Path(path).resolve()
+    if root is not None:
+        try:
+            return p.relative_to(Path(root).resolve()).as_posix()
+        except ValueError:
+            pass
+    if p.parent.name == "checkpoints" and p.parent.parent.name.startswith("version_"):
+        return Path(*p.parts[-4:]).as_posix()
+    return p.name
 
 
 def checkpoint_progress(saved: dict) -> dict:

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 from pathlib import Path
 
 import faiss
@@ -414,9 +413,7 @@ def test_tuned_ivf_reaches_recall_target():
     n, dim = 20_000, 64
     data = clustered(n + 500, dim, centers=300, spread=0.25, seed=7)
     x, heldout = data[:n], data[n:]
-    t0 = time.perf_counter()
     idx = EmbeddingIndex.build(x, factory="IVF128,Flat", recall_target=0.95, tune_queries=500, seed=0)
-    build_s = time.perf_counter() - t0
     info = idx.info
     nprobe = info["search_params"]["nprobe"]
     assert 1 < nprobe < 128, "this data needs some probing, but not an exhaustive search"
@@ -430,7 +427,6 @@ def test_tuned_ivf_reaches_recall_target():
     # predicts this one: both are recall of unseen queries, up to sampling noise
     assert info["tuning_queries_held_out"] is True and len(idx) == n
     assert recall >= 0.94 and abs(recall - info["recall_at_10"]) < 0.02, (recall, info["recall_at_10"], nprobe)
-    assert build_s < 30
 
 
 def test_untrained_ivf_needs_training():

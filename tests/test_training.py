@@ -189,6 +189,8 @@ def test_train_writes_logs_checkpoints_and_the_artifact(trained_run):
     assert config["normalization"]["mean"] == pytest.approx([0.4914, 0.4822, 0.4465])
     assert "val/knn_top1" in config["metrics"]
     assert config["command"].startswith("infomax train --config")
+    # no path of this machine: the checkpoint relative to the run root
+    assert config["checkpoint"].startswith("infomax/version_0/checkpoints/best-"), config["checkpoint"]
     assert "serving artifact written to" in result.stderr
     assert "will be deleted" not in result.stderr  # Lightning's CSV-logger warning; nothing is deleted
 
@@ -196,7 +198,7 @@ def test_train_writes_logs_checkpoints_and_the_artifact(trained_run):
 def test_the_artifact_reproduces_the_trained_encoder_without_lightning(trained_run, data_dir):
     run, _ = trained_run
     config = json.loads((run / "artifact" / "encoder.json").read_text())
-    state = torch.load(config["checkpoint"], map_location="cpu", weights_only=True)
+    state = torch.load(run.parents[1] / config["checkpoint"], map_location="cpu", weights_only=True)
     module = DeepInfoMax.from_checkpoint_state(state).eval()
     encoder = load_encoder(run / "artifact")
     images, _ = load_cifar10(data_dir, "test")
@@ -215,9 +217,10 @@ def test_the_artifact_reproduces_the_trained_encoder_without_lightning(trained_r
 def test_export_from_a_checkpoint_gives_the_same_weights(trained_run, tmp_path):
     run, _ = trained_run
     config = json.loads((run / "artifact" / "encoder.json").read_text())
-    r = run_cli("export", "--checkpoint", config["checkpoint"], "--out", str(tmp_path / "a"))
+    r = run_cli("export", "--checkpoint", str(run.parents[1] / config["checkpoint"]), "--out", str(tmp_path / "a"))
     assert r.returncode == 0, r.stderr
     again = json.loads((tmp_path / "a" / "encoder.json").read_text())
+    assert again["checkpoint"] == config["checkpoint"]  # the run-relative path, not this machine's
     assert again["weights_sha256"] == config["weights_sha256"]
     r = run_cli("export", "--checkpoint", str(tmp_path / "nope.ckpt"), "--out", str(tmp_path / "b"))
     assert r.returncode == 1 and "no checkpoint at" in r.stderr and "Traceback" not in r.stderr
@@ -334,3 +337,13 @@ def test_every_shipped_config_parses_and_takes_effect(config, tmp_path):
 
         export = next(cb for cb in cli.trainer.callbacks if isinstance(cb, ExportArtifact))
         assert getattr(export, key) == value, key
+
+
+def test_encoder_json_records_checkpoints_without_this_machines_paths(tmp_path):
+    from infomax.callbacks import run_relative
+
+    ckpt = tmp_path / "runs" / "infomax" / "version_3" / "checkpoints" / "best-041.ckpt"
+    assert run_relative(ckpt, tmp_path / "runs") == "infomax/version_3/checkpoints/best-041.ckpt"
+    assert run_relative(ckpt) == "infomax/version_3/checkpoints/best-041.ckpt"  # `infomax export --checkpoint`
+    assert run_relative(tmp_path / "elsewhere" / "my.ckpt", tmp_path / "runs") == "my.ckpt"
+    assert not any(str(tmp_path) in run_relative(p, r) for p, r in ((ckpt, tmp_path / "runs"), (ckpt, None)))

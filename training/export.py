@@ -55,9 +55,9 @@ def main(argv: list[str]) -> int:
         module = DeepInfoMax.from_checkpoint_state(state)
     except (KeyError, RuntimeError, EOFError) as e:
         raise ValueError(f"{ckpt} is not a readable infomax training checkpoint ({e})") from None
-    from infomax.callbacks import checkpoint_progress
+    from infomax.callbacks import checkpoint_progress, run_relative
 
-    path = module.export(args.out, dataset=args.dataset, checkpoint=str(ckpt), command=command, output=args.output,
+    path = module.export(args.out, dataset=args.dataset, checkpoint=run_relative(ckpt), command=command, output=args.output,
                          **checkpoint_progress(state))
     print(f"infomax: serving artifact ({args.output}) written to {path}", file=sys.stderr)
     return 0

@@ -190,7 +190,7 @@ def _check_export_target(target: Path, overwrite: bool, ckpt_path: str | None) -
         raise ValueError(f"--export.dirpath {target} is a file: give a folder for the serving artifact")
     if overwrite or not target.is_dir() or not any(target.iterdir()):
         return
-    if ckpt_path and _exported_from(target) == Path(ckpt_path).resolve().parent:
+    if ckpt_path and _same_folder(_exported_from(target), Path(ckpt_path).resolve().parent):
         return
     raise ValueError(f"--export.dirpath {target} already holds files: pass --overwrite to replace them at the "
                      f"end of training, or choose another --export.dirpath")
@@ -202,7 +202,17 @@ def _exported_from(artifact: Path) -> Path | None:
         ckpt = json.loads((artifact / "encoder.json").read_text()).get("checkpoint")
     except (OSError, ValueError, AttributeError):
         return None
-    return Path(ckpt).resolve().parent if isinstance(ckpt, str) and ckpt else None
+    return Path(ckpt).parent if isinstance(ckpt, str) and ckpt else None
+
+
+def _same_folder(recorded: Path | None, resumed: Path) -> bool:
+    """Whether the checkpoint folder an artifact records is the resumed one. The record is
+    relative to the run root (``infomax/version_3/checkpoints``), or absolute in older artifacts."""
+    if recorded is None or not recorded.parts:
+        return False
+    if recorded.is_absolute():
+        return recorded.resolve() == resumed
+    return len(recorded.parts) > 1 and resumed.parts[-len(recorded.parts):] == recorded.parts
 
 
 # Below this many training images a run is refused: each image is contrasted with the others of
