@@ -39,7 +39,7 @@ class Settings(BaseSettings):
     # limits: every request is bounded
     max_k: int = Field(100, ge=1, description="largest k a search may ask for")
     default_k: int = Field(10, ge=1)
-    max_upload_bytes: int = Field(8 << 20, ge=1, description="largest request body (refused while streaming: 413)")
+    max_upload_bytes: int = Field(24 << 20, ge=1, description="largest request body (refused while streaming: 413)")
     max_image_pixels: int = Field(24_000_000, ge=1, description="largest width*height, checked from the header before decoding")
     max_images_per_request: int = Field(64, ge=1)
     max_sample: int = Field(200, ge=1, description="largest n of GET /v1/items/sample")

@@ -99,3 +99,17 @@ def test_the_service_embeds_a_50mp_photo(tmp_path, tiny_artifact, photo_50mp):
     assert r.status_code == 200, r.text
     expected = load_encoder(tiny_artifact).embed(load_image(photo_50mp, 32, 3)[None])[0]
     np.testing.assert_allclose(np.asarray(r.json()["codes"][0]), expected.numpy(), atol=1e-4)
+
+
+def test_a_detailed_12_mp_phone_photo_is_taken_at_the_default_limits(tmp_path, tiny_artifact):
+    """A 4000x3000 JPEG full of fine detail is ~10 MB: the default request limit (8 MiB before)
+    answered it 413 payload_too_large."""
+    rng = np.random.default_rng(0)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (3000, 4000, 3), dtype=np.uint8)).save(buf, format="JPEG", quality=90)
+    photo = buf.getvalue()
+    assert len(photo) > 9 << 20
+    settings = Settings(artifact=tiny_artifact, index=tmp_path / "index", create_index=True)
+    with TestClient(create_app(settings)) as client:
+        r = client.post("/v1/embed", files={"file": ("IMG_0001.JPG", photo, "image/jpeg")})
+    assert r.status_code == 200, r.text

@@ -84,7 +84,7 @@ def test_oversize_bodies_are_cut_off_early(server):
 
     for row in check_oversize(server):
         assert row["status"] == 413 and row["code"] == "payload_too_large", row
-        # the limit is 8 MiB; socket buffers add a few MB; 200 MB were on offer
+        # the limit is 24 MiB; socket buffers add a few MB; 200 MB were on offer
         assert row["bytes_sent_before_answer"] < 40 * MiB, row
 
 

@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-key", help="key required for writes (prefer env INFOMAX_API_KEY)")
     p.add_argument("--api-key-for-reads", action="store_true", default=None, help="require the key for reads too")
     p.add_argument("--max-k", type=int, help="largest k of a search (default 100)")
-    p.add_argument("--max-upload-bytes", type=int, help="largest request body (default 8 MiB)")
+    p.add_argument("--max-upload-bytes", type=int, help="largest request body (default 24 MiB)")
     p.add_argument("--max-image-pixels", type=int, help="largest width*height of an upload (default 24M)")
     p.add_argument("--max-images-per-request", type=int, help="default 64")
     p.add_argument("--batching", action=argparse.BooleanOptionalAction, default=None,
