@@ -132,6 +132,11 @@ DDP_SCRIPT = textwrap.dedent(
     out = {{"rank": trainer.global_rank, "knn": float(trainer.callback_metrics["val/knn_top1"])}}
     with open(os.path.join({out!r}, f"rank{{trainer.global_rank}}.json"), "w") as f:
         json.dump(out, f)
+    # Both ranks' files are written once both pass the barrier; then leave without the interpreter's
+    # teardown, where gloo's threads sometimes abort the process ("terminate called without an
+    # active exception", exit -6) after the work is done.
+    torch.distributed.barrier()
+    os._exit(0)
     """
 )
 
