@@ -292,7 +292,7 @@ class ServiceState:
         return scores[0], ids[0], self.items(ids[0].tolist(), index)
 
     def items(self, ids: Sequence[int], index: EmbeddingIndex | None = None) -> list[dict | None]:
-        index = index or self.index
+        index = index if index is not None else self.index  # not `or`: an empty index is falsy (len 0)
         return index.get_many(np.asarray(ids, dtype=np.int64)) if len(ids) else []
 
     def sample(self, n: int) -> list[dict]:

@@ -218,23 +218,19 @@ def _build(index_dir: Path, emb, metadata: list[dict], encoder, artifact: Path, 
 def _apply(index, index_dir: Path, emb, metadata: list[dict], removed: list[int]) -> None:
     """Removed items go first (vector, then picture); new ones picture first, then vector, as the
     service writes them: an item is never without its picture."""
-    from itertools import islice
-
     from infomax.imagestore import ImageStore
-    from infomax.pictures import item_pictures
+    from training.index_cmd import store_pictures
 
-    store = ImageStore(index_dir)
-    try:
-        if removed:
-            index.remove(removed)
+    if removed:
+        index.remove(removed)
+        store = ImageStore(index_dir)
+        try:
             store.delete(removed)
-        if emb is not None and len(emb):
-            pictures = item_pictures(emb.manifest, emb.ids.tolist(), emb.sources)
-            while chunk := list(islice(pictures, 2048)):
-                store.put_many(chunk)
-            index.add(emb.vectors, ids=emb.ids, metadata=metadata)
-    finally:
-        store.close()
+        finally:
+            store.close()
+    if emb is not None and len(emb):
+        store_pictures(index_dir, emb, None)  # index build's chunked writer, before the vectors
+        index.add(emb.vectors, ids=emb.ids, metadata=metadata)
 
 
 def _write_state(work: Path, state: dict) -> None:
