@@ -39,6 +39,16 @@ A folder with three files (and ``writer.lock``, see below)::
                        kv(key TEXT PRIMARY KEY, value TEXT): schema_version, dim,
                              next_id, snapshot_seq, pruned_through
 
+Filtered search
+---------------
+``search(queries, k, filter={"label": {"in": [3, 5]}, "meta.camera": "x100"})`` (and
+``search_by_id``) return the k nearest items among those whose metadata the filter matches: label
+(equal, in), source (equal, in, prefix) and the keys of ``meta`` (equal, in, prefix; nested by
+dots), ANDed; a bad filter raises ``ValueError`` naming the key and what is allowed (syntax and
+limits: ``filters.py``). The filter runs inside the FAISS search as an id selector, so every row
+holds ``min(k, m)`` real ids when ``m`` items match; the path each index type takes (exact or
+exhaustive when few items match, efSearch / nprobe raised by n / m otherwise): ``filtered.py``.
+
 Ids in FAISS: flat and graph indexes are wrapped in ``IndexIDMap2``; IVF indexes
 use their native ids. HNSW graphs cannot delete, so removed HNSW entries are
 tombstoned (their id in the id map is set to -2 and searches use an
@@ -82,7 +92,8 @@ Where it lives
 --------------
 ``embedding_index.py`` the front class (state, writes, close), with one mixin per file for
 ``load.py``, ``persist.py`` (save, checkpoint, export), ``build.py``, ``tuning.py``,
-``search.py`` and ``items.py`` (metadata reads). Beneath them: ``factory.py`` (which index to
+``search.py`` and ``items.py`` (metadata reads); ``filters.py`` (parsing a filter, its SQL) and
+``filtered.py`` (the filtered search paths). Beneath them: ``factory.py`` (which index to
 build), ``faiss_ops.py``, ``snapshot.py`` (``index.faiss``), ``record.py`` (``index.json``),
 ``store.py`` (``metadata.sqlite``), ``oplog.py`` (replaying the log), ``inputs.py`` (checks of
 ids, vectors, metadata), ``folders.py`` (a folder renamed into place), ``locks.py``, ``errors.py``.
@@ -93,6 +104,7 @@ from __future__ import annotations
 from infomax.index.embedding_index import EmbeddingIndex
 from infomax.index.errors import IndexLoadError, IndexMismatchError
 from infomax.index.factory import choose_factory, estimate_memory, parse_memory
+from infomax.index.filters import MAX_IN_VALUES, Filter, parse_filter
 from infomax.index.locks import IndexLockedError
 from infomax.index.record import FORMAT_VERSION, RECALL_DEFINITION, RECORD_FILE
 from infomax.index.snapshot import INDEX_FILE
@@ -106,6 +118,9 @@ __all__ = [
     "choose_factory",
     "estimate_memory",
     "parse_memory",
+    "Filter",
+    "parse_filter",
+    "MAX_IN_VALUES",
     "FORMAT_VERSION",
     "SCHEMA_VERSION",
     "INDEX_FILE",

@@ -25,6 +25,7 @@ from infomax.index.faiss_ops import (
     index_kind,
     new_faiss_index,
 )
+from infomax.index.filtered import MatchCache
 from infomax.index.folders import folder_id
 from infomax.index.inputs import MAX_ID, as_id_array, metadata_rows, new_ids, normalized
 from infomax.index.items import Items
@@ -88,6 +89,11 @@ class EmbeddingIndex(Loading, Saving, Building, Tuning, Searching, Items):
         self._lock: WriterLock | None = None  # held by a writable instance bound to a folder
         self._folder_id: tuple[int, int] | None = folder_id(path) if path is not None else None
         self._params_cache: dict[Any, Any] = {}
+        # Filtered search: resolved filters are kept while _generation stays (each change of the
+        # FAISS structure bumps it, under the write lock).
+        self._generation = 0
+        self._matches = MatchCache()
+        self._no_selectors = False  # set when the FAISS type's search refuses an id selector
         self._quantizer_hnsw = False
         if self._kind == "ivf":
             ivf = faiss.extract_index_ivf(index)
@@ -223,6 +229,7 @@ class EmbeddingIndex(Loading, Saving, Building, Tuning, Searching, Items):
             return
         with self._rw.write():
             self._index.add_with_ids(vecs, ids)
+            self._generation += 1
 
     def _faiss_remove(self, ids: np.ndarray) -> int:
         if len(ids) == 0 or self._index.ntotal == 0:
@@ -233,11 +240,13 @@ class EmbeddingIndex(Loading, Saving, Building, Tuning, Searching, Items):
                 hit = np.isin(view, ids)
                 count = int(np.count_nonzero(hit))
                 if count:
+                    self._generation += 1
                     view[hit] = TOMBSTONE
                     self._index.construct_rev_map()
                     self._tombstones += count
                     self._params_cache.clear()
                 return count
+            self._generation += 1
             return int(self._index.remove_ids(np.ascontiguousarray(ids, dtype=np.int64)))
 
     def _apply_plan(self, plan: Plan | None) -> None:
@@ -263,6 +272,7 @@ class EmbeddingIndex(Loading, Saving, Building, Tuning, Searching, Items):
         index, seq = read_snapshot(self._path, mmap=False, verify=False)[:2]
         with self._rw.write():
             self._index = index
+            self._generation += 1
             self._mmapped = False
             self._applied_seq = seq
             self._tombstones = count_tombstones(index, self._kind)
@@ -421,6 +431,7 @@ class EmbeddingIndex(Loading, Saving, Building, Tuning, Searching, Items):
             dropped = self._tombstones
             with self._rw.write():
                 self._index = new
+                self._generation += 1
                 self._tombstones = 0
                 self._applied_seq = seq
                 self._params_cache.clear()

@@ -18,6 +18,7 @@ from infomax.index.locks import WriterLock
 from infomax.index.record import RECORD_FILE, read_record
 from infomax.index.snapshot import INDEX_FILE, read_snapshot
 from infomax.index.store import (
+    FILTER_INDEXES,
     METADATA_FILE,
     SCHEMA_VERSION,
     connect,
@@ -117,6 +118,8 @@ class Loading:
                 raise IndexLoadError(f"{db}: dim {db_dim} does not match {RECORD_FILE} ({dim})")
             if kv_get(conn, "schema_version", SCHEMA_VERSION) > SCHEMA_VERSION:
                 raise IndexLoadError(f"{db}: written by a newer infomax (schema version {kv_get(conn, 'schema_version')})")
+            if not read_only:
+                conn.executescript(FILTER_INDEXES)  # a store written before them (once: IF NOT EXISTS)
         except BaseException as e:
             for c in conns:
                 c.close()

@@ -1,5 +1,5 @@
 """Searching: FAISS's search with the tuned parameter, widened for rows that come back short,
-and the padding convention (-1 / -inf)."""
+and the padding convention (-1 / -inf); with a metadata filter, ``filtered.py``'s paths."""
 
 from __future__ import annotations
 
@@ -8,12 +8,14 @@ from typing import Any
 import faiss
 import numpy as np
 
+from infomax.index.filtered import FilteredSearching, Match
+from infomax.index.filters import Filter, as_filter
 from infomax.index.inputs import MAX_ID
 
 _SINGLE_THREAD_BELOW = 4  # searches of fewer queries run FAISS on one OpenMP thread
 
 
-class Searching:
+class Searching(FilteredSearching):
     """EmbeddingIndex's searches (a mixin: ``_index``, ``_kind``, ``_rw`` and the rest of the state it
     reads are set by ``EmbeddingIndex.__init__``)."""
 
@@ -51,7 +53,8 @@ class Searching:
             return int(sp.get("efSearch", 16))
         return None
 
-    def _search_locked(self, q: np.ndarray, k: int, value: int | None) -> tuple[np.ndarray, np.ndarray]:
+    def _search_locked(self, q: np.ndarray, k: int, value: int | None,
+                       match: Match | None = None) -> tuple[np.ndarray, np.ndarray]:
         if len(q) < _SINGLE_THREAD_BELOW:
             # FAISS parallelises over queries: a parallel region for 1-3 queries buys
             # nothing and, on a busy machine, waits for a second core to be scheduled
@@ -60,12 +63,15 @@ class Searching:
             if prev != 1:
                 faiss.omp_set_num_threads(1)
                 try:
-                    return self._search_locked_omp(q, k, value)
+                    return self._search_locked_omp(q, k, value, match)
                 finally:
                     faiss.omp_set_num_threads(prev)
-        return self._search_locked_omp(q, k, value)
+        return self._search_locked_omp(q, k, value, match)
 
-    def _search_locked_omp(self, q: np.ndarray, k: int, value: int | None) -> tuple[np.ndarray, np.ndarray]:
+    def _search_locked_omp(self, q: np.ndarray, k: int, value: int | None,
+                           match: Match | None) -> tuple[np.ndarray, np.ndarray]:
+        if match is not None:
+            return self._filtered_locked(q, k, match)
         index = self._index
         D, I = index.search(q, k, params=self._params(k, value))
         if self._kind != "flat":
@@ -81,40 +87,53 @@ class Searching:
                     short = short[I2[:, need - 1] < 0]
         return D, I
 
-    def search(self, queries: Any, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, queries: Any, k: int = 10, *,
+               filter: Filter | dict | str | None = None) -> tuple[np.ndarray, np.ndarray]:  # noqa: A002
         """Nearest neighbours by cosine similarity.
 
         ``queries``: (n, dim) or (dim,) array (normalised here). Returns
         ``(scores, ids)``: (n, k) float32 cosine similarities, best first, and (n, k)
         int64 ids. When the index holds fewer than ``k`` items the rows are padded
-        at the end with score ``-inf`` and id ``-1`` (FAISS convention)."""
+        at the end with score ``-inf`` and id ``-1`` (FAISS convention).
+
+        ``filter``: only items whose metadata it matches (a dict such as ``{"label": {"in": [3,
+        5]}, "meta.camera": "x100"}``, its JSON text, or a parsed ``Filter``; syntax in
+        ``infomax.index.filters``); ``ValueError`` naming the problem for a bad one. It runs
+        inside the FAISS search (an id selector): each row holds ``min(k, m)`` real ids when
+        ``m`` items match. How each index type does it (exact or exhaustive when at most
+        ~10,000 items match, efSearch / nprobe raised by n / m otherwise):
+        ``infomax.index.filtered``."""
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}")
+        flt = as_filter(filter)
         self._check_open()
         q = self._prepare(queries, "queries")
         k = int(k)
         if len(q) == 0:
             return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
+        match = self._match(flt) if flt is not None else None
         with self._rw.read():
-            D, I = self._search_locked(q, k, self._param_value())
+            D, I = self._search_locked(q, k, self._param_value(), match)
         missing = I < 0
         if missing.any():
             I[missing] = -1
             D[missing] = -np.inf
         return D, I
 
-    def search_by_id(self, id: int, k: int = 10, *, exclude_self: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    def search_by_id(self, id: int, k: int = 10, *, exclude_self: bool = True,
+                     filter: Filter | dict | str | None = None) -> tuple[np.ndarray, np.ndarray]:  # noqa: A002
         """Like :meth:`search` (returns (1, k) arrays) for the stored vector of item
         ``id``; the item itself is left out of its results unless ``exclude_self``
-        is False. Raises ``KeyError`` for an unknown id."""
+        is False (it need not match ``filter``). Raises ``KeyError`` for an unknown id."""
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}")
+        flt = as_filter(filter)
         v = self.vector(id)
         if v is None:
             raise KeyError(f"no item with id {id!r}")
         if not exclude_self:
-            return self.search(v, k)
-        D, I = self.search(v, int(k) + 1)
+            return self.search(v, k, filter=flt)
+        D, I = self.search(v, int(k) + 1, filter=flt)
         own = I[0] == int(id)
         keep = ~own if own.any() else np.arange(k + 1) < k
         return D[:, keep][:, :k], I[:, keep][:, :k]

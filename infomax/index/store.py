@@ -41,6 +41,15 @@ CREATE TABLE IF NOT EXISTS kv(
 );
 """
 
+# The columns a search filter names (infomax/index/filters.py): part of SCHEMA, and added when a
+# store written before them is opened for writing (read-only opens scan the table instead).
+# Both cover their queries: an index entry holds the row id, which is the item id.
+FILTER_INDEXES = """
+CREATE INDEX IF NOT EXISTS items_label ON items(label);
+CREATE INDEX IF NOT EXISTS items_source ON items(source);
+"""
+SCHEMA += FILTER_INDEXES
+
 
 def connect(db: Path | str, *, read_only: bool, durable: bool) -> sqlite3.Connection:
     if db == ":memory:":
