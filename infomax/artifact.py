@@ -5,10 +5,10 @@
                                    "z_dim", "input_size", "in_channels", "normalization",
                                    "weights_sha256", "output", "dataset", "metrics", "command", ...}
 
-``output`` says which vectors the artifact serves: ``"mu"``, the code (the default; format 1), or
-``"local"``, the flattened local feature map C(x) (format 2: an older infomax refuses it rather than
-serve codes in its place). ``z_dim`` is the length of the served vectors: the code's dimension, or
-c*h*w of the local map. The artifact's identity (``artifact_id``) is ``weights_sha256`` for codes
+``output`` says which vectors the artifact serves: ``"mu"``, the code (the default; format 1),
+``"pooled"``, the vector the code's heads read, or ``"local"``, the flattened local feature map C(x)
+(format 2: an older infomax refuses these rather than serve codes in their place). ``z_dim`` is the
+length of the served vectors: the code's dimension, the pooled vector's, or c*h*w of the local map. The artifact's identity (``artifact_id``) is ``weights_sha256`` for codes
 and a hash of it and the output otherwise: an index records it and refuses an encoder whose
 weights, or whose kind of vectors, differ. Both files are written through a temporary file and a
 rename, weights first, so a crash leaves either the previous artifact or a JSON whose hash does not
@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from infomax.atomic import atomic_write_bytes, atomic_write_json
-from infomax.encoders import VECTORS, build_encoder, check_vectors
+from infomax.encoders import VECTORS, build_encoder, check_vectors, pooled_dim
 from infomax.identity import artifact_id
 from infomax.transforms import Normalize
 
@@ -39,9 +39,12 @@ FORMAT_VERSION = 2
 
 
 def output_dim(encoder: nn.Module, output: str, z_dim: int) -> int:
-    """Length of the vectors an encoder serves: ``z_dim`` for codes, c*h*w for the local map."""
+    """Length of the vectors an encoder serves: ``z_dim`` for codes, the heads' input for the
+    pooled vector, c*h*w for the local map."""
     if output == "mu":
         return int(z_dim)
+    if output == "pooled":
+        return pooled_dim(encoder)
     return int(encoder.local_channels * encoder.local_size**2)
 
 
@@ -69,7 +72,7 @@ def save_artifact(
     **extra: Any,
 ) -> Path:
     """Writes ``encoder``'s weights and the JSON that rebuilds it into the folder ``path``;
-    ``output`` chooses the vectors the artifact serves (``"mu"`` or ``"local"``)."""
+    ``output`` chooses the vectors the artifact serves (``"mu"``, ``"pooled"`` or ``"local"``)."""
     from safetensors.torch import save
 
     check_vectors("output", output)
@@ -219,15 +222,15 @@ class InferenceEncoder(nn.Module):
     @torch.inference_mode()
     def embed(self, images, batch_size: int = 256, features: str | None = None) -> torch.Tensor:
         """Returns the artifact's output, float32 (B, z_dim) on the CPU, computed in batches of
-        ``batch_size``; ``features``: ``"mu"`` or ``"local"`` (the flattened local feature map,
-        (B, c * h * w)) whatever the artifact serves."""
+        ``batch_size``; ``features``: ``"mu"``, ``"pooled"`` (what the heads read) or ``"local"`` (the
+        flattened local feature map, (B, c * h * w)) whatever the artifact serves."""
         features = features or self.output
         return self.embed_features(images, batch_size, (features,))[features]
 
     @torch.inference_mode()
     def embed_features(self, images, batch_size: int = 256, features: Sequence[str] = ("mu",)) -> dict:
-        """Several kinds of features from one pass of the encoder: ``{"mu": (B, z_dim),
-        "local": (B, c * h * w) (the flattened local feature map C(x))}``, float32 on the CPU,
+        """Several kinds of features from one pass of the encoder: ``{"mu": (B, z_dim), "pooled":
+        (B, p), "local": (B, c * h * w) (the flattened local feature map C(x))}``, float32 on the CPU,
         only the kinds asked for."""
         if not features:
             raise ValueError(f"features={features!r}: ask for at least one of {VECTORS}")

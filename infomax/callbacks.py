@@ -20,7 +20,8 @@ log = logging.getLogger(__name__)
 class KNNMonitor(Callback):
     """Logs ``val/knn_top1``: cosine-weighted k-NN top-1 of the validation codes (mu) against a
     fixed random subset of the train split, after every ``every_n_epochs``-th validation.
-    ``features="local"`` measures the flattened local feature map C(x) instead: ``infomax train``
+    ``features="pooled"`` (the heads' input) or ``"local"`` (the flattened local feature map C(x))
+    measure those instead: ``infomax train``
     ties it to ``--export.output``, so the best checkpoint, which is what gets exported, is the best
     by the vectors the artifact will serve.
 
@@ -104,8 +105,8 @@ class KNNMonitor(Callback):
 class ExportArtifact(Callback):
     """At the end of training writes the serving artifact (``encoder.safetensors`` + ``encoder.json``)
     to ``dirpath`` (default: ``<log dir>/artifact``), from the best checkpoint when there is one.
-    ``output``: the vectors the artifact serves, ``"mu"`` (the code) or ``"local"`` (the flattened
-    local feature map C(x)). ``overwrite``: ``infomax train`` refuses, before training, a ``dirpath``
+    ``output``: the vectors the artifact serves, ``"mu"`` (the code), ``"pooled"`` (the heads' input)
+    or ``"local"`` (the flattened local feature map C(x)). ``overwrite``: ``infomax train`` refuses, before training, a ``dirpath``
     that already holds files unless it is set (``--overwrite``), as ``embed`` and ``index build`` do."""
 
     def __init__(self, dirpath: str | None = None, use_best: bool = True, output: str = "mu",

@@ -7,7 +7,9 @@ Every encoder takes a normalised float batch ``x`` of shape (B, C, H, W) and ret
 * ``mu``:     (B, z_dim) mean of the Gaussian code p(z|x);
 * ``logvar``: (B, z_dim) log sigma^2 of that code;
 * ``maps``:   further feature maps of the network, only those asked for by name
-  (``encoder(x, maps=("layer4",))``; empty by default): the objective's other scales.
+  (``encoder(x, maps=("layer4",))``; empty by default): the objective's other scales;
+* ``pooled``: (B, p) the pooled vector the mu and log sigma^2 heads read (the global pool of the
+  last feature map): a representation of its own, which can serve search.
 
 Architectures are chosen by name through :data:`ARCHITECTURES` so that a serving artifact can
 store the name and its keyword arguments and rebuild the network without any training code.
@@ -27,19 +29,35 @@ class EncoderOutput(NamedTuple):
     mu: torch.Tensor
     logvar: torch.Tensor
     maps: tuple[torch.Tensor, ...] = ()  # the feature maps named in the call, in that order
+    pooled: torch.Tensor | None = None  # what the heads read; None only from hand-made outputs (tests)
 
     def rows(self, index: slice) -> EncoderOutput:
         """The same outputs for a slice of the batch (every tensor, the maps too)."""
         return EncoderOutput(self.local[index], self.mu[index], self.logvar[index],
-                             tuple(m[index] for m in self.maps))
+                             tuple(m[index] for m in self.maps),
+                             None if self.pooled is None else self.pooled[index])
 
     def vectors(self, kind: str) -> torch.Tensor:
-        """The vectors an artifact can serve and search: ``"mu"`` (B, z_dim), or ``"local"``, the
-        local feature map flattened (B, c * h * w)."""
-        return self.mu if kind == "mu" else self.local.flatten(1)
+        """The vectors an artifact can serve and search: ``"mu"`` (B, z_dim); ``"pooled"``, the
+        vector the heads read (B, p); or ``"local"``, the local feature map flattened (B, c * h * w)."""
+        if kind == "mu":
+            return self.mu
+        if kind == "pooled":
+            if self.pooled is None:
+                raise ValueError("this encoder output carries no pooled vector")
+            return self.pooled
+        return self.local.flatten(1)
 
 
-VECTORS = ("mu", "local")  # the kinds EncoderOutput.vectors gives
+# The kinds EncoderOutput.vectors gives. "pooled" exists because in two-view contrastive training
+# the layer before the head often keeps more than the head's output (SimCLR's finding); which one
+# searches best is measured (docs/BENCHMARKS.md), not assumed.
+VECTORS = ("mu", "pooled", "local")
+
+
+def pooled_dim(encoder: nn.Module) -> int:
+    """Length of an encoder's pooled vector: the input of its mu head."""
+    return int(encoder.mu.in_features)
 
 
 def check_vectors(name: str, kind: str) -> None:
@@ -147,7 +165,7 @@ class ConvEncoder(nn.Module):
             h = h.mean(dim=(2, 3))
         else:
             h = h.flatten(1)
-        return EncoderOutput(local, self.mu(h), self.logvar(h), found)
+        return EncoderOutput(local, self.mu(h), self.logvar(h), found, h)
 
 
 class ResNet18Encoder(nn.Module):
@@ -198,7 +216,7 @@ class ResNet18Encoder(nn.Module):
             local = self.local_net(x)
             h = self.global_net(local).mean(dim=(2, 3))
             found = ()
-        return EncoderOutput(local, self.mu(h), self.logvar(h), found)
+        return EncoderOutput(local, self.mu(h), self.logvar(h), found, h)
 
 
 ARCHITECTURES: dict[str, type[nn.Module]] = {"conv": ConvEncoder, "resnet18": ResNet18Encoder}

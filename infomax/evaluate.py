@@ -370,14 +370,15 @@ def evaluate_encoder(model: Any, data: str | None = None, *, data_dir: Any = Non
                      limit_test: int | None = None, probe: bool = True, pixels: bool = True,
                      encoder: bool = True, batch_size: int = 256, k: int = 200, temperature: float = 0.1,
                      seed: int = 0, local: bool = False, bank: Any = None, queries: Any = None,
-                     test_fraction: float = 0.2) -> dict:
+                     test_fraction: float = 0.2, pooled: bool = False) -> dict:
     """``infomax eval``: the protocol on the vectors the artifact ``model`` (a folder or a loaded
     InferenceEncoder) serves (its ``output``: the code mu, or the local map) and on raw pixels, for a
     standard data set (train = bank, test = queries), a folder whose subfolders are classes (a
     held-out ``test_fraction`` of every class = queries) or ``bank`` and ``queries`` folders
     (:func:`eval_images`); ``limit_*`` keep the first N of each side. ``local``: also on the
     encoder's flattened local feature map C(x) (the features the local MI term trains) when the
-    artifact serves codes. Returns the report (see :func:`format_report`)."""
+    artifact serves codes; ``pooled``: also on the vector the code's heads read. Returns the report
+    (see :func:`format_report`)."""
     from infomax.artifact import InferenceEncoder
     from infomax.data import check_fits
 
@@ -389,6 +390,9 @@ def evaluate_encoder(model: Any, data: str | None = None, *, data_dir: Any = Non
         raise ValueError("nothing to evaluate: both the encoder and the pixel baseline are switched off")
     if local and not encoder:
         raise ValueError("--local evaluates the encoder's local feature map: it needs the encoder (drop --no-encoder)")
+    if pooled and not encoder:
+        raise ValueError("--pooled evaluates the vector the encoder's heads read: it needs the encoder "
+                         "(drop --no-encoder)")
     enc = _load_model(model) if encoder else None
     shape = (enc.in_channels, enc.input_size) if enc is not None else (3, 32)
     shown = None if isinstance(model, InferenceEncoder) else model
@@ -401,8 +405,11 @@ def evaluate_encoder(model: Any, data: str | None = None, *, data_dir: Any = Non
     rows: dict[str, dict] = {}
     timing: dict[str, float] = {}
     if enc is not None:
-        # One encoder pass gives the served vectors and, with --local, the local map: the rows share it.
-        kinds = {"encoder": enc.output, **({"local": "local"} if local and enc.output != "local" else {})}
+        # One encoder pass gives the served vectors and, with --pooled / --local, the others: the rows share it.
+        kinds = {"encoder": enc.output}
+        for asked, kind in ((pooled, "pooled"), (local, "local")):
+            if asked and enc.output != kind:
+                kinds[kind] = kind
         t = time.perf_counter()
         train_feats = enc.embed_features(train_images, batch_size, tuple(kinds.values()))
         test_feats = enc.embed_features(test_images, batch_size, tuple(kinds.values()))
@@ -441,8 +448,9 @@ def _fmt(v: float | None) -> str:
 def format_report(report: dict) -> str:
     """The report as a markdown table: one row per kind of features."""
     art = report.get("artifact")
-    served = {"mu": "mu", "local": "local map C(x)"}.get((art or {}).get("output", "mu"), "mu")
-    names = {"encoder": f"encoder ({served})", "local": "local feature map C(x)", "pixels": "raw pixels"}
+    served = {"mu": "mu", "pooled": "pooled", "local": "local map C(x)"}.get((art or {}).get("output", "mu"), "mu")
+    names = {"encoder": f"encoder ({served})", "pooled": "pooled vector (the heads' input)",
+             "local": "local feature map C(x)", "pixels": "raw pixels"}
     lines = [
         f"{report['data']}: {report['n_train']} train (bank) / {report['n_test']} test (queries)"
         + (f", {report['split']}" if report.get("split") else "")

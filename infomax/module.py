@@ -169,8 +169,9 @@ class DeepInfoMax(pl.LightningModule):
         }
 
     def forward(self, images: torch.Tensor, vectors: str = "mu") -> torch.Tensor:
-        """uint8 or [0, 1] float images (B, C, H, W) -> mu (B, z_dim), or with ``vectors="local"``
-        the flattened local feature map (B, c * h * w) (``EncoderOutput.vectors``)."""
+        """uint8 or [0, 1] float images (B, C, H, W) -> mu (B, z_dim), or with ``vectors="pooled"``
+        the vector the heads read, or with ``vectors="local"`` the flattened local feature map
+        (B, c * h * w) (``EncoderOutput.vectors``)."""
         return self.encoder(self.normalize(images)).vectors(vectors)
 
     def export(self, path: str | Path, state_dict: dict | None = None, **info) -> Path:

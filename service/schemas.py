@@ -118,8 +118,9 @@ class Readiness(BaseModel):
 class ServiceInfo(BaseModel):
     model: str
     z_dim: int = Field(description="length of the vectors the model serves and the index holds")
-    output: Literal["mu", "local"] = Field(
-        description="what the vectors are: mu, the code, or local, the flattened local feature map C(x)")
+    output: Literal["mu", "pooled", "local"] = Field(
+        description="what the vectors are: mu, the code; pooled, the vector the code's heads read; or local, "
+                    "the flattened local feature map C(x)")
     input_size: int
     in_channels: int
     optimized: bool

@@ -1,5 +1,6 @@
-"""Artifacts that serve the local feature map C(x) instead of the code mu (``output: local``):
-derived with ``infomax export --artifact``, refused where they would mix with codes, served over HTTP."""
+"""Artifacts that serve the local feature map C(x) (``output: local``) or the vector the code's heads
+read (``output: pooled``) instead of the code mu: derived with ``infomax export --artifact``, refused
+where they would mix with codes, served over HTTP."""
 
 from __future__ import annotations
 
@@ -77,6 +78,35 @@ def test_embed_and_index_build_carry_the_local_vectors_and_their_id(local_artifa
         assert index.dim == 4096 and len(index) == 24
 
 
+@pytest.fixture(scope="module")
+def pooled_artifact(tiny_artifact, tmp_path_factory):
+    """tiny_artifact's weights, exported again to serve the pooled vector."""
+    out = tmp_path_factory.mktemp("pooled") / "art"
+    r = export_cli("--artifact", str(tiny_artifact), "--out", str(out), "--output", "pooled")
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+def test_a_pooled_artifact_serves_what_the_heads_read(tiny_artifact, pooled_artifact, data_dir):
+    mu_enc, pool_enc = load_encoder(tiny_artifact), load_encoder(pooled_artifact)
+    config = json.loads((pooled_artifact / "encoder.json").read_text())
+    assert (config["output"], config["format_version"]) == ("pooled", 2) and pool_enc.id != mu_enc.id
+    x = load_cifar10(data_dir, "test")[0][:8]
+    with torch.no_grad():  # the reference recipe's encoder: global max pool of the last map
+        expected = mu_enc.encoder.global_net(mu_enc.encoder.local_net(mu_enc.normalize(x))).amax(dim=(2, 3))
+        heads_mu = mu_enc.encoder.mu(expected)
+    assert pool_enc.z_dim == config["z_dim"] == expected.shape[1] == 256
+    torch.testing.assert_close(pool_enc.embed(x), expected)
+    torch.testing.assert_close(mu_enc.embed(x), heads_mu)  # mu is the head applied to exactly these vectors
+    # eval --pooled measures the same vectors as the pooled artifact serves.
+    kw = dict(data_dir=data_dir, limit_train=300, limit_test=100, probe=False, pixels=False)
+    both = evaluate_encoder(tiny_artifact, "cifar10", pooled=True, **kw)
+    served = evaluate_encoder(pooled_artifact, "cifar10", pooled=True, **kw)  # --pooled adds nothing here
+    assert list(both["results"]) == ["encoder", "pooled"] and list(served["results"]) == ["encoder"]
+    got, want = served["results"]["encoder"], both["results"]["pooled"]
+    assert (got["knn_top1"], got["nn1_top1"], got["dim"]) == (want["knn_top1"], want["nn1_top1"], 256)
+
+
 def test_eval_of_a_local_artifact_measures_what_it_serves(tiny_artifact, local_artifact, data_dir):
     kw = dict(data_dir=data_dir, limit_train=300, limit_test=100, probe=False, pixels=False)
     mu_report = evaluate_encoder(tiny_artifact, "cifar10", local=True, **kw)
@@ -94,14 +124,14 @@ def test_eval_of_a_local_artifact_measures_what_it_serves(tiny_artifact, local_a
 
 
 def test_bad_output_settings_are_refused_with_the_reason(tiny_artifact, local_artifact, tmp_path):
-    r = export_cli("--artifact", str(tiny_artifact), "--out", str(tmp_path / "x"), "--output", "pooled")
-    assert r.returncode == 2 and "invalid choice: 'pooled'" in r.stderr
+    r = export_cli("--artifact", str(tiny_artifact), "--out", str(tmp_path / "x"), "--output", "logvar")
+    assert r.returncode == 2 and "invalid choice: 'logvar'" in r.stderr
     r = export_cli("--artifact", str(tiny_artifact), "--out", str(tiny_artifact), "--output", "local")
     assert r.returncode == 1 and "is the --artifact folder" in r.stderr and "Traceback" not in r.stderr
     r = export_cli("--artifact", str(tmp_path / "none"), "--out", str(tmp_path / "y"))
     assert r.returncode == 1 and "no artifact folder" in r.stderr
     # A hand-edited encoder.json: an unknown output, or a length that is not the output's.
-    for key, value, match in (("output", "pooled", "has output 'pooled'"), ("z_dim", 32, "says z_dim 32")):
+    for key, value, match in (("output", "logvar", "has output 'logvar'"), ("z_dim", 32, "says z_dim 32")):
         art = tmp_path / f"edited-{key}"
         shutil.copytree(local_artifact, art)
         config = json.loads((art / "encoder.json").read_text())
@@ -111,8 +141,8 @@ def test_bad_output_settings_are_refused_with_the_reason(tiny_artifact, local_ar
             load_encoder(art)
     from infomax.callbacks import ExportArtifact
 
-    with pytest.raises(ValueError, match="output='pooled'"):
-        ExportArtifact(output="pooled")
+    with pytest.raises(ValueError, match="output='logvar'"):
+        ExportArtifact(output="logvar")
 
 
 def test_the_service_serves_local_vectors_and_refuses_an_index_of_codes(local_artifact, tiny_artifact, data_dir,
@@ -156,6 +186,21 @@ def test_the_recorded_length_of_local_vectors_is_the_maps(arch, kwargs, tmp_path
         assert loaded.embed(x).shape == (2, loaded.z_dim) == (2, enc(x.float()).local[0].numel())
 
 
+@pytest.mark.parametrize("arch,kwargs,length", [("conv", dict(in_channels=1, input_size=28, global_width=48), 48),
+                                                ("resnet18", dict(in_channels=3, input_size=32), 512)])
+def test_the_recorded_length_of_pooled_vectors_is_the_heads_input(arch, kwargs, length, tmp_path):
+    from infomax.artifact import save_artifact
+    from infomax.encoders import build_encoder
+
+    enc = build_encoder(arch, z_dim=8, **kwargs).eval()
+    save_artifact(enc, tmp_path / "a", arch=arch, arch_kwargs=dict(z_dim=8, **kwargs),
+                  normalization={"mean": [0.5] * kwargs["in_channels"], "std": [0.25] * kwargs["in_channels"]},
+                  output="pooled")
+    loaded = load_encoder(tmp_path / "a")
+    x = torch.zeros(2, kwargs["in_channels"], kwargs["input_size"], kwargs["input_size"], dtype=torch.uint8)
+    assert loaded.embed(x).shape == (2, loaded.z_dim) == (2, length)
+
+
 def test_save_artifact_derives_its_keys_and_refuses_them_as_extras(tmp_path):
     """DERIVED_KEYS (what `infomax export --artifact` drops from the source config) is exactly what
     save_artifact computes itself; an extra key of that set would silently override it, so it is refused."""
@@ -181,7 +226,7 @@ def test_training_picks_its_best_checkpoint_by_the_vectors_it_will_serve(tmp_pat
     from training.train import build_cli
 
     monkeypatch.setenv("INFOMAX_DATA_DIR", str(data_dir))
-    for output in ("local", "mu"):
+    for output in ("local", "pooled", "mu"):
         cli = build_cli(["--config", str(REPO / "training/configs/fmnist-cpu10.yaml"), "--export.output", output,
                          "--trainer.default_root_dir", str(tmp_path), "--trainer.logger", "false"])
         monitor = next(cb for cb in cli.trainer.callbacks if isinstance(cb, KNNMonitor))
@@ -198,5 +243,8 @@ def test_training_picks_its_best_checkpoint_by_the_vectors_it_will_serve(tmp_pat
         expected = module.encoder(module.normalize(x)).local.flatten(1)
     torch.testing.assert_close(got, expected)
     torch.testing.assert_close(KNNMonitor(batch_size=4)._encode(trainer, module, x), module(x).detach())
-    with pytest.raises(ValueError, match="features='pooled'"):
-        KNNMonitor(features="pooled")
+    with torch.no_grad():  # "pooled": the global max pool of the last map, what the heads read
+        pooled = module.encoder.global_net(module.encoder.local_net(module.normalize(x))).amax(dim=(2, 3))
+    torch.testing.assert_close(KNNMonitor(features="pooled", batch_size=4)._encode(trainer, module, x), pooled)
+    with pytest.raises(ValueError, match="features='logvar'"):
+        KNNMonitor(features="logvar")

@@ -218,5 +218,5 @@ def test_record_refuses_partial_evaluations(tiny_artifact):
 
 
 def test_embed_names_an_unknown_feature_kind(tiny_artifact):
-    with pytest.raises(ValueError, match="features='pooled'"):
-        load_encoder(tiny_artifact).embed(torch.zeros(1, 3, 32, 32, dtype=torch.uint8), features="pooled")
+    with pytest.raises(ValueError, match="features='logvar'"):
+        load_encoder(tiny_artifact).embed(torch.zeros(1, 3, 32, 32, dtype=torch.uint8), features="logvar")

@@ -1,7 +1,7 @@
 """``infomax eval``: k-NN, 1-NN and linear-probe accuracy of an encoder's codes, beside raw pixels.
 
     infomax eval --model ARTIFACT --data cifar10 [--limit-train N --limit-test N] [--json OUT.json]
-                 [--no-probe] [--no-pixels] [--local] [--record]
+                 [--no-probe] [--no-pixels] [--pooled] [--local] [--record]
     infomax eval --model ARTIFACT --data PHOTOS/ [--test-fraction 0.2]    # PHOTOS/<class>/<image>
     infomax eval --model ARTIFACT --bank PHOTOS/ --queries NEW_PHOTOS/    # both: one subfolder per class
 
@@ -33,6 +33,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, help="also write the report to this JSON file")
     p.add_argument("--no-probe", action="store_true", help="skip the linear probe (k-NN and 1-NN only)")
     p.add_argument("--no-pixels", action="store_true", help="skip the raw-pixel baseline")
+    p.add_argument("--pooled", action="store_true",
+                   help="also evaluate the pooled vector the code's heads read (what `infomax export --output "
+                        "pooled` serves)")
     p.add_argument("--local", action="store_true",
                    help="also evaluate the encoder's local feature map C(x), flattened (the features the local "
                         "MI term trains)")
@@ -67,7 +70,8 @@ def main(argv: list[str]) -> int:
     report = evaluate_encoder(
         args.model, args.data, data_dir=args.data_dir, limit_train=args.limit_train, limit_test=args.limit_test,
         probe=not args.no_probe, pixels=not args.no_pixels, encoder=not args.no_encoder, batch_size=args.batch_size,
-        k=args.k, temperature=args.temperature, seed=args.seed, local=args.local, bank=args.bank,
+        k=args.k, temperature=args.temperature, seed=args.seed, local=args.local, pooled=args.pooled,
+        bank=args.bank,
         queries=args.queries, test_fraction=args.test_fraction,
     )
     print(format_report(report))

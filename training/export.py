@@ -19,9 +19,9 @@ def main(argv: list[str]) -> int:
     src.add_argument("--checkpoint", help="a Lightning checkpoint written by `infomax train`")
     src.add_argument("--artifact", help="an artifact folder whose weights to export again (with another --output)")
     p.add_argument("--out", required=True, help="artifact folder to write (encoder.safetensors + encoder.json)")
-    p.add_argument("--output", choices=("mu", "local"), default="mu",
-                   help="vectors the artifact serves: mu (the code, default) or local (the flattened local "
-                        "feature map C(x), c*h*w values)")
+    p.add_argument("--output", choices=("mu", "pooled", "local"), default="mu",
+                   help="vectors the artifact serves: mu (the code, default), pooled (the vector the code's "
+                        "heads read) or local (the flattened local feature map C(x), c*h*w values)")
     p.add_argument("--dataset", default=None, help="name of the training data, recorded in encoder.json")
     args = p.parse_args(argv)
 
