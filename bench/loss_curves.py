@@ -1,13 +1,19 @@
 """Loss curves of a training run, from the ``metrics.csv`` Lightning's CSV logger writes
-(``<default_root_dir>/infomax/version_N/metrics.csv``): one SVG of three panels (loss, the MI
-estimates and the prior term, the online k-NN accuracy) and a Markdown table of some epochs.
+(``<default_root_dir>/infomax/version_N/metrics.csv``): one figure of three panels (loss, the MI
+estimates and the prior term, the online k-NN accuracy), an SVG or a PNG by the suffix of --out, and
+a Markdown table of some epochs.
 
     python bench/loss_curves.py runs/infomax/version_0 --out docs/img/ref50-curves.svg --every 5
 
 Training rows are logged every few steps; each epoch's training value here is the mean of its
 rows (the curve a reader wants is per epoch, not the step-to-step noise of one batch). Validation
-values are logged once an epoch. No plotting library: the SVG is written by hand, so the script
-runs in the project's environment and its output diffs as text.
+values are logged once an epoch. The figure is drawn with matplotlib (the ``test`` extra installs
+it); an SVG is the same bytes each time the same data is drawn, its text kept as text.
+
+The figures under docs/img (cifar10-cpu80-curves.svg, cifar10-cpu-dim-curves.svg,
+cifar10-ref50-curves.svg) were written by this script's earlier hand-written SVG drawer, from run
+folders that are not kept; to draw them again, train the run docs/BENCHMARKS.md gives for each and
+run this script on its version folder with the --out that page names.
 """
 
 from __future__ import annotations
@@ -18,7 +24,10 @@ import math
 import sys
 from collections import defaultdict
 from pathlib import Path
-from xml.sax.saxutils import escape
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # matplotlib itself is imported when a figure is drawn
+    from matplotlib.lines import Line2D
 
 # (panel title, [(column, label, colour, dashed)])
 PANELS = [
@@ -65,62 +74,48 @@ def per_epoch(paths: list[Path]) -> dict[str, dict[int, float]]:
     return {c: {e: sum(vs) / len(vs) for e, vs in sorted(by_epoch.items())} for c, by_epoch in sums.items()}
 
 
-def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
-    if hi <= lo:
-        return [lo]
-    raw = (hi - lo) / n
-    step = 10 ** math.floor(math.log10(raw))
-    step *= next(m for m in (1, 2, 2.5, 5, 10) if m * step >= raw)
-    first = math.ceil(lo / step) * step
-    return [first + i * step for i in range(int((hi - first) / step + 1e-9) + 1)]
+def draw(curves: dict[str, dict[int, float]], title: str, out: Path) -> list[Line2D]:
+    """Draw the three panels of PANELS into ``out`` (an ``.svg`` or a ``.png``, by its suffix) and
+    return the curves drawn: one line per logged column, each an SVG group ``id="curve-<column>"``
+    (its / as -); a panel none of whose columns was logged says "not logged". matplotlib with an Agg
+    canvas attached to this figure only (pyplot and its global backend are left alone), imported only
+    when a figure is drawn. An SVG is the same bytes each time the same data is drawn (a fixed
+    ``svg.hashsalt``, no date) and keeps its text as text."""
+    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
-
-def _panel(x0: float, y0: float, w: float, h: float, title: str, series, curves) -> list[str]:
-    present = [(c, label, colour, dashed) for c, label, colour, dashed in series if curves.get(c)]
-    out = [f'<text x="{x0 + w / 2:.1f}" y="{y0 - 10:.1f}" text-anchor="middle" font-weight="bold">{escape(title)}</text>']
-    if not present:
-        return out + [f'<text x="{x0 + w / 2:.1f}" y="{y0 + h / 2:.1f}" text-anchor="middle">not logged</text>']
-    xs = [e for c, *_ in present for e in curves[c]]
-    ys = [v for c, *_ in present for v in curves[c].values()]
-    ex0, ex1 = min(xs), max(max(xs), min(xs) + 1)
-    lo, hi = min(ys), max(ys)
-    pad = (hi - lo) * 0.05 or abs(hi) * 0.05 or 1.0
-    lo, hi = lo - pad, hi + pad
-
-    def px(e: float) -> float:
-        return x0 + (e - ex0) / (ex1 - ex0) * w
-
-    def py(v: float) -> float:
-        return y0 + h - (v - lo) / (hi - lo) * h
-
-    out.append(f'<rect x="{x0}" y="{y0}" width="{w}" height="{h}" fill="none" stroke="#888"/>')
-    for t in _ticks(lo, hi):
-        out.append(f'<line x1="{x0}" x2="{x0 + w}" y1="{py(t):.1f}" y2="{py(t):.1f}" stroke="#ddd"/>')
-        out.append(f'<text x="{x0 - 4}" y="{py(t) + 4:.1f}" text-anchor="end">{t:.4g}</text>')
-    for t in _ticks(ex0, ex1):
-        out.append(f'<text x="{px(t):.1f}" y="{y0 + h + 14:.1f}" text-anchor="middle">{t:g}</text>')
-    out.append(f'<text x="{x0 + w / 2:.1f}" y="{y0 + h + 30:.1f}" text-anchor="middle">epoch</text>')
-    for i, (c, label, colour, dashed) in enumerate(present):
-        points = " ".join(f"{px(e):.1f},{py(v):.1f}" for e, v in curves[c].items())
-        dash = ' stroke-dasharray="5,3"' if dashed else ""
-        out.append(f'<polyline points="{points}" fill="none" stroke="{colour}" stroke-width="1.5"{dash}/>')
-        ly = y0 + h + 48 + 14 * i  # the legend under the panel, clear of the curves
-        out.append(f'<line x1="{x0 + 8}" x2="{x0 + 28}" y1="{ly - 4}" y2="{ly - 4}" stroke="{colour}" '
-                   f'stroke-width="1.5"{dash}/>')
-        out.append(f'<text x="{x0 + 32}" y="{ly}">{escape(label)}</text>')
-    return out
-
-
-def svg(curves: dict[str, dict[int, float]], title: str) -> str:
-    w, h, left, gap, top = 330, 240, 60, 80, 56
-    width = left + len(PANELS) * (w + gap) - gap + 20
-    body = [f'<text x="{width / 2:.1f}" y="20" text-anchor="middle" font-size="14">{escape(title)}</text>']
-    for i, (panel_title, series) in enumerate(PANELS):
-        body += _panel(left + i * (w + gap), top, w, h, panel_title, series, curves)
-    legend = 14 * max(len(series) for _, series in PANELS)
-    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{top + h + 48 + legend}" '
-            f'font-family="sans-serif" font-size="11">\n<rect width="100%" height="100%" fill="white"/>\n'
-            + "\n".join(body) + "\n</svg>\n")
+    fmt = out.suffix.lower().lstrip(".")
+    if fmt not in ("svg", "png"):
+        raise ValueError(f"{out}: draws .svg or .png, not {out.suffix or 'no suffix'}")
+    drawn: list[Line2D] = []
+    with matplotlib.rc_context({"svg.hashsalt": "infomax-loss-curves", "svg.fonttype": "none", "font.size": 9}):
+        fig = Figure(figsize=(13, 4.6), layout="constrained")
+        FigureCanvasAgg(fig)
+        fig.suptitle(title, fontsize=12)
+        for ax, (panel_title, series) in zip(fig.subplots(1, len(PANELS)), PANELS):
+            ax.set_title(panel_title, fontweight="bold", fontsize=9)
+            present = [(c, label, colour, dashed) for c, label, colour, dashed in series if curves.get(c)]
+            if not present:
+                ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes)
+                ax.set_xticks([])
+                ax.set_yticks([])
+                continue
+            for c, label, colour, dashed in present:
+                epochs, values = zip(*sorted(curves[c].items()))
+                (line,) = ax.plot(epochs, values, color=colour, linewidth=1.5, linestyle="--" if dashed else "-",
+                                  marker="o" if len(epochs) == 1 else None, label=label,
+                                  gid="curve-" + c.replace("/", "-"))  # the SVG's <g id="curve-train-loss">
+                drawn.append(line)
+            ax.set_xlabel("epoch")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.grid(True, color="#ddd", linewidth=0.8)
+            # The legend under the panel, clear of the curves.
+            ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), frameon=False, fontsize=8)
+        metadata = {"Date": None} if fmt == "svg" else {}
+        fig.savefig(out, format=fmt, metadata=metadata, dpi=150 if fmt == "png" else "figure")
+    return drawn
 
 
 def table(curves: dict[str, dict[int, float]], every: int) -> str:
@@ -138,7 +133,7 @@ def table(curves: dict[str, dict[int, float]], every: int) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("metrics", type=Path, help="a run folder (runs/infomax/version_N) or its metrics.csv")
-    p.add_argument("--out", type=Path, required=True, help="SVG to write")
+    p.add_argument("--out", type=Path, required=True, help="the figure to write: .svg or .png")
     p.add_argument("--title", default=None, help="figure title (default: the metrics path)")
     p.add_argument("--every", type=int, default=5, help="table: every N-th epoch, plus the first and last")
     a = p.parse_args(argv)
@@ -148,8 +143,10 @@ def main(argv: list[str] | None = None) -> int:
     curves = per_epoch(files)
     if not curves:
         p.error(f"{a.metrics} holds no logged values")
+    if a.out.suffix.lower() not in (".svg", ".png"):
+        p.error(f"--out {a.out}: give a .svg or a .png")
     a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(svg(curves, a.title or str(a.metrics)))
+    draw(curves, a.title or str(a.metrics), a.out)
     print(table(curves, max(1, a.every)))
     print(f"wrote {a.out}", file=sys.stderr)
     return 0
