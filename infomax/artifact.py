@@ -30,6 +30,7 @@ from torch import nn
 
 from infomax.atomic import atomic_write_bytes, atomic_write_json
 from infomax.encoders import VECTORS, build_encoder, check_vectors, pooled_dim
+from infomax.errors import SettingError, UserError
 from infomax.identity import artifact_id
 from infomax.transforms import Normalize
 
@@ -48,7 +49,7 @@ def output_dim(encoder: nn.Module, output: str, z_dim: int) -> int:
     return int(encoder.local_channels * encoder.local_size**2)
 
 
-class ArtifactError(ValueError):
+class ArtifactError(UserError, ValueError):
     """The artifact folder is missing, incomplete or inconsistent; the message names the file."""
 
 
@@ -233,7 +234,7 @@ class InferenceEncoder(nn.Module):
         (B, p), "local": (B, c * h * w) (the flattened local feature map C(x))}``, float32 on the CPU,
         only the kinds asked for."""
         if not features:
-            raise ValueError(f"features={features!r}: ask for at least one of {VECTORS}")
+            raise SettingError(f"features={features!r}: ask for at least one of {VECTORS}")
         for f in features:
             check_vectors("features", f)
         x = self.to_tensor(images)

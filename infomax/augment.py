@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from infomax.errors import SettingError
+
 POLICIES = ("none", "crop_flip", "simclr")
 
 # ITU-R 601 luma weights, as torchvision's rgb_to_grayscale.
@@ -46,16 +48,16 @@ class Augment(nn.Module):
     ) -> None:
         super().__init__()
         if policy not in POLICIES:
-            raise ValueError(f"augment={policy!r}: choose one of {POLICIES}")
+            raise SettingError(f"augment={policy!r}: choose one of {POLICIES}")
         if not (0 < scale[0] <= scale[1] <= 1):
-            raise ValueError(f"scale={scale}: need 0 < min <= max <= 1")
+            raise SettingError(f"scale={scale}: need 0 < min <= max <= 1")
         if not (0 < ratio[0] <= ratio[1]):
-            raise ValueError(f"ratio={ratio}: need 0 < min <= max")
+            raise SettingError(f"ratio={ratio}: need 0 < min <= max")
         if not (0 <= jitter < 1):
-            raise ValueError(f"jitter={jitter}: must be in [0, 1)")
+            raise SettingError(f"jitter={jitter}: must be in [0, 1)")
         for name, p in (("jitter_p", jitter_p), ("grey_p", grey_p)):
             if not 0 <= p <= 1:
-                raise ValueError(f"{name}={p}: a probability must be in [0, 1]")
+                raise SettingError(f"{name}={p}: a probability must be in [0, 1]")
         self.policy = policy
         self.scale, self.ratio = scale, ratio
         self.jitter, self.jitter_p, self.grey_p = jitter, jitter_p, grey_p

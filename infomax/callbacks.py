@@ -13,6 +13,7 @@ from pytorch_lightning.callbacks import Callback
 
 from infomax.encoders import check_vectors
 from infomax.knn import knn_accuracy
+from infomax.validate import positive_int
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +42,9 @@ class KNNMonitor(Callback):
         features: str = "mu",
     ) -> None:
         check_vectors("features", features)
-        if bank_size < 1 or max_queries < 1 or batch_size < 1 or every_n_epochs < 1:
-            raise ValueError(
-                f"bank_size={bank_size}, max_queries={max_queries}, batch_size={batch_size}, "
-                f"every_n_epochs={every_n_epochs}: all must be >= 1"
-            )
+        for setting, value in (("bank_size", bank_size), ("max_queries", max_queries), ("batch_size", batch_size),
+                               ("every_n_epochs", every_n_epochs)):
+            positive_int(setting, value)
         self.k, self.temperature = k, temperature
         self.bank_size, self.max_queries = bank_size, max_queries
         self.batch_size, self.every_n_epochs, self.seed = batch_size, every_n_epochs, seed

@@ -20,6 +20,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from infomax.errors import SettingError
+from infomax.validate import positive_int
+
 
 def _mlp_tail(hidden: int, n_layers: int) -> nn.Sequential:
     """Everything after the first linear layer: ReLU, (n_layers - 2) hidden layers, output 1."""
@@ -39,11 +42,10 @@ class ConcatCritic(nn.Module):
 
     def __init__(self, x_dim: int, y_dim: int, hidden: int = 512, n_layers: int = 3) -> None:
         super().__init__()
-        for name, v in (("x_dim", x_dim), ("y_dim", y_dim), ("hidden", hidden)):
-            if v < 1:
-                raise ValueError(f"{name}={v}: must be >= 1")
+        for setting, value in (("x_dim", x_dim), ("y_dim", y_dim), ("hidden", hidden)):
+            positive_int(setting, value)
         if n_layers < 2:
-            raise ValueError(f"n_layers={n_layers}: a critic needs at least 2 layers")
+            raise SettingError(f"n_layers={n_layers}: a critic needs at least 2 layers")
         self.x_in = nn.Linear(x_dim, hidden)
         self.y_in = nn.Linear(y_dim, hidden, bias=False)
         self.tail = _mlp_tail(hidden, n_layers)
@@ -66,9 +68,8 @@ class DotCritic(nn.Module):
 
     def __init__(self, x_dim: int, y_dim: int, hidden: int = 512) -> None:
         super().__init__()
-        for name, v in (("x_dim", x_dim), ("y_dim", y_dim), ("hidden", hidden)):
-            if v < 1:
-                raise ValueError(f"{name}={v}: must be >= 1")
+        for setting, value in (("x_dim", x_dim), ("y_dim", y_dim), ("hidden", hidden)):
+            positive_int(setting, value)
         self.f = nn.Sequential(nn.Linear(x_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, hidden))
         self.g = nn.Sequential(nn.Linear(y_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, hidden))
         self.scale = hidden**-0.5
@@ -92,7 +93,7 @@ class CosineCritic(DotCritic):
     def __init__(self, x_dim: int, y_dim: int, hidden: int = 512, temperature: float = 0.1) -> None:
         super().__init__(x_dim, y_dim, hidden)
         if not temperature > 0:  # also catches NaN
-            raise ValueError(f"temperature={temperature}: must be > 0")
+            raise SettingError(f"temperature={temperature}: must be > 0")
         self.scale = 1.0 / temperature
         self.temperature = temperature
         f, g = self.f, self.g
@@ -112,7 +113,7 @@ CRITICS = {"concat": ConcatCritic, "dot": DotCritic, "cosine": CosineCritic}
 def build_critic(kind: str, x_dim: int, y_dim: int, hidden: int = 512, temperature: float = 0.1) -> nn.Module:
     """``temperature`` is used by the ``cosine`` critic only."""
     if kind not in CRITICS:
-        raise ValueError(f"critic={kind!r} is unknown; choose one of {sorted(CRITICS)}")
+        raise SettingError(f"critic={kind!r} is unknown; choose one of {sorted(CRITICS)}")
     if kind == "cosine":
         return CosineCritic(x_dim, y_dim, hidden=hidden, temperature=temperature)
     return CRITICS[kind](x_dim, y_dim, hidden=hidden)

@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from infomax.errors import SettingError
+
 DEFAULT_THRESHOLD = 0.93
 _K = 16          # neighbours asked per item at first; doubled for rows still above the threshold
 _BATCH = 1024    # queries per search call
@@ -70,10 +72,10 @@ class Group:
 def check_threshold(threshold: Any) -> float:
     """A cosine threshold in (-1, 1]; ValueError otherwise (the caller names the setting)."""
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.floating, np.integer)):
-        raise ValueError(f"threshold must be a number, got {threshold!r}")
+        raise SettingError(f"threshold must be a number, got {threshold!r}")
     t = float(threshold)
     if not math.isfinite(t) or not -1.0 < t <= 1.0:
-        raise ValueError(f"threshold must be a cosine similarity in (-1, 1], got {threshold!r}")
+        raise SettingError(f"threshold must be a cosine similarity in (-1, 1], got {threshold!r}")
     return t
 
 

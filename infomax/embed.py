@@ -56,6 +56,7 @@ from torch.utils.data import DataLoader
 from infomax.atomic import atomic_path, atomic_write_json, atomic_write_text
 from infomax.data.datasets import collate_batch
 from infomax.data.sources import ImageSource, resolve_source
+from infomax.errors import DataError, MissingFileError, SettingError
 
 MANIFEST = "embeddings.json"
 FORMAT = "infomax-embeddings"
@@ -183,17 +184,17 @@ def prepare_output(out: str | Path, overwrite: bool = False) -> Path:
     until the new run finishes) and then its shards. Anything else is refused, never deleted."""
     out = Path(out).expanduser()
     if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file: give a folder for the embeddings")
+        raise SettingError(f"--out {out} is a file: give a folder for the embeddings")
     if out.is_dir() and any(out.iterdir()):
         if not overwrite:
-            raise ValueError(f"--out {out} is not empty: pass --overwrite to replace the embeddings there, "
-                             f"or choose another folder")
+            raise SettingError(f"--out {out} is not empty: pass --overwrite to replace the embeddings there, "
+                               f"or choose another folder")
         ours = [p for p in out.iterdir() if p.name == MANIFEST or (p.is_dir() and p.name.startswith(SHARD_PREFIX))
                 or (p.name.startswith(f".{MANIFEST}.tmp-"))]
         others = sorted(p.name for p in out.iterdir() if p not in ours)
         if others:
-            raise ValueError(f"--out {out} holds files that are not embeddings ({', '.join(others[:5])}): "
-                             f"refusing to overwrite it; choose another folder")
+            raise SettingError(f"--out {out} holds files that are not embeddings ({', '.join(others[:5])}): "
+                               f"refusing to overwrite it; choose another folder")
         (out / MANIFEST).unlink(missing_ok=True)
         for p in ours:
             if p.is_dir():
@@ -212,7 +213,7 @@ def write_manifest(out: Path, source: ImageSource, encoder, *, world_size: int, 
     for rank in range(world_size):
         folder = out / shard_name(rank, world_size)
         if not (folder / SHARD_INFO).is_file():
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"{folder / SHARD_INFO} is missing after every rank finished: --out must be on a file system "
                 f"that all nodes share")
         info = json.loads((folder / SHARD_INFO).read_text())
@@ -258,16 +259,16 @@ def write_manifest(out: Path, source: ImageSource, encoder, *, world_size: int, 
 
 def _check_devices(accelerator: str, devices: int, num_nodes: int) -> None:
     if accelerator not in ("auto", "cpu", "gpu", "cuda"):
-        raise ValueError(f"--accelerator {accelerator!r}: use auto, cpu or gpu")
+        raise SettingError(f"--accelerator {accelerator!r}: use auto, cpu or gpu")
     for flag, value in (("--devices", devices), ("--num-nodes", num_nodes)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{flag} {value!r}: must be a positive integer")
+            raise SettingError(f"{flag} {value!r}: must be a positive integer")
     if accelerator in ("gpu", "cuda"):
         available = torch.cuda.device_count()
         if available == 0:
-            raise ValueError(f"--accelerator {accelerator}: no CUDA GPU is visible here; use --accelerator cpu or auto")
+            raise SettingError(f"--accelerator {accelerator}: no CUDA GPU is visible here; use --accelerator cpu or auto")
         if devices > available:
-            raise ValueError(f"--devices {devices}: only {available} GPU(s) visible on this node")
+            raise SettingError(f"--devices {devices}: only {available} GPU(s) visible on this node")
 
 
 def embed_source(encoder, source: ImageSource, out: str | Path, *, batch_size: int = 256, devices: int = 1,
@@ -277,7 +278,7 @@ def embed_source(encoder, source: ImageSource, out: str | Path, *, batch_size: i
     """Encodes ``source`` with ``encoder`` through ``Trainer.predict`` into the (prepared) folder
     ``out``. Returns the manifest on global rank 0, None on the other ranks."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"--batch-size {batch_size!r}: must be a positive integer")
+        raise SettingError(f"--batch-size {batch_size!r}: must be a positive integer")
     _check_devices(accelerator, devices, num_nodes)
     out = Path(out)
     if num_workers is None:
@@ -286,8 +287,8 @@ def embed_source(encoder, source: ImageSource, out: str | Path, *, batch_size: i
     distributed = devices * num_nodes > 1
     if devices * num_nodes > len(source):
         # A rank without images would skip the prediction loop and never reach the shard barrier.
-        raise ValueError(f"{devices * num_nodes} processes (--devices x --num-nodes) for {len(source)} images: "
-                         f"use fewer devices")
+        raise SettingError(f"{devices * num_nodes} processes (--devices x --num-nodes) for {len(source)} images: "
+                           f"use fewer devices")
     trainer = pl.Trainer(
         accelerator="gpu" if accelerator == "cuda" else accelerator, devices=devices, num_nodes=num_nodes,
         strategy="ddp" if distributed else "auto", logger=False, enable_checkpointing=False,
@@ -317,11 +318,11 @@ def embed(model: str | Path, data: str, out: str | Path, *, split: str = "test",
 
     _check_devices(accelerator, devices, num_nodes)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"--batch-size {batch_size!r}: must be a positive integer")
+        raise SettingError(f"--batch-size {batch_size!r}: must be a positive integer")
     model_dir = Path(model).expanduser()
     if not model_dir.exists():
-        raise FileNotFoundError(f"--model {model}: no artifact folder there; give the folder written by "
-                                f"`infomax train` or `infomax export` (encoder.json + encoder.safetensors)")
+        raise MissingFileError(f"--model {model}: no artifact folder there; give the folder written by "
+                               f"`infomax train` or `infomax export` (encoder.json + encoder.safetensors)")
     encoder = load_encoder(model_dir, "cpu")
     source = resolve_source(data, split, channels=encoder.in_channels, size=encoder.input_size, data_dir=data_dir,
                             limit=limit, model=model)
@@ -356,45 +357,45 @@ def read_embeddings(folder: str | Path) -> Embeddings:
     ValueError naming the file and the fix."""
     folder = Path(folder).expanduser()
     if not folder.is_dir():
-        raise FileNotFoundError(f"no embeddings folder at {folder}: run `infomax embed --out {folder}` first")
+        raise MissingFileError(f"no embeddings folder at {folder}: run `infomax embed --out {folder}` first")
     manifest_path = folder / MANIFEST
     if not manifest_path.is_file():
         if any(p.name.startswith(SHARD_PREFIX) for p in folder.iterdir()):
-            raise ValueError(f"{folder} has shards but no {MANIFEST}: the `infomax embed` run did not finish; "
-                             f"run it again with --overwrite")
-        raise FileNotFoundError(f"{manifest_path} is missing: {folder} is not an embeddings folder "
-                                f"(write one with `infomax embed --out {folder}`)")
+            raise DataError(f"{folder} has shards but no {MANIFEST}: the `infomax embed` run did not finish; "
+                            f"run it again with --overwrite")
+        raise MissingFileError(f"{manifest_path} is missing: {folder} is not an embeddings folder "
+                               f"(write one with `infomax embed --out {folder}`)")
     try:
         manifest = json.loads(manifest_path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{manifest_path} is not valid JSON ({e}); run `infomax embed` again") from None
+        raise DataError(f"{manifest_path} is not valid JSON ({e}); run `infomax embed` again") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise ValueError(f"{manifest_path} is not an infomax embeddings manifest (no \"format\": \"{FORMAT}\")")
+        raise DataError(f"{manifest_path} is not an infomax embeddings manifest (no \"format\": \"{FORMAT}\")")
     if manifest.get("format_version", 1) > FORMAT_VERSION:
-        raise ValueError(f"{manifest_path} has format_version {manifest['format_version']}, newer than this "
-                         f"infomax reads ({FORMAT_VERSION}); upgrade infomax")
+        raise DataError(f"{manifest_path} has format_version {manifest['format_version']}, newer than this "
+                        f"infomax reads ({FORMAT_VERSION}); upgrade infomax")
     z_dim = int(manifest["z_dim"])
     vectors, ids, sources, labels = [], [], [], []
     for shard in manifest["shards"]:
         sdir = folder / shard["name"]
         for name in (VECTORS, IDS, META):
             if not (sdir / name).is_file():
-                raise FileNotFoundError(f"{sdir / name} is missing: the embeddings folder is damaged; "
-                                        f"run `infomax embed` again with --overwrite")
+                raise MissingFileError(f"{sdir / name} is missing: the embeddings folder is damaged; "
+                                       f"run `infomax embed` again with --overwrite")
         try:
             v = np.load(sdir / VECTORS, allow_pickle=False)
             i = np.load(sdir / IDS, allow_pickle=False)
         except (ValueError, OSError, EOFError) as e:
-            raise ValueError(f"{sdir}: unreadable shard ({e}); run `infomax embed` again with --overwrite") from None
+            raise DataError(f"{sdir}: unreadable shard ({e}); run `infomax embed` again with --overwrite") from None
         if v.ndim != 2 or v.shape[1] != z_dim:
-            raise ValueError(f"{sdir / VECTORS} holds vectors of shape {v.shape} but {MANIFEST} says z_dim {z_dim}: "
-                             f"mismatched dimensions across shards; embed everything again with one artifact")
+            raise DataError(f"{sdir / VECTORS} holds vectors of shape {v.shape} but {MANIFEST} says z_dim {z_dim}: "
+                            f"mismatched dimensions across shards; embed everything again with one artifact")
         if len(v) != shard["count"] or i.shape != (len(v),):
-            raise ValueError(f"{sdir}: {len(v)} vectors and {len(i)} ids where {MANIFEST} says {shard['count']}: "
-                             f"the shard is damaged; run `infomax embed` again with --overwrite")
+            raise DataError(f"{sdir}: {len(v)} vectors and {len(i)} ids where {MANIFEST} says {shard['count']}: "
+                            f"the shard is damaged; run `infomax embed` again with --overwrite")
         rows = [json.loads(line) for line in (sdir / META).read_text().splitlines() if line.strip()]
         if len(rows) != len(i) or any(r["id"] != x for r, x in zip(rows, i.tolist())):
-            raise ValueError(f"{sdir / META} does not list the ids of {sdir / IDS} in order: the shard is damaged")
+            raise DataError(f"{sdir / META} does not list the ids of {sdir / IDS} in order: the shard is damaged")
         vectors.append(v.astype(np.float32, copy=False))
         ids.append(i.astype(np.int64, copy=False))
         sources.extend(r["source"] for r in rows)
@@ -402,12 +403,12 @@ def read_embeddings(folder: str | Path) -> Embeddings:
     all_ids = np.concatenate(ids) if ids else np.empty(0, np.int64)
     all_vectors = np.concatenate(vectors) if vectors else np.empty((0, z_dim), np.float32)
     if len(all_ids) != manifest["count"]:
-        raise ValueError(f"{folder}: the shards hold {len(all_ids)} vectors, {MANIFEST} says {manifest['count']}")
+        raise DataError(f"{folder}: the shards hold {len(all_ids)} vectors, {MANIFEST} says {manifest['count']}")
     order = np.argsort(all_ids, kind="stable")
     all_ids = all_ids[order]
     if len(all_ids) > 1 and bool((all_ids[1:] == all_ids[:-1]).any()):
         dup = all_ids[1:][all_ids[1:] == all_ids[:-1]][:5].tolist()
-        raise ValueError(f"{folder}: ids {dup} appear in more than one shard; run `infomax embed` again with --overwrite")
+        raise DataError(f"{folder}: ids {dup} appear in more than one shard; run `infomax embed` again with --overwrite")
     return Embeddings(
         vectors=np.ascontiguousarray(all_vectors[order]), ids=all_ids,
         sources=[sources[k] for k in order.tolist()], labels=[labels[k] for k in order.tolist()], manifest=manifest,

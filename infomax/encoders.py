@@ -23,6 +23,9 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from infomax.errors import SettingError
+from infomax.validate import non_negative_int, positive_int
+
 
 class EncoderOutput(NamedTuple):
     local: torch.Tensor
@@ -63,7 +66,7 @@ def pooled_dim(encoder: nn.Module) -> int:
 def check_vectors(name: str, kind: str) -> None:
     """``ValueError`` quoting the setting ``name`` unless ``kind`` is one of :data:`VECTORS`."""
     if kind not in VECTORS:
-        raise ValueError(f"{name}={kind!r}: choose one of {VECTORS}")
+        raise SettingError(f"{name}={kind!r}: choose one of {VECTORS}")
 
 
 def _conv_block(c_in: int, c_out: int, pool: bool, ceil_mode: bool = True) -> nn.Sequential:
@@ -111,24 +114,21 @@ class ConvEncoder(nn.Module):
         super().__init__()
         _check_common(in_channels, input_size, z_dim)
         if pool not in self.POOLS:
-            raise ValueError(f"pool={pool!r}: choose one of {self.POOLS}")
+            raise SettingError(f"pool={pool!r}: choose one of {self.POOLS}")
         if input_size < 8:
-            raise ValueError(f"input_size={input_size}: the conv encoder needs images of at least 8 px")
+            raise SettingError(f"input_size={input_size}: the conv encoder needs images of at least 8 px")
         if n_blocks is None:
             n_blocks = max(1, math.ceil(math.log2(input_size / 4)))
-        if n_blocks < 1:
-            raise ValueError(f"n_blocks={n_blocks}: must be >= 1")
+        positive_int("n_blocks", n_blocks)
         if input_size / 2**n_blocks < 1:
-            raise ValueError(
+            raise SettingError(
                 f"input_size={input_size} is too small for n_blocks={n_blocks} "
                 f"(each block halves the image); use fewer blocks or larger images"
             )
-        if n_global_blocks < 0:
-            raise ValueError(f"n_global_blocks={n_global_blocks}: must be >= 0")
-        if base_width < 1:
-            raise ValueError(f"base_width={base_width}: must be >= 1")
+        non_negative_int("n_global_blocks", n_global_blocks)
+        positive_int("base_width", base_width)
         if global_width is not None and (global_width < 1 or n_global_blocks == 0):
-            raise ValueError(f"global_width={global_width}: must be >= 1, with n_global_blocks >= 1")
+            raise SettingError(f"global_width={global_width}: must be >= 1, with n_global_blocks >= 1")
         widths = [min(base_width * 2**i, 512) for i in range(n_blocks)]
         blocks, c = [], in_channels
         for w in widths:
@@ -183,9 +183,9 @@ class ResNet18Encoder(nn.Module):
         super().__init__()
         _check_common(in_channels, input_size, z_dim)
         if input_size < 16:
-            raise ValueError(f"input_size={input_size}: the resnet18 encoder needs images of at least 16 px")
+            raise SettingError(f"input_size={input_size}: the resnet18 encoder needs images of at least 16 px")
         if local_stage not in self._STAGES[:-1]:
-            raise ValueError(f"local_stage={local_stage!r}: choose one of {self._STAGES[:-1]}")
+            raise SettingError(f"local_stage={local_stage!r}: choose one of {self._STAGES[:-1]}")
         from torchvision.models import resnet18  # imported lazily: torchvision is slow to import
 
         net = resnet18(weights=None)
@@ -225,7 +225,7 @@ ARCHITECTURES: dict[str, type[nn.Module]] = {"conv": ConvEncoder, "resnet18": Re
 def build_encoder(arch: str, **kwargs) -> nn.Module:
     """Builds an encoder by name; unknown names raise ``ValueError`` listing the known ones."""
     if arch not in ARCHITECTURES:
-        raise ValueError(f"arch={arch!r} is not a known architecture; choose one of {sorted(ARCHITECTURES)}")
+        raise SettingError(f"arch={arch!r} is not a known architecture; choose one of {sorted(ARCHITECTURES)}")
     return ARCHITECTURES[arch](**kwargs)
 
 
@@ -236,13 +236,13 @@ def check_maps(encoder: nn.Module, names) -> list[int]:
     names = list(names)
     for name in names:
         if name not in known:
-            raise ValueError(f"extra_local_maps={names!r}: {name!r} is not a map of this encoder; "
-                             f"choose among {sorted(known)}")
+            raise SettingError(f"extra_local_maps={names!r}: {name!r} is not a map of this encoder; "
+                               f"choose among {sorted(known)}")
         if name == encoder.local_map:
-            raise ValueError(f"extra_local_maps={names!r}: {name!r} is the local map C(x) itself, "
-                             f"already in the local term")
+            raise SettingError(f"extra_local_maps={names!r}: {name!r} is the local map C(x) itself, "
+                               f"already in the local term")
     if len(set(names)) != len(names):
-        raise ValueError(f"extra_local_maps={names!r}: a map is named twice")
+        raise SettingError(f"extra_local_maps={names!r}: a map is named twice")
     return [known[n] for n in names]
 
 
@@ -262,18 +262,14 @@ def _run_named(x: torch.Tensor, encoder: nn.Module, maps: tuple[str, ...]):
             found[name] = h
     missing = [m for m in maps if m not in found]
     if missing:
-        raise ValueError(f"maps={maps!r}: {missing} not maps of this encoder; choose among "
-                         f"{sorted(encoder.map_channels)}")
+        raise SettingError(f"maps={maps!r}: {missing} not maps of this encoder; choose among "
+                           f"{sorted(encoder.map_channels)}")
     return local, h, tuple(found[m] for m in maps)
 
 
 def _check_common(in_channels: int, input_size: int, z_dim: int) -> None:
-    if z_dim < 1:
-        raise ValueError(f"z_dim={z_dim}: must be >= 1")
-    if in_channels < 1:
-        raise ValueError(f"in_channels={in_channels}: must be >= 1")
-    if input_size < 1:
-        raise ValueError(f"input_size={input_size}: must be >= 1")
+    for setting, value in (("z_dim", z_dim), ("in_channels", in_channels), ("input_size", input_size)):
+        positive_int(setting, value)
 
 
 def _map_size(size: int, n_halvings: int) -> int:

@@ -21,6 +21,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from infomax.errors import SettingError
+
 
 def _check(pos: torch.Tensor, neg: torch.Tensor) -> None:
     if neg.dim() != pos.dim() + 1 or neg.shape[:-1] != pos.shape:
@@ -73,7 +75,7 @@ ESTIMATORS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
 
 def get_estimator(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     if name not in ESTIMATORS:
-        raise ValueError(f"estimator={name!r} is unknown; choose one of {sorted(ESTIMATORS)}")
+        raise SettingError(f"estimator={name!r} is unknown; choose one of {sorted(ESTIMATORS)}")
     return ESTIMATORS[name]
 
 

@@ -32,7 +32,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from infomax.errors import MissingFileError, SettingError
 from infomax.knn import knn_predict_with_nearest
+from infomax.validate import positive_int
 
 DEFAULT_WEIGHT_DECAYS: tuple[float, ...] = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 
@@ -64,10 +66,9 @@ def knn_eval(train_x: Any, train_y: Any, test_x: Any, test_y: Any, *, k: int = 2
     queries = _as_float(test_x, "test features")
     if bank.shape[1] != queries.shape[1]:
         raise ValueError(f"train features have dimension {bank.shape[1]}, test features {queries.shape[1]}")
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k={k!r}: must be a positive integer")
+    positive_int("k", k)
     if not temperature > 0:
-        raise ValueError(f"temperature={temperature!r}: must be > 0")
+        raise SettingError(f"temperature={temperature!r}: must be > 0")
     bank_y = _as_labels(train_y, len(bank), "train labels")
     query_y = _as_labels(test_y, len(queries), "test labels")
     if len(bank) == 0 or len(queries) == 0:
@@ -167,9 +168,9 @@ def linear_probe(train_x: Any, train_y: Any, test_x: Any, test_y: Any, *, num_cl
     ytr = _as_labels(train_y, len(train), "train labels")
     yte = _as_labels(test_y, len(test), "test labels")
     if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"val_fraction={val_fraction!r}: must be in (0, 1)")
+        raise SettingError(f"val_fraction={val_fraction!r}: must be in (0, 1)")
     if not weight_decays or any(not (wd >= 0 and math.isfinite(wd)) for wd in weight_decays):
-        raise ValueError(f"weight_decays={list(weight_decays)!r}: give one or more finite values >= 0")
+        raise SettingError(f"weight_decays={list(weight_decays)!r}: give one or more finite values >= 0")
     if num_classes is None:
         num_classes = int(max(ytr.max(), yte.max())) + 1
     train, test = _standardise(train, test)
@@ -269,11 +270,11 @@ def _labelled_folder(path: Any, flag: str, size: int, channels: int) -> tuple[to
 
     folder = Path(path).expanduser()
     if not folder.is_dir():
-        raise ValueError(f"{flag} {path}: no folder there; give a folder of images with one subfolder per class")
+        raise SettingError(f"{flag} {path}: no folder there; give a folder of images with one subfolder per class")
     data = load_image_folder(folder, size, channels)
     if not data.classes:
-        raise ValueError(f"{flag} {path}: its images are not sorted into class subfolders, and accuracy needs classes; "
-                         f"put them in one subfolder per class (two or more)")
+        raise SettingError(f"{flag} {path}: its images are not sorted into class subfolders, and accuracy needs classes; "
+                           f"put them in one subfolder per class (two or more)")
     keep = data.labels >= 0
     return data.images[keep], data.labels[keep], data.classes
 
@@ -299,8 +300,8 @@ def _bank_and_query_folders(bank: Any, queries: Any, size: int, channels: int) -
     q_img, q_lab, q_cls = _labelled_folder(queries, "--queries", size, channels)
     classes = sorted(set(b_cls) | set(q_cls))
     if not set(b_cls) & set(q_cls):
-        raise ValueError(f"--bank {bank} and --queries {queries} have no class subfolder name in common "
-                         f"({', '.join(b_cls[:5])} / {', '.join(q_cls[:5])}): name the classes alike in both")
+        raise SettingError(f"--bank {bank} and --queries {queries} have no class subfolder name in common "
+                           f"({', '.join(b_cls[:5])} / {', '.join(q_cls[:5])}): name the classes alike in both")
     b_lab = torch.tensor([classes.index(b_cls[i]) for i in b_lab.tolist()], dtype=torch.int64)
     q_lab = torch.tensor([classes.index(q_cls[i]) for i in q_lab.tolist()], dtype=torch.int64)
     missing = sorted(set(q_cls) - set(b_cls))
@@ -316,8 +317,8 @@ def _split_folder(data: Any, size: int, channels: int, test_fraction: float, see
     images, labels, classes = _labelled_folder(data, "--data", size, channels)
     bank, queries = _held_out(labels, test_fraction, seed)
     if len(bank) == 0 or len(queries) == 0:
-        raise ValueError(f"--data {data}: {len(labels)} images with a class are too few to hold some out as queries; "
-                         f"give at least two per class")
+        raise SettingError(f"--data {data}: {len(labels)} images with a class are too few to hold some out as queries; "
+                           f"give at least two per class")
     return EvalImages(str(data), f"{test_fraction:.0%} of every class held out as queries (seed {seed})",
                       images[bank], labels[bank], images[queries], labels[queries], classes)
 
@@ -332,16 +333,16 @@ def eval_images(data: str | None, *, bank: Any = None, queries: Any = None, data
     from infomax.data import CLASS_NAMES, canonical_dataset_name, is_dataset_name, load_dataset
 
     if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"--test-fraction {test_fraction!r}: must be between 0 and 1 (e.g. 0.2)")
+        raise SettingError(f"--test-fraction {test_fraction!r}: must be between 0 and 1 (e.g. 0.2)")
     if bank is not None or queries is not None:
         if data is not None:
-            raise ValueError("--data and --bank/--queries are two ways to name the images: give one of them")
+            raise SettingError("--data and --bank/--queries are two ways to name the images: give one of them")
         if bank is None or queries is None:
-            raise ValueError("--bank and --queries go together: the folder searched and the folder of queries")
+            raise SettingError("--bank and --queries go together: the folder searched and the folder of queries")
         return _bank_and_query_folders(bank, queries, size, channels)
     if data is None:
-        raise ValueError("give --data (cifar10, fmnist, mnist or a folder with one subfolder per class), or "
-                         "--bank and --queries folders")
+        raise SettingError("give --data (cifar10, fmnist, mnist or a folder with one subfolder per class), or "
+                           "--bank and --queries folders")
     if is_dataset_name(data):
         name = canonical_dataset_name(data)
         fits(name)
@@ -350,8 +351,8 @@ def eval_images(data: str | None, *, bank: Any = None, queries: Any = None, data
         return EvalImages(name, None, train_images, train_labels,
                           test_images, test_labels, CLASS_NAMES[name])
     if not Path(data).expanduser().is_dir():
-        raise ValueError(f"unknown dataset {data!r} and no folder there: give cifar10, fmnist or mnist, or a folder "
-                         f"of images with one subfolder per class")
+        raise SettingError(f"unknown dataset {data!r} and no folder there: give cifar10, fmnist or mnist, or a folder "
+                           f"of images with one subfolder per class")
     return _split_folder(data, size, channels, test_fraction, seed)
 
 
@@ -361,8 +362,8 @@ def _load_model(model: Any) -> Any:
     if isinstance(model, InferenceEncoder):
         return model
     if model is None or not Path(model).expanduser().exists():
-        raise FileNotFoundError(f"--model {model}: no artifact folder there; give the folder written by "
-                                f"`infomax train` or `infomax export`")
+        raise MissingFileError(f"--model {model}: no artifact folder there; give the folder written by "
+                               f"`infomax train` or `infomax export`")
     return load_encoder(Path(model).expanduser(), "cuda" if torch.cuda.is_available() else "cpu")
 
 
@@ -385,14 +386,14 @@ def evaluate_encoder(model: Any, data: str | None = None, *, data_dir: Any = Non
     t0 = time.perf_counter()
     for flag, value in (("--limit-train", limit_train), ("--limit-test", limit_test)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ValueError(f"{flag} {value!r}: must be a positive number of images")
+            raise SettingError(f"{flag} {value!r}: must be a positive number of images")
     if not (encoder or pixels):
-        raise ValueError("nothing to evaluate: both the encoder and the pixel baseline are switched off")
+        raise SettingError("nothing to evaluate: both the encoder and the pixel baseline are switched off")
     if local and not encoder:
-        raise ValueError("--local evaluates the encoder's local feature map: it needs the encoder (drop --no-encoder)")
+        raise SettingError("--local evaluates the encoder's local feature map: it needs the encoder (drop --no-encoder)")
     if pooled and not encoder:
-        raise ValueError("--pooled evaluates the vector the encoder's heads read: it needs the encoder "
-                         "(drop --no-encoder)")
+        raise SettingError("--pooled evaluates the vector the encoder's heads read: it needs the encoder "
+                           "(drop --no-encoder)")
     enc = _load_model(model) if encoder else None
     shape = (enc.in_channels, enc.input_size) if enc is not None else (3, 32)
     shown = None if isinstance(model, InferenceEncoder) else model

@@ -20,6 +20,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
+from infomax.errors import SettingError
+from infomax.validate import positive_int
+
 METRICS = ("cos", "l2")
 QUERY_BORDER = (40, 90, 220)
 MATCH_BORDER = (30, 170, 60)
@@ -31,11 +34,10 @@ TEXT = (0, 0, 0)
 
 def check_grid_args(k: int, metric: str, scale: int, queries: int = 1) -> None:
     """ValueError naming the bad argument (k, queries, scale >= 1; metric cos or l2)."""
-    for flag, value in (("k", k), ("queries", queries), ("scale", scale)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"{flag}={value!r}: must be a positive integer")
+    for setting, value in (("k", k), ("queries", queries), ("scale", scale)):
+        positive_int(setting, value)
     if metric not in METRICS:
-        raise ValueError(f"metric={metric!r}: use 'cos' (cosine similarity) or 'l2' (Euclidean distance)")
+        raise SettingError(f"metric={metric!r}: use 'cos' (cosine similarity) or 'l2' (Euclidean distance)")
 
 
 def nearest(queries: torch.Tensor, bank: torch.Tensor, k: int, metric: str = "cos",
@@ -50,7 +52,7 @@ def nearest(queries: torch.Tensor, bank: torch.Tensor, k: int, metric: str = "co
     q, b = queries.float(), bank.float()
     available = len(b) - (1 if exclude is not None else 0)
     if k > available:
-        raise ValueError(f"k={k}: the bank has only {available} other images")
+        raise SettingError(f"k={k}: the bank has only {available} other images")
     if metric == "cos":
         scores = F.normalize(q, dim=1) @ F.normalize(b, dim=1).T
         worst = -float("inf")
@@ -186,7 +188,7 @@ def knn_grid(encoder, query_images: torch.Tensor, bank_images: torch.Tensor, *, 
     """
     check_grid_args(k, metric, scale, queries)
     if queries > len(query_images):
-        raise ValueError(f"queries={queries}: only {len(query_images)} query images")
+        raise SettingError(f"queries={queries}: only {len(query_images)} query images")
     generator = torch.Generator().manual_seed(seed)
     picked = torch.randperm(len(query_images), generator=generator)[:queries].sort().values
     q_codes = encoder.embed(query_images[picked], batch_size)
@@ -228,9 +230,9 @@ def make_knn_grid(model: str, data: str, out: str, *, split: str = "test", queri
         raise ValueError(f"--bank-limit {bank_limit!r}: must be a positive number of images")
     target = Path(out).expanduser()
     if target.is_dir():
-        raise ValueError(f"--out {out} is a folder: give the path of the PNG file to write")
+        raise SettingError(f"--out {out} is a folder: give the path of the PNG file to write")
     if target.suffix.lower() != ".png":
-        raise ValueError(f"--out {out}: the grid is a PNG; give a file name ending in .png")
+        raise SettingError(f"--out {out}: the grid is a PNG; give a file name ending in .png")
     if not Path(model).expanduser().exists():
         raise FileNotFoundError(f"--model {model}: no artifact folder there; give the folder written by "
                                 f"`infomax train` or `infomax export`")
@@ -250,8 +252,8 @@ def make_knn_grid(model: str, data: str, out: str, *, split: str = "test", queri
     else:
         folder = Path(data).expanduser()
         if not folder.is_dir():
-            raise ValueError(f"--data {data!r} is neither a data set name ({', '.join(sorted(CLASS_NAMES))}) "
-                             f"nor an existing folder: give one of those names or the path of a folder of images")
+            raise SettingError(f"--data {data!r} is neither a data set name ({', '.join(sorted(CLASS_NAMES))}) "
+                               f"nor an existing folder: give one of those names or the path of a folder of images")
         loaded = load_image_folder(folder, encoder.input_size, encoder.in_channels)
         bank_images, bank_labels = loaded.images[:bank_limit], loaded.labels[:bank_limit]
         query_images, query_labels, same_set = bank_images, bank_labels, True

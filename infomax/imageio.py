@@ -14,6 +14,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from infomax.errors import SettingError
+from infomax.validate import positive_int
+
 __all__ = ["ImageSource", "ImageTooLargeError", "MAX_DECODED_PIXELS", "MAX_HEADER_PIXELS", "load_image",
            "plan_decode"]
 
@@ -42,10 +45,9 @@ class ImageTooLargeError(Image.DecompressionBombError):
 
 
 def _check_size_channels(size: int, channels: int) -> None:
-    if not isinstance(size, int) or size < 1:
-        raise ValueError(f"size must be a positive int, got {size!r}")
+    positive_int("size", size)
     if channels not in (1, 3):
-        raise ValueError(f"channels must be 1 or 3, got {channels!r}")
+        raise SettingError(f"channels must be 1 or 3, got {channels!r}", setting="channels")
 
 
 def _high_bit_depth_to_l(img: Image.Image) -> Image.Image:

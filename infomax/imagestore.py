@@ -13,6 +13,8 @@ import threading
 from collections.abc import Iterable
 from pathlib import Path
 
+from infomax.errors import DataError
+
 FILENAME = "images.sqlite"
 # The image formats a store holds (as uploaded, or as `infomax index build --images` keeps them):
 # the ones browsers show as they are. PIL format name -> MIME type served back.
@@ -50,7 +52,7 @@ class ImageStore:
             self._conn.execute("SELECT 1 FROM images LIMIT 1").fetchall()
         except sqlite3.DatabaseError as e:
             self._conn.close()
-            raise ValueError(f"{self.path}: corrupt or not an image store ({e})") from None
+            raise DataError(f"{self.path}: corrupt or not an image store ({e})") from None
         self._lock = threading.Lock()
 
     def put_many(self, items: Iterable[tuple[int, bytes, str]]) -> None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from infomax.errors import SettingError
+
 
 @torch.no_grad()
 def knn_predict_with_nearest(
@@ -28,9 +30,9 @@ def knn_predict_with_nearest(
     Queries are processed in chunks so memory stays at chunk x m similarities.
     """
     if k < 1:
-        raise ValueError(f"k={k}: must be >= 1")
+        raise SettingError(f"k={k}: must be >= 1")
     if not temperature > 0:
-        raise ValueError(f"temperature={temperature}: must be > 0")
+        raise SettingError(f"temperature={temperature}: must be > 0")
     if bank.shape[0] != bank_labels.shape[0]:
         raise ValueError(f"bank has {bank.shape[0]} vectors but {bank_labels.shape[0]} labels")
     k = min(k, bank.shape[0])

@@ -12,11 +12,12 @@ from pytorch_lightning.callbacks import Timer
 
 from infomax.augment import Augment
 from infomax.encoders import build_encoder, check_maps
+from infomax.errors import SettingError, UserError
 from infomax.objective import DIMObjective
 from infomax.transforms import Normalize
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(UserError, FloatingPointError):
     """Training produced a NaN or infinite loss; raised instead of silently training a NaN model."""
 
 
@@ -102,24 +103,24 @@ class DeepInfoMax(pl.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         if not lr > 0:
-            raise ValueError(f"lr={lr}: the learning rate must be > 0")
+            raise SettingError(f"lr={lr}: the learning rate must be > 0")
         if not weight_decay >= 0:
-            raise ValueError(f"weight_decay={weight_decay}: must be >= 0")
+            raise SettingError(f"weight_decay={weight_decay}: must be >= 0")
         if lr_schedule not in ("constant", "cosine"):
-            raise ValueError(f"lr_schedule={lr_schedule!r}: choose 'constant' or 'cosine'")
+            raise SettingError(f"lr_schedule={lr_schedule!r}: choose 'constant' or 'cosine'")
         if views not in (1, 2):
-            raise ValueError(f"views={views}: choose 1 or 2")
+            raise SettingError(f"views={views}: choose 1 or 2")
         if views == 2 and augment == "none":
-            raise ValueError("views=2 with augment='none' would compare two identical views; set augment")
+            raise SettingError("views=2 with augment='none' would compare two identical views; set augment")
         if delta > 0 and views != 2:
-            raise ValueError(f"delta={delta}: the local-to-local term compares two views; set views=2")
+            raise SettingError(f"delta={delta}: the local-to-local term compares two views; set views=2")
         if not 0 <= lr_warmup < 1:  # also catches NaN
-            raise ValueError(f"lr_warmup={lr_warmup}: the fraction of the run spent warming up must be in [0, 1)")
+            raise SettingError(f"lr_warmup={lr_warmup}: the fraction of the run spent warming up must be in [0, 1)")
         self.augment = Augment(augment)
         mean = tuple(mean) if mean is not None else (0.5,) * in_channels
         std = tuple(std) if std is not None else (0.5,) * in_channels
         if len(mean) != in_channels or len(std) != in_channels:
-            raise ValueError(f"mean={mean} and std={std} need one value per channel (in_channels={in_channels})")
+            raise SettingError(f"mean={mean} and std={std} need one value per channel (in_channels={in_channels})")
         self.normalize = Normalize(mean, std)
         self._normalization = {"mean": list(mean), "std": list(std)}
         self.encoder = build_encoder(

@@ -14,6 +14,7 @@ from torch import nn
 
 from infomax.discriminators import build_critic
 from infomax.encoders import EncoderOutput
+from infomax.errors import SettingError
 from infomax.estimators import derangement, get_estimator, off_diagonal
 from infomax.prior import AdversarialPrior, gaussian_kl
 from infomax.scores import score_penalty as mean_square_score
@@ -84,19 +85,19 @@ class DIMObjective(nn.Module):
         super().__init__()
         for name, w in (("alpha", alpha), ("beta", beta), ("gamma", gamma), ("delta", delta)):
             if not w >= 0:  # also catches NaN
-                raise ValueError(f"{name}={w}: loss weights must be >= 0")
+                raise SettingError(f"{name}={w}: loss weights must be >= 0")
         for name, v in (("score_penalty", score_penalty), ("score_clip", score_clip)):
             if not 0 <= v < float("inf"):  # also catches NaN
-                raise ValueError(f"{name}={v}: must be finite and >= 0 (0: off)")
+                raise SettingError(f"{name}={v}: must be finite and >= 0 (0: off)")
         if alpha == beta == delta == 0:
-            raise ValueError("alpha=0, beta=0 and delta=0: at least one mutual-information term must be on")
+            raise SettingError("alpha=0, beta=0 and delta=0: at least one mutual-information term must be on")
         if extra_channels and beta == 0:
-            raise ValueError(f"extra_channels={list(extra_channels)} with beta=0: the extra maps are part of "
-                             f"the local term; set beta > 0")
+            raise SettingError(f"extra_channels={list(extra_channels)} with beta=0: the extra maps are part of "
+                               f"the local term; set beta > 0")
         if negatives not in NEGATIVES:
-            raise ValueError(f"negatives={negatives!r}: choose one of {NEGATIVES}")
+            raise SettingError(f"negatives={negatives!r}: choose one of {NEGATIVES}")
         if prior not in PRIORS:
-            raise ValueError(f"prior={prior!r}: choose one of {PRIORS}")
+            raise SettingError(f"prior={prior!r}: choose one of {PRIORS}")
         self.global_bound = get_estimator(global_estimator)
         self.local_bound = get_estimator(local_estimator)
         self.alpha, self.beta, self.gamma = alpha, beta, gamma

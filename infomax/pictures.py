@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from infomax.errors import DataError
 from infomax.imagestore import FORMATS
 
 
@@ -61,7 +62,7 @@ def item_pictures(manifest: dict, ids: Sequence[int], sources: Sequence[str], *,
         prefix = f"{name}:{split}:"
         for id_, src in zip(ids, sources):
             if not src.startswith(prefix):
-                raise ValueError(f"item {id_}: source {src!r} is not an image of {name} {split}")
+                raise DataError(f"item {id_}: source {src!r} is not an image of {name} {split}")
             yield int(id_), png_bytes(images[int(src[len(prefix):])].numpy()), "image/png"
         return
     from infomax.data.folder import UNREADABLE_ERRORS  # what embedding skips, the picture skips too

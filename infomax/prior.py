@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from infomax.validate import positive_int
+
 
 def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """Mean over batch and dimensions of -0.5 (1 + log sigma^2 - mu^2 - sigma^2).
@@ -39,8 +41,7 @@ class AdversarialPrior(nn.Module):
 
     def __init__(self, z_dim: int, hidden: tuple[int, ...] = (1000, 200)) -> None:
         super().__init__()
-        if z_dim < 1:
-            raise ValueError(f"z_dim={z_dim}: must be >= 1")
+        positive_int("z_dim", z_dim)
         layers: list[nn.Module] = []
         d = z_dim
         for h in hidden:

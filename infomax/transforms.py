@@ -8,6 +8,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from infomax.errors import SettingError
+
 
 class Normalize(nn.Module):
     """uint8 (B, C, H, W) in 0..255, or float in [0, 1] -> (x - mean) / std as float32.
@@ -20,9 +22,9 @@ class Normalize(nn.Module):
         super().__init__()
         mean, std = [float(m) for m in mean], [float(s) for s in std]
         if len(mean) != len(std) or not mean:
-            raise ValueError(f"mean {mean} and std {std} must be non-empty and of the same length")
+            raise SettingError(f"mean {mean} and std {std} must be non-empty and of the same length")
         if any(s <= 0 for s in std):
-            raise ValueError(f"std={std}: every value must be > 0")
+            raise SettingError(f"std={std}: every value must be > 0")
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
 

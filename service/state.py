@@ -25,6 +25,7 @@ import torch
 from anyio import to_thread
 
 from infomax.artifact import load_encoder
+from infomax.errors import MissingFileError, SettingError
 from infomax.imagestore import ImageStore
 from infomax.index import RECORD_FILE, EmbeddingIndex, IndexMismatchError
 from service.batching import Batcher
@@ -97,9 +98,9 @@ class ServiceState:
     def _load(self) -> None:
         s = self.settings
         if s.artifact is None:
-            raise ValueError("no model: give --model ARTIFACT (or set INFOMAX_ARTIFACT)")
+            raise SettingError("no model: give --model ARTIFACT (or set INFOMAX_ARTIFACT)")
         if s.index is None:
-            raise ValueError("no index: give --index INDEX_DIR (or set INFOMAX_INDEX)")
+            raise SettingError("no index: give --index INDEX_DIR (or set INFOMAX_INDEX)")
         torch.set_num_threads(s.compute_threads)
         model = ServingModel(load_encoder(s.artifact, "cpu"), optimize=s.optimize)
         index = self._open_index(model)
@@ -136,12 +137,12 @@ class ServiceState:
         missing = not path.exists() or (path.is_dir() and not any(path.iterdir()))
         if missing and s.create_index:
             if s.read_only:
-                raise ValueError(f"{path}: cannot create an index in read-only mode")
+                raise SettingError(f"{path}: cannot create an index in read-only mode")
             log.info("creating an empty index at %s for model %s", path, model.id[:12])
             artifact = {"id": model.id, "path": str(s.artifact), "z_dim": model.z_dim}
             return EmbeddingIndex.create(model.z_dim, path=path, artifact=artifact, overwrite=path.exists())
         if missing:
-            raise FileNotFoundError(f"no index at {path} (pass --create-index to start an empty one)")
+            raise MissingFileError(f"no index at {path} (pass --create-index to start an empty one)")
         index = EmbeddingIndex.load(path, expected_dim=model.z_dim, read_only=s.read_only)
         art = index.info.get("artifact")
         found = art.get("id") if isinstance(art, dict) else None

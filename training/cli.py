@@ -44,19 +44,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"infomax {name}: interrupted", file=sys.stderr)
         return 130
-    except Exception as e:  # noqa: BLE001 - turned into a one-line message below
-        if not _is_user_error(e):
+    except Exception as e:  # noqa: BLE001 - a user's error becomes one line below
+        from infomax.errors import is_user_error
+
+        # A bad setting, a missing or damaged file, bad data: one line (the command has spelled
+        # the settings it names as its flags). Anything else is a bug and keeps its traceback.
+        if not is_user_error(e):
             raise
         print(f"infomax {name}: error: {e}", file=sys.stderr)
         return 1
-
-
-def _is_user_error(e: BaseException) -> bool:
-    """Errors that describe a bad setting, missing file or bad data: shown as one line, not as a
-    traceback. Anything else is a bug and keeps its traceback."""
-    from infomax.errors import USER_ERRORS
-
-    return isinstance(e, USER_ERRORS)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,8 @@ import argparse
 import json
 import sys
 
+from infomax.errors import SettingError
+
 
 def parser() -> argparse.ArgumentParser:
     from infomax.duplicates import DEFAULT_THRESHOLD
@@ -41,11 +43,11 @@ def main(argv: list[str]) -> int:
     try:
         threshold = check_threshold(args.threshold)
     except ValueError as e:
-        raise ValueError(f"--threshold: {e}") from None
+        raise SettingError(f"--threshold: {e}") from None
     try:
         index = EmbeddingIndex.load(args.index, read_only=True)
     except IndexLoadError as e:
-        raise ValueError(f"--index: {e}") from None
+        raise SettingError(f"--index: {e}") from None
     try:
         groups = find_duplicates(index, threshold)
         n = len(index)

@@ -17,6 +17,8 @@ import signal
 import sys
 from pathlib import Path
 
+from infomax.errors import SettingError
+
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="infomax embed", description=__doc__,
@@ -43,7 +45,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
     if args.num_workers is not None and args.num_workers < 0:
-        raise ValueError(f"--num-workers {args.num_workers}: must be >= 0")
+        raise SettingError(f"--num-workers {args.num_workers}: must be >= 0")
 
     import logging
 

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 
+from infomax.errors import SettingError
+
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="infomax eval", description=__doc__,
@@ -53,16 +55,16 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
     if args.model is None and not args.no_encoder:
-        raise ValueError("--model is required (the artifact folder to evaluate); pass --no-encoder for the "
-                         "raw-pixel baseline alone")
+        raise SettingError("--model is required (the artifact folder to evaluate); pass --no-encoder for the "
+                           "raw-pixel baseline alone")
     if args.batch_size < 1:
-        raise ValueError(f"--batch-size {args.batch_size}: must be a positive integer")
+        raise SettingError(f"--batch-size {args.batch_size}: must be a positive integer")
     if args.record and (args.no_encoder or args.limit_train is not None or args.limit_test is not None):
-        raise ValueError("--record stores the encoder's figures on the full splits in its artifact: it cannot go "
-                         "with --no-encoder, --limit-train or --limit-test")
+        raise SettingError("--record stores the encoder's figures on the full splits in its artifact: it cannot go "
+                           "with --no-encoder, --limit-train or --limit-test")
     if args.record and (args.bank is not None or args.queries is not None or not _is_dataset(args.data)):
-        raise ValueError("--record stores figures of the standard data sets (cifar10, fmnist, mnist) in the "
-                         "artifact; a folder's figures belong in --json FILE")
+        raise SettingError("--record stores figures of the standard data sets (cifar10, fmnist, mnist) in the "
+                           "artifact; a folder's figures belong in --json FILE")
 
     from infomax.atomic import atomic_write_json
     from infomax.evaluate import evaluate_encoder, format_report

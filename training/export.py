@@ -11,6 +11,8 @@ import argparse
 import shlex
 import sys
 
+from infomax.errors import DataError, MissingFileError, SettingError
+
 
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="infomax export", description=__doc__,
@@ -32,7 +34,7 @@ def main(argv: list[str]) -> int:
         from infomax.artifact import DERIVED_KEYS, load_encoder, save_artifact
 
         if Path(args.out).resolve() == Path(args.artifact).resolve():
-            raise ValueError(f"--out {args.out} is the --artifact folder: write the new artifact to another folder")
+            raise SettingError(f"--out {args.out} is the --artifact folder: write the new artifact to another folder")
         enc = load_encoder(args.artifact)
         # not what save_artifact derives again, nor the eval report (it measured the other output)
         kept = {k: v for k, v in enc.config.items() if k not in DERIVED_KEYS and k != "eval"}
@@ -49,12 +51,12 @@ def main(argv: list[str]) -> int:
 
     ckpt = Path(args.checkpoint)
     if not ckpt.is_file():
-        raise FileNotFoundError(f"no checkpoint at {ckpt}")
+        raise MissingFileError(f"no checkpoint at {ckpt}")
     try:
         state = torch.load(ckpt, map_location="cpu", weights_only=True)
         module = DeepInfoMax.from_checkpoint_state(state)
     except (KeyError, RuntimeError, EOFError) as e:
-        raise ValueError(f"{ckpt} is not a readable infomax training checkpoint ({e})") from None
+        raise DataError(f"{ckpt} is not a readable infomax training checkpoint ({e})") from None
     from infomax.callbacks import checkpoint_progress, run_relative
 
     path = module.export(args.out, dataset=args.dataset, checkpoint=run_relative(ckpt), command=command, output=args.output,

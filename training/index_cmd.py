@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from infomax.errors import DataError, SettingError
+
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="infomax index", description=__doc__,
@@ -49,12 +51,12 @@ def build(args: argparse.Namespace) -> dict:
 
     emb = read_embeddings(args.embeddings)
     if len(emb) == 0:
-        raise ValueError(f"{args.embeddings} holds no vectors (every image was skipped): nothing to index")
+        raise DataError(f"{args.embeddings} holds no vectors (every image was skipped): nothing to index")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file: give a folder for the index")
+        raise SettingError(f"--out {out} is a file: give a folder for the index")
     if out.is_dir() and any(out.iterdir()) and not args.overwrite:
-        raise ValueError(f"--out {out} is not empty: pass --overwrite to replace the index there, or choose another folder")
+        raise SettingError(f"--out {out} is not empty: pass --overwrite to replace the index there, or choose another folder")
     if out.is_dir():
         # A server writing that folder would lose what it acknowledges after the swap: refused
         # now rather than after the build (the build checks again, holding the lock, at the swap).
@@ -89,9 +91,9 @@ def build(args: argparse.Namespace) -> dict:
                                      artifact=artifact, path=out, overwrite=args.overwrite,
                                      prepare=prepare if getattr(args, "images", False) else None)
     except FileExistsError as e:  # an OSError, not one of the errors the CLI prints as one line
-        raise ValueError(str(e).replace("overwrite=True", "--overwrite")) from None
+        raise SettingError(str(e).replace("overwrite=True", "--overwrite")) from None
     except RuntimeError as e:  # FAISS refuses a factory string it cannot parse
-        raise ValueError(f"--factory {args.factory!r}: FAISS cannot build it ({str(e).strip().splitlines()[-1]})") from None
+        raise SettingError(f"--factory {args.factory!r}: FAISS cannot build it ({str(e).strip().splitlines()[-1]})") from None
     try:
         record = index.info
     finally:
@@ -151,7 +153,7 @@ def main(argv: list[str]) -> int:
         p.print_help(sys.stderr)
         return 2
     if not 0.0 < args.recall_target <= 1.0:
-        raise ValueError(f"--recall-target {args.recall_target}: must be in (0, 1]")
+        raise SettingError(f"--recall-target {args.recall_target}: must be in (0, 1]")
     record = build(args)
     print(summary(record, args.out))
     return 0

@@ -20,6 +20,8 @@ import re
 import sys
 from pathlib import Path
 
+from infomax.errors import MissingFileError, SettingError
+
 # flag dest -> settings field, for flags whose name differs from the field
 _FIELD = {"model": "artifact"}
 
@@ -75,7 +77,7 @@ def main(argv: list[str]) -> int:
         # Only the messages: pydantic's own text quotes the input, which may hold the API key.
         problems = "; ".join(f"{'.'.join(map(str, err['loc'])) or 'settings'}: {err['msg']}"
                              for err in e.errors(include_input=False))
-        raise ValueError(f"invalid settings: {problems}") from None
+        raise SettingError(f"invalid settings: {problems}") from None
     _preflight(settings)
     # Workers are separate processes that build their app from the environment: hand the
     # flags down that way (the environment of a process is private to its user).
@@ -117,17 +119,17 @@ def _preflight(settings) -> None:
     """The usual mistakes as one-line errors, before uvicorn starts (and logs tracebacks). Kept
     free of torch, so that a wrong path is reported at once; the app checks the rest on load."""
     if settings.artifact is None:
-        raise ValueError("no model: give --model ARTIFACT (or set INFOMAX_ARTIFACT)")
+        raise SettingError("no model: give --model ARTIFACT (or set INFOMAX_ARTIFACT)")
     if settings.index is None:
-        raise ValueError("no index: give --index INDEX_DIR (or set INFOMAX_INDEX)")
+        raise SettingError("no index: give --index INDEX_DIR (or set INFOMAX_INDEX)")
     index = Path(settings.index)
     if not index.exists() and not settings.create_index:
-        raise FileNotFoundError(f"no index at {index}: build one (`infomax index build`) or pass --create-index "
-                                f"to start an empty one")
+        raise MissingFileError(f"no index at {index}: build one (`infomax index build`) or pass --create-index "
+                               f"to start an empty one")
     if not index.exists() and settings.read_only:
-        raise ValueError(f"no index at {index}: --create-index cannot create one in --read-only mode")
+        raise SettingError(f"no index at {index}: --create-index cannot create one in --read-only mode")
     if index.exists() and not index.is_dir():
-        raise ValueError(f"{index} is a file, not an index folder")
+        raise SettingError(f"{index} is a file, not an index folder")
     if index.is_dir() and not settings.read_only:
         # The app takes the lock when it opens the index; asking here refuses a second writer
         # in one line before uvicorn and the model load.
@@ -137,8 +139,8 @@ def _preflight(settings) -> None:
     artifact = Path(settings.artifact)
     for name in ("encoder.json", "encoder.safetensors"):
         if not (artifact / name).is_file():
-            raise FileNotFoundError(f"{artifact / name} is missing: --model must be a serving artifact folder "
-                                    f"(`infomax export` writes one)")
+            raise MissingFileError(f"{artifact / name} is missing: --model must be a serving artifact folder "
+                                   f"(`infomax export` writes one)")
     _check_pairing(artifact, index)
 
 
@@ -157,12 +159,12 @@ def _check_pairing(artifact: Path, index: Path) -> None:
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return
     if built_with is not None and built_with != ours:
-        raise ValueError(f"artifact mismatch: the index at {index} was built with encoder artifact {str(built_with)[:12]}, "
-                         f"not with {artifact} ({ours[:12]}, output {config.get('output', 'mu')}); serve it with "
-                         f"the artifact that built it, or build a new index (`infomax embed` + `infomax index build`)")
+        raise SettingError(f"artifact mismatch: the index at {index} was built with encoder artifact {str(built_with)[:12]}, "
+                           f"not with {artifact} ({ours[:12]}, output {config.get('output', 'mu')}); serve it with "
+                           f"the artifact that built it, or build a new index (`infomax embed` + `infomax index build`)")
     if dim != their_dim:
-        raise ValueError(f"dimension mismatch: {artifact} makes {dim}-dimensional vectors but the index at {index} "
-                         f"holds {their_dim}-dimensional ones; build a new index with this artifact")
+        raise SettingError(f"dimension mismatch: {artifact} makes {dim}-dimensional vectors but the index at {index} "
+                           f"holds {their_dim}-dimensional ones; build a new index with this artifact")
 
 
 if __name__ == "__main__":
@@ -203,16 +205,23 @@ class RedactSecrets(logging.Filter):
         return True
 
 
-# What the app raises for a file or setting the user gave; its message names the file and the fix.
-_USER_ERRORS = frozenset({"ArtifactError", "IndexLoadError", "IndexMismatchError", "IndexLockedError", "DataNotFoundError",
-                          "FileNotFoundError", "PermissionError", "NotADirectoryError", "IsADirectoryError",
-                          "ValueError"})
-_EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_]\w*\.)*([A-Za-z_]\w*): ")
+# The exception's own line of a formatted traceback: its class, qualified by module unless builtin.
+_EXCEPTION_LINE = re.compile(r"^((?:[A-Za-z_]\w*\.)*[A-Za-z_]\w*): ")
+
+
+def _logged_in_one_line(name: str) -> bool:
+    """Whether a startup failure of the exception class ``name`` is a user's error
+    (``infomax.errors.is_user_error``: the app's one line names the file and the fix), or a bare
+    ValueError, which a failed startup has always shown as that one line too."""
+    from infomax.errors import error_class, is_user_error
+
+    kind = error_class(name)
+    return kind is not None and (is_user_error(kind) or kind is ValueError)
 
 
 class OneLineStartupErrors(logging.Filter):
     """Logging filter (uvicorn's default handler): uvicorn logs a failed app startup as the
-    formatted traceback Starlette hands it. When the exception is one of ``_USER_ERRORS`` the
+    formatted traceback Starlette hands it. When the exception is a user's error the
     record is dropped: the app has already logged it in one line (``cannot load model and index:``,
     service/state.py) and the traceback would only bury that line. Any other exception (a bug)
     keeps its traceback, as does everything with ``keep_tracebacks``."""
@@ -231,5 +240,5 @@ class OneLineStartupErrors(logging.Filter):
         for i in range(len(lines) - 1, 0, -1):
             match = _EXCEPTION_LINE.match(lines[i])
             if match:
-                return match.group(1) not in _USER_ERRORS
+                return not _logged_in_one_line(match.group(1))
         return True

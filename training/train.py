@@ -23,6 +23,7 @@ from pytorch_lightning.cli import LightningCLI
 
 from infomax.callbacks import ExportArtifact, KNNMonitor
 from infomax.data import InMemoryDataModule
+from infomax.errors import DataError, MissingFileError, SettingError, UserError
 from infomax.module import DeepInfoMax
 from training import train_args
 
@@ -38,7 +39,7 @@ class InfomaxCLI(LightningCLI):
             try:
                 super().parse_arguments(parser, args)
             except argparse.ArgumentError as e:  # the parser is built with exit_on_error=False
-                raise ValueError(train_args.one_line(str(e))) from None
+                raise SettingError(train_args.one_line(str(e))) from None
 
     def add_arguments_to_parser(self, parser) -> None:
         for attr in ("in_channels", "input_size", "mean", "std"):
@@ -88,7 +89,7 @@ class InfomaxCLI(LightningCLI):
             return None
         candidates = sorted(runs.glob("version_*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
         if not candidates:
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"--ckpt_path last: no last.ckpt under {runs}/version_*/checkpoints; "
                 f"start a new run (no --ckpt_path) or give a checkpoint file"
             )
@@ -156,10 +157,18 @@ def build_cli(argv: list[str]) -> InfomaxCLI:
 def main(argv: list[str]) -> int:
     typed = list(argv)
     _quiet_lightning()
-    cli = build_cli(train_args.normalize(typed))
+    try:
+        cli = build_cli(train_args.normalize(typed))
+    except ValueError as e:
+        # jsonargparse reports a class's refusal of its settings (a data module's) as a ValueError
+        # of its own, caused by the class's: that UserError is the one line that names the setting.
+        cause = _user_error_behind(e)
+        if cause is None:
+            raise
+        raise cause from None
     ckpt_path = cli.config.get("ckpt_path")
     if ckpt_path and ckpt_path != "last" and not Path(ckpt_path).is_file():
-        raise FileNotFoundError(f"--ckpt_path {ckpt_path}: no such checkpoint file")
+        raise MissingFileError(f"--ckpt_path {ckpt_path}: no such checkpoint file")
     export = next(cb for cb in cli.trainer.callbacks if isinstance(cb, ExportArtifact))
     _check_export_target(export.target(cli.trainer), export.overwrite, ckpt_path)
     # Load the data now: a missing data set is reported before any training machinery starts.
@@ -179,6 +188,18 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+def _user_error_behind(error: BaseException) -> UserError | None:
+    """The first UserError among the causes of ``error``, if any."""
+    seen: set[int] = set()
+    cause = error.__cause__ or error.__context__
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, UserError):
+            return cause
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
 # -- before training ---------------------------------------------------------------------------
 
 
@@ -187,13 +208,13 @@ def _check_export_target(target: Path, overwrite: bool, ckpt_path: str | None) -
     ``infomax embed`` and ``infomax index build`` refuse theirs. A resumed run may replace its own
     artifact (the one exported from a checkpoint in the same folder as the one resumed)."""
     if target.exists() and not target.is_dir():
-        raise ValueError(f"--export.dirpath {target} is a file: give a folder for the serving artifact")
+        raise SettingError(f"--export.dirpath {target} is a file: give a folder for the serving artifact")
     if overwrite or not target.is_dir() or not any(target.iterdir()):
         return
     if ckpt_path and _same_folder(_exported_from(target), Path(ckpt_path).resolve().parent):
         return
-    raise ValueError(f"--export.dirpath {target} already holds files: pass --overwrite to replace them at the "
-                     f"end of training, or choose another --export.dirpath")
+    raise SettingError(f"--export.dirpath {target} already holds files: pass --overwrite to replace them at the "
+                       f"end of training, or choose another --export.dirpath")
 
 
 def _exported_from(artifact: Path) -> Path | None:
@@ -228,8 +249,8 @@ def _check_data_size(dm) -> None:
     held_out = 0 if dm.val_images is None else len(dm.val_images)
     where = f"{dm.name}" + (f" ({dm.path})" if getattr(dm, "path", None) else "")
     if n < MIN_TRAIN_IMAGES:
-        raise ValueError(f"{where}: {n} training image(s) (after holding out {held_out} for validation); "
-                         f"training needs at least {MIN_TRAIN_IMAGES}: give more images")
+        raise DataError(f"{where}: {n} training image(s) (after holding out {held_out} for validation); "
+                        f"training needs at least {MIN_TRAIN_IMAGES}: give more images")
     if n < FEW_TRAIN_IMAGES:
         _say(f"warning: only {n} training images in {where}: expect codes little better than a random "
              f"initialisation (Deep INFOMAX is trained on tens of thousands)")

@@ -15,6 +15,7 @@ import re
 from pathlib import Path
 
 from infomax.data import canonical_dataset_name
+from infomax.errors import SettingError
 
 DATASET_CLASSES = {"cifar10": "infomax.data.CIFAR10", "fmnist": "infomax.data.FashionMNIST",
                    "mnist": "infomax.data.MNIST"}
@@ -50,10 +51,10 @@ def data_args(value: str) -> list[str]:
     if _lightning_form(value):
         return ["--data", value]
     if Path(value).expanduser().exists():
-        raise ValueError(f"--data {value!r} is a file, not a folder: give the folder that holds the images")
+        raise SettingError(f"--data {value!r} is a file, not a folder: give the folder that holds the images")
     names = ", ".join(DATASET_CLASSES)
-    raise ValueError(f"--data {value!r} is neither a data set name ({names}) nor an existing folder: "
-                     f"give one of those names or the path of a folder of images")
+    raise SettingError(f"--data {value!r} is neither a data set name ({names}) nor an existing folder: "
+                       f"give one of those names or the path of a folder of images")
 
 
 def _split(argv: list[str]) -> list[tuple[str, str | None]]:

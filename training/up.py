@@ -35,6 +35,8 @@ import shlex
 import sys
 from pathlib import Path, PurePosixPath
 
+from infomax.errors import DataError, MissingFileError, SettingError
+
 STATE, SKIPPED, STATE_FORMAT = "state.json", "skipped.txt", "infomax-up"
 CONFIG = Path(__file__).parent / "configs" / "folder.yaml"
 
@@ -108,7 +110,7 @@ def item_metadata(rel: str, size: int, mtime_ns: int) -> dict:
 
 def max_time(minutes: float) -> str:
     if not minutes > 0:
-        raise ValueError(f"--minutes {minutes}: must be a positive number of minutes")
+        raise SettingError(f"--minutes {minutes}: must be a positive number of minutes")
     s = max(1, round(minutes * 60))
     return f"{s // 86400:02d}:{s // 3600 % 24:02d}:{s // 60 % 60:02d}:{s % 60:02d}"
 
@@ -206,8 +208,8 @@ def _build(index_dir: Path, emb, metadata: list[dict], encoder, artifact: Path, 
     from training.index_cmd import store_pictures
 
     if emb is None or len(emb) == 0:
-        raise ValueError(f"no readable image in {folder}: nothing to index (the unreadable files are listed in "
-                         f"{index_dir.parent / SKIPPED})")
+        raise DataError(f"no readable image in {folder}: nothing to index (the unreadable files are listed in "
+                        f"{index_dir.parent / SKIPPED})")
     record = {"id": encoder.id, "z_dim": int(encoder.z_dim), "path": str(artifact),
               "dataset": encoder.config.get("dataset"), "data": str(folder), "split": None, "classes": None,
               "embeddings": str(index_dir.parent / "embeddings")}
@@ -247,12 +249,12 @@ def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
     folder = Path(args.folder).expanduser()
     if not folder.is_dir():
-        raise FileNotFoundError(f"{args.folder}: no such folder; give the folder that holds your images")
+        raise MissingFileError(f"{args.folder}: no such folder; give the folder that holds your images")
     folder = folder.absolute()
     work = Path(args.work).expanduser().absolute() if args.work else folder / ".infomax"
     work.mkdir(parents=True, exist_ok=True)
     if args.batch_size < 1:
-        raise ValueError(f"--batch-size {args.batch_size}: must be a positive integer")
+        raise SettingError(f"--batch-size {args.batch_size}: must be a positive integer")
     progress = not args.no_progress and sys.stderr.isatty()
     import pytorch_lightning  # noqa: F401 - configures its logger on import; quietened after
 
@@ -262,7 +264,7 @@ def main(argv: list[str]) -> int:
     if args.model is not None:
         artifact = Path(args.model).expanduser().absolute()
         if not (artifact / "encoder.json").is_file():
-            raise FileNotFoundError(f"--model {args.model}: no encoder.json there; give a serving artifact folder")
+            raise MissingFileError(f"--model {args.model}: no encoder.json there; give a serving artifact folder")
         _say(f"[1/4] training skipped: --model {artifact}")
     elif (work / "model" / "encoder.json").is_file() and not args.retrain:
         artifact = work / "model"

@@ -7,13 +7,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from infomax.errors import UserError
+
 PathLike = str | os.PathLike
 
 DATA_DIR_ENV = "INFOMAX_DATA_DIR"
 DEFAULT_DATA_DIR = Path("~/.cache/infomax/data")
 
 
-class DataNotFoundError(FileNotFoundError):
+class DataNotFoundError(UserError, FileNotFoundError):
     """Data files are missing: says where we looked, what we expected and how to fix it."""
 
     DEFAULT_HINT = (
@@ -26,7 +28,7 @@ class DataNotFoundError(FileNotFoundError):
         self.expected = tuple(expected)
         self.hint = self.DEFAULT_HINT if hint is None else hint
         wanted = f": expected {', '.join(self.expected)}" if self.expected else ""
-        super().__init__(f"data not found in {self.folder}{wanted}. {self.hint}")
+        super().__init__(f"data not found in {self.folder}{wanted}. {self.hint}", setting="data_dir")
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Exceptions are re-created from their args when pickled (DataLoader workers, DDP);

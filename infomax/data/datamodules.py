@@ -24,7 +24,9 @@ from infomax.data.datasets import DeviceBatches, InMemoryDataset, collate_batch
 from infomax.data.folder import FolderData, load_image_folder
 from infomax.data.readers import load_dataset
 from infomax.data.registry import DATASET_STATS, SPLITS
+from infomax.errors import DataError, SettingError
 from infomax.imageio import _check_size_channels
+from infomax.validate import non_negative_int, positive_int
 
 __all__ = ["CIFAR10", "FashionMNIST", "ImageFolder", "InMemoryDataModule", "MNIST"]
 
@@ -48,16 +50,6 @@ def _split_indices(n: int, val_size: int, seed: int) -> tuple[torch.Tensor, torc
     return perm[val_size:].sort().values, perm[:val_size].sort().values
 
 
-def _check_positive(name: str, value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-
-
-def _check_non_negative(name: str, value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"{name} must be a non-negative int, got {value!r}")
-
-
 class InMemoryDataModule(pl.LightningDataModule):
     """Base class: train/val/test held as uint8 tensors, batched as ``(uint8 [B,C,H,W], int64 [B])``.
 
@@ -68,8 +60,8 @@ class InMemoryDataModule(pl.LightningDataModule):
 
     def __init__(self, batch_size: int = 64, num_workers: int = 0, seed: int = 0, on_device: bool = False) -> None:
         super().__init__()
-        _check_positive("batch_size", batch_size)
-        _check_non_negative("num_workers", num_workers)
+        positive_int("batch_size", batch_size)
+        non_negative_int("num_workers", num_workers)
         self.on_device = on_device
         self.batch_size = batch_size
         self.num_workers = num_workers
@@ -123,7 +115,7 @@ class InMemoryDataModule(pl.LightningDataModule):
             if images is None:
                 continue
             if images.dtype != torch.uint8 or tuple(images.shape[1:]) != expected:
-                raise ValueError(
+                raise DataError(
                     f"{self.name} {split} images are {images.dtype} {list(images.shape)}, "
                     f"expected uint8 [N, {', '.join(map(str, expected))}]"
                 )
@@ -173,7 +165,7 @@ class InMemoryDataModule(pl.LightningDataModule):
         trainer = getattr(self, "trainer", None)
         if self.on_device and trainer is not None and trainer.strategy.root_device.type != "cpu":
             if len(self.train_images) < self.batch_size * trainer.world_size:
-                raise ValueError(
+                raise SettingError(
                     f"{self.name}: {len(self.train_images)} train images are too few for batch_size="
                     f"{self.batch_size} on {trainer.world_size} device(s) with on_device=True"
                 )
@@ -216,9 +208,9 @@ class _StandardDataModule(InMemoryDataModule):
         on_device: bool = False,
     ) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed, on_device=on_device)
-        _check_non_negative("val_size", val_size)
+        non_negative_int("val_size", val_size)
         if limit_train is not None:
-            _check_positive("limit_train", limit_train)
+            positive_int("limit_train", limit_train)
         self.save_hyperparameters()
         self.data_dir = resolve_data_dir(data_dir)
         self.val_size = val_size
@@ -264,7 +256,7 @@ class _StandardDataModule(InMemoryDataModule):
     def _load(self) -> _Splits:
         images, labels = load_dataset(self.dataset_name, self.data_dir, "train", download=self.download)
         if self.val_size >= len(images):
-            raise ValueError(f"val_size={self.val_size} must be smaller than the {len(images)} train images")
+            raise SettingError(f"val_size={self.val_size} must be smaller than the {len(images)} train images")
         train_idx, val_idx = _split_indices(len(images), self.val_size, self.seed)
         if self.limit_train is not None:
             train_idx = train_idx[: self.limit_train]
@@ -319,12 +311,12 @@ def _parse_val_size(val_size: float | int) -> float | int:
     Integral floats >= 1 count as counts, because a config/CLI value "500" may arrive as 500.0.
     """
     if isinstance(val_size, bool) or not isinstance(val_size, (int, float)) or not math.isfinite(val_size):
-        raise ValueError(f"val_size must be a fraction in [0, 1) or a count, got {val_size!r}")
+        raise SettingError(f"val_size must be a fraction in [0, 1) or a count, got {val_size!r}")
     if val_size < 0:
-        raise ValueError(f"val_size must be non-negative, got {val_size!r}")
+        raise SettingError(f"val_size must be non-negative, got {val_size!r}")
     if isinstance(val_size, float) and val_size >= 1.0:
         if not val_size.is_integer():
-            raise ValueError(f"val_size must be a fraction in [0, 1) or a whole count, got {val_size!r}")
+            raise SettingError(f"val_size must be a fraction in [0, 1) or a whole count, got {val_size!r}")
         return int(val_size)
     return val_size
 
@@ -364,7 +356,7 @@ class ImageFolder(InMemoryDataModule):
         on_device: bool = False,
     ) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed, on_device=on_device)
-        _check_positive("input_size", input_size)
+        positive_int("input_size", input_size)
         _check_size_channels(input_size, channels)
         self.save_hyperparameters()
         self.val_size = _parse_val_size(val_size)
@@ -409,7 +401,7 @@ class ImageFolder(InMemoryDataModule):
     def _val_count(self, n: int) -> int:
         count = round(self.val_size * n) if isinstance(self.val_size, float) else self.val_size
         if count >= n:
-            raise ValueError(f"val_size={self.val_size!r} leaves no train images out of {n} in {self.path}")
+            raise SettingError(f"val_size={self.val_size!r} leaves no train images out of {n} in {self.path}")
         return count
 
     def _load(self) -> _Splits:

@@ -20,6 +20,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from infomax.data.datadir import DataNotFoundError, PathLike
+from infomax.errors import DataError
 from infomax.imageio import _check_size_channels, load_image
 
 __all__ = ["FileImages", "FolderData", "IMAGE_EXTENSIONS", "UNREADABLE_ERRORS", "error_reason", "folder_ids",
@@ -78,7 +79,7 @@ def folder_ids(relative_paths: Sequence[PathLike], folder: PathLike = "") -> tor
         j = first.setdefault(id_, k)
         if j != k:
             a, b = (PurePath(relative_paths[i]).as_posix() for i in (j, k))
-            raise ValueError(
+            raise DataError(
                 f"{a!r} and {b!r} in {folder or 'the folder'} "
                 f"get the same id {id_} (their names are the same text once Unicode-normalised, or collide "
                 f"by chance): rename one of them")

@@ -23,6 +23,7 @@ import torch
 
 from infomax.data.datadir import DataNotFoundError, PathLike, resolve_data_dir
 from infomax.data.registry import canonical_dataset_name, check_split
+from infomax.errors import DataError
 
 __all__ = ["CIFAR10_FOLDER", "load_cifar10", "load_dataset", "load_fashion_mnist", "load_mnist", "read_idx"]
 
@@ -52,7 +53,7 @@ def _read_maybe_gzip(path: Path) -> bytes:
     try:
         return gzip.decompress(raw)
     except (OSError, EOFError, zlib.error) as exc:
-        raise ValueError(f"{path}: corrupt gzip data ({exc})") from exc
+        raise DataError(f"{path}: corrupt gzip data ({exc})") from exc
 
 
 def read_idx(path: PathLike) -> np.ndarray:
@@ -64,13 +65,13 @@ def read_idx(path: PathLike) -> np.ndarray:
     path = Path(path)
     data = _read_maybe_gzip(path)
     if len(data) < 4:
-        raise ValueError(f"{path}: not an idx file (only {len(data)} bytes)")
+        raise DataError(f"{path}: not an idx file (only {len(data)} bytes)")
     zero, type_code, ndim = data[:2], data[2], data[3]
     if zero != b"\x00\x00" or type_code not in _IDX_DTYPES or ndim == 0:
-        raise ValueError(f"{path}: bad idx magic number 0x{data[:4].hex()} (expected 0x0000TTNN)")
+        raise DataError(f"{path}: bad idx magic number 0x{data[:4].hex()} (expected 0x0000TTNN)")
     header = 4 + 4 * ndim
     if len(data) < header:
-        raise ValueError(f"{path}: truncated idx header ({len(data)} bytes, need {header})")
+        raise DataError(f"{path}: truncated idx header ({len(data)} bytes, need {header})")
     dims = struct.unpack(f">{ndim}I", data[4:header])
     dtype = _IDX_DTYPES[type_code]
     expected = math.prod(dims) * dtype.itemsize
@@ -114,7 +115,7 @@ def _load_idx_dataset(root: PathLike | None, folder_name: str, split: str, downl
     image_file, label_file = files
     images, labels = read_idx(image_file), read_idx(label_file)
     if images.ndim != 3 or images.dtype != np.uint8:
-        raise ValueError(f"{image_file}: expected uint8 images [N, H, W], got {images.dtype} {list(images.shape)}")
+        raise DataError(f"{image_file}: expected uint8 images [N, H, W], got {images.dtype} {list(images.shape)}")
     if labels.ndim != 1 or len(labels) != len(images):
         raise ValueError(
             f"{label_file}: expected {len(images)} labels to match {image_file.name}, got shape {list(labels.shape)}"
@@ -201,9 +202,9 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         data = np.asarray(batch["data"], dtype=np.uint8)
         labels = np.asarray(batch["labels"], dtype=np.int64)
     except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as exc:
-        raise ValueError(f"{path}: not a valid CIFAR-10 batch ({type(exc).__name__}: {exc})") from exc
+        raise DataError(f"{path}: not a valid CIFAR-10 batch ({type(exc).__name__}: {exc})") from exc
     if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(labels) != len(data):
-        raise ValueError(f"{path}: unexpected CIFAR-10 shapes data={list(data.shape)} labels={list(labels.shape)}")
+        raise DataError(f"{path}: unexpected CIFAR-10 shapes data={list(data.shape)} labels={list(labels.shape)}")
     return data, labels
 
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from infomax.errors import SettingError
+
 SPLITS = ("train", "test")
 
 # Standard per-channel statistics of the official training splits (pixel values in [0, 1]).
@@ -44,7 +46,7 @@ def canonical_dataset_name(name: str) -> str:
     key = str(name).strip().lower()
     if key not in _DATASET_ALIASES:
         valid = ", ".join(sorted(_DATASET_ALIASES))
-        raise ValueError(f"unknown dataset {name!r}; valid names: {valid}")
+        raise SettingError(f"unknown dataset {name!r}; valid names: {valid}")
     return _DATASET_ALIASES[key]
 
 
@@ -60,7 +62,7 @@ def is_dataset_name(data: str) -> bool:
 def check_split(split: str) -> str:
     """``split`` itself when a standard data set has it; a ValueError naming the choices otherwise."""
     if split not in SPLITS:
-        raise ValueError(f"split {split!r} does not exist: use --split train or --split test")
+        raise SettingError(f"split {split!r} does not exist: use --split train or --split test")
     return split
 
 
@@ -70,7 +72,7 @@ def check_fits(encoder_shape: tuple[int, int], name: str, model: str | Path | No
     channels, size = encoder_shape
     if (stats["channels"], stats["size"]) != (channels, size):
         which = f"the artifact {model}" if model else "the encoder"
-        raise ValueError(
+        raise SettingError(
             f"{which} takes {channels}x{size}x{size} images but {name} holds "
             f"{stats['channels']}x{stats['size']}x{stats['size']}: use an encoder trained on {name} "
             f"(or an image folder, which is resized to fit)"

@@ -16,6 +16,7 @@ from infomax.data.datasets import InMemoryDataset
 from infomax.data.folder import IMAGE_EXTENSIONS, FileImages, folder_ids, folder_labels, folder_labels_note, list_images
 from infomax.data.readers import load_dataset
 from infomax.data.registry import CLASS_NAMES, canonical_dataset_name, check_fits, check_split, is_dataset_name
+from infomax.errors import SettingError
 
 __all__ = ["ImageSource", "resolve_source"]
 
@@ -74,7 +75,7 @@ def resolve_source(data: str, split: str = "test", *, channels: int, size: int, 
     is wrong and how to fix it.
     """
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise ValueError(f"--limit {limit!r}: must be a positive number of images")
+        raise SettingError(f"--limit {limit!r}: must be a positive number of images")
     if is_dataset_name(data):
         name = canonical_dataset_name(data)
         check_split(split)
@@ -91,12 +92,12 @@ def resolve_source(data: str, split: str = "test", *, channels: int, size: int, 
     folder = Path(data).expanduser()
     if not folder.exists():
         names = ", ".join(sorted(CLASS_NAMES))
-        raise ValueError(
+        raise SettingError(
             f"--data {data!r} is neither a data set name ({names}) nor an existing folder: "
             f"give one of those names or the path of a folder of images"
         )
     if not folder.is_dir():
-        raise ValueError(f"--data {data!r} is a file, not a folder: give the folder that holds the images")
+        raise SettingError(f"--data {data!r} is a file, not a folder: give the folder that holds the images")
     folder = folder.absolute()
     paths = list_images(folder)
     if not paths:

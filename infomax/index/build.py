@@ -15,6 +15,7 @@ import faiss
 import numpy as np
 
 from infomax.atomic import atomic_write_json, fsync_dir, fsync_file, temp_dir_beside
+from infomax.errors import DataError, SettingError
 from infomax.index.factory import choose_factory, parse_memory, safe_estimate
 from infomax.index.folders import check_target, folder_id, install_as_writer
 from infomax.index.inputs import metadata_rows, new_ids
@@ -54,14 +55,14 @@ class Building:
         the image store). The built index stays bound to ``path`` as its writer."""
         t_start = time.perf_counter()
         if not 0.0 < float(recall_target) <= 1.0:
-            raise ValueError(f"recall_target must be in (0, 1], got {recall_target!r}")
+            raise SettingError(f"recall_target must be in (0, 1], got {recall_target!r}")
         check_artifact(artifact)
         try:
             raw = np.asarray(vectors)
         except Exception as e:
-            raise ValueError(f"vectors must be a numeric array of shape (n, dim): {e}") from None
+            raise DataError(f"vectors must be a numeric array of shape (n, dim): {e}") from None
         if raw.ndim != 2 or raw.shape[1] == 0:
-            raise ValueError(f"vectors must have shape (n, dim), got shape {raw.shape}")
+            raise DataError(f"vectors must have shape (n, dim), got shape {raw.shape}")
         n, dim = raw.shape
         budget = parse_memory(memory_budget)
         if factory is None:
@@ -131,12 +132,12 @@ class Building:
             if ivf is not None:
                 ivf.cp.seed = int(seed) + 1234
                 if n < ivf.nlist:
-                    raise ValueError(f"{factory!r} needs at least {ivf.nlist} vectors to train, got {n}")
+                    raise SettingError(f"{factory!r} needs at least {ivf.nlist} vectors to train, got {n}")
             try:
                 with self._rw.write():
                     self._index.train(x[train_pos])
             except RuntimeError as e:
-                raise ValueError(f"cannot train {factory!r} on {len(train_pos)} vectors: {str(e).strip().splitlines()[-1]}") from None
+                raise SettingError(f"cannot train {factory!r} on {len(train_pos)} vectors: {str(e).strip().splitlines()[-1]}") from None
             train_info = {"train_size": int(len(train_pos))}
         t_train = time.perf_counter() - t0
         # The tuning queries are truly held out: they enter the index only after the search

@@ -17,6 +17,7 @@ from typing import Any
 import faiss
 import numpy as np
 
+from infomax.errors import DataError, SettingError
 from infomax.index.build import Building
 from infomax.index.faiss_ops import (
     TOMBSTONE,
@@ -50,6 +51,7 @@ from infomax.index.store import (
     transaction,
 )
 from infomax.index.tuning import Tuning
+from infomax.validate import positive_int
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +110,7 @@ class EmbeddingIndex(Loading, Saving, Building, Tuning, Searching, Items):
         an index unless ``overwrite``) and the index is bound to it: later
         ``add``/``remove`` are logged durably. IVF/PQ factories need :meth:`train`
         before vectors can be added (or use :meth:`build`)."""
-        if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim <= 0:
-            raise ValueError(f"dim must be a positive integer, got {dim!r}")
+        positive_int("dim", dim)
         check_artifact(artifact)
         self = cls._new(int(dim), factory or "Flat", artifact, durable, ":memory:")
         if path is not None:
@@ -169,9 +170,8 @@ class EmbeddingIndex(Loading, Saving, Building, Tuning, Searching, Items):
         clean = {}
         for key, value in dict(params).items():
             if key not in allowed:
-                raise ValueError(f"search parameter {key!r} does not apply to a {self.factory!r} index (allowed: {sorted(allowed)})")
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"search parameter {key} must be a positive integer, got {value!r}")
+                raise SettingError(f"search parameter {key!r} does not apply to a {self.factory!r} index (allowed: {sorted(allowed)})")
+            positive_int(key, value, what="a positive integer (a search parameter)")
             clean[key] = int(value)
         self._info["search_params"] = clean
         self._params_cache.clear()
@@ -344,8 +344,8 @@ class EmbeddingIndex(Loading, Saving, Building, Tuning, Searching, Items):
                         kv_set(conn, "next_id", max(next_id, int(ids_a.max()) + 1))
             except sqlite3.IntegrityError:
                 dups = existing_ids(conn, ids_a) if ids_a is not None else np.zeros(0, np.int64)
-                raise ValueError(f"ids already present in the index: {dups[:10].tolist()}"
-                                 + (f" (and {len(dups) - 10} more)" if len(dups) > 10 else "")) from None
+                raise DataError(f"ids already present in the index: {dups[:10].tolist()}"
+                                + (f" (and {len(dups) - 10} more)" if len(dups) > 10 else "")) from None
         self._apply_plan(plan)
         if n:
             self._faiss_add(ids_a, x)

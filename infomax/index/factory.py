@@ -8,6 +8,8 @@ import re
 
 import numpy as np
 
+from infomax.errors import SettingError
+
 _UNITS = {
     "": 1, "b": 1,
     "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3, "t": 1000**4, "tb": 1000**4,
@@ -21,19 +23,19 @@ def parse_memory(s: str | int) -> int:
     binary ones (KiB/MiB/GiB/TiB). Case-insensitive. Anything else, zero or a
     negative size raises ``ValueError`` quoting the value."""
     if isinstance(s, bool):
-        raise ValueError(f"invalid memory size {s!r}")
+        raise SettingError(f"invalid memory size {s!r}")
     if isinstance(s, (int, np.integer)):
         if s <= 0:
-            raise ValueError(f"invalid memory size {s!r}: must be positive")
+            raise SettingError(f"invalid memory size {s!r}: must be positive")
         return int(s)
     if not isinstance(s, str):
-        raise ValueError(f"invalid memory size {s!r}: expected e.g. '4GB', '512MB' or a number of bytes")
+        raise SettingError(f"invalid memory size {s!r}: expected e.g. '4GB', '512MB' or a number of bytes")
     m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([A-Za-z]*)\s*", s)
     if not m or m.group(2).lower() not in _UNITS:
-        raise ValueError(f"invalid memory size {s!r}: expected e.g. '4GB', '512MB', '1.5GiB' or a number of bytes")
+        raise SettingError(f"invalid memory size {s!r}: expected e.g. '4GB', '512MB', '1.5GiB' or a number of bytes")
     value = float(m.group(1)) * _UNITS[m.group(2).lower()]
     if not math.isfinite(value) or value < 1:
-        raise ValueError(f"invalid memory size {s!r}: must be at least 1 byte")
+        raise SettingError(f"invalid memory size {s!r}: must be at least 1 byte")
     return int(value)
 
 
@@ -125,11 +127,11 @@ def choose_factory(n: int, dim: int, memory_budget_bytes: int) -> str:
             if estimate_memory(fac, n, dim) <= budget:
                 return fac
         smallest = f"{quant},PQ{_divisors_desc(dim, 1)[0]}x8"
-        raise ValueError(
+        raise SettingError(
             f"no index fits a memory budget of {budget} bytes for n={n}, dim={dim}: even {smallest!r} "
             f"needs ~{estimate_memory(smallest, n, dim)} bytes"
         )
-    raise ValueError(
+    raise SettingError(
         f"no index fits a memory budget of {budget} bytes for n={n}, dim={dim}: Flat needs "
         f"~{estimate_memory('Flat', n, dim)} bytes and product quantization needs at least 10000 vectors to train"
     )

@@ -8,6 +8,8 @@ from typing import Any
 import faiss
 import numpy as np
 
+from infomax.errors import SettingError
+
 TOMBSTONE = -2  # id-map value of a removed HNSW entry (never a valid id)
 
 
@@ -31,7 +33,7 @@ def new_faiss_index(dim: int, factory: str) -> Any:
         base = faiss.index_factory(int(dim), spec, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as e:
         msg = str(e).strip().splitlines()[-1] if str(e).strip() else repr(e)
-        raise ValueError(f"invalid FAISS factory string {factory!r}: {msg}") from None
+        raise SettingError(f"invalid FAISS factory string {factory!r}: {msg}") from None
     ivf = faiss.try_extract_index_ivf(base)
     if ivf is not None:
         ivf = faiss.downcast_index(ivf)

@@ -9,6 +9,7 @@ import numpy as np
 
 from infomax.index.inputs import MAX_ID, as_id_array
 from infomax.index.store import chunks, first_free_id
+from infomax.validate import non_negative_int
 
 
 class Items:
@@ -66,8 +67,7 @@ class Items:
 
     def sample_ids(self, n: int, seed: int | None = None) -> np.ndarray:
         """Up to ``n`` distinct ids drawn uniformly at random (reproducible with ``seed``)."""
-        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
-            raise ValueError(f"n must be a non-negative integer, got {n!r}")
+        non_negative_int("n", n)
         all_ids = self.ids()
         rng = np.random.default_rng(seed)
         if n >= len(all_ids):

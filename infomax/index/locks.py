@@ -30,6 +30,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from infomax.errors import UserError
+
 try:
     import fcntl
 except ImportError:  # pragma: no cover - Windows: no advisory locks, one writer is then on trust
@@ -43,7 +45,7 @@ READ_ONLY_FIX = "open the index read-only (read_only=True; `infomax serve --read
 REPLACE_FIX = "build into another folder and point the server at it when it restarts"
 
 
-class IndexLockedError(PermissionError):
+class IndexLockedError(UserError, PermissionError):
     """Another process (or another open instance in this one) writes this index folder."""
 
     def __init__(self, folder: Path, holder: dict | None, doing: str, fix: str = READ_ONLY_FIX) -> None:

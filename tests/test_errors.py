@@ -1,0 +1,108 @@
+"""The error model (issue 16): one root, ``UserError`` for what a user can fix; the command line
+prints a user's error as one line and lets anything else (a bug) keep its traceback."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from infomax.errors import DataError, InfomaxError, MissingFileError, SettingError, UserError, is_user_error
+from training import cli
+
+INFOMAX = str(Path(sys.executable).parent / "infomax")
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
+
+
+class OwnUserError(UserError):
+    """A user's error of a module of its own."""
+
+
+def test_every_user_error_keeps_its_builtin_base():
+    """``except ValueError`` (tests, the service) still catches what it caught before the root."""
+    from infomax.artifact import ArtifactError
+    from infomax.data import DataNotFoundError
+    from infomax.index import IndexLoadError, IndexMismatchError
+    from infomax.index.locks import IndexLockedError
+    from infomax.module import NonFiniteLossError
+
+    for cls, base in ((ArtifactError, ValueError), (DataNotFoundError, FileNotFoundError),
+                      (IndexLoadError, Exception), (IndexMismatchError, ValueError), (IndexLockedError, PermissionError),
+                      (NonFiniteLossError, FloatingPointError), (SettingError, ValueError), (DataError, ValueError),
+                      (MissingFileError, FileNotFoundError)):
+        assert issubclass(cls, UserError) and issubclass(cls, InfomaxError) and issubclass(cls, base), cls
+        assert is_user_error(cls)
+    assert not is_user_error(ValueError("a bug")) and not is_user_error(FloatingPointError)
+    assert not is_user_error(RuntimeError) and not is_user_error(KeyError("x"))
+    assert is_user_error(FileNotFoundError(2, "No such file or directory", "/x"))  # the system's word on a path
+
+
+@pytest.mark.parametrize("raised,one_line", [
+    (SettingError("threshold 2.0: must be a cosine similarity in (-1, 1]"), True),
+    (DataError("/e/embeddings.json is not valid JSON"), True),
+    (ValueError("a bug's ValueError"), False),
+    (FloatingPointError("a bug's overflow"), False),
+])
+def test_the_command_line_prints_user_errors_only(monkeypatch, capsys, raised, one_line):
+    import training.duplicates
+
+    def main(argv):
+        raise raised
+
+    monkeypatch.setattr(training.duplicates, "main", main)
+    if one_line:
+        assert cli.main(["duplicates"]) == 1
+        assert capsys.readouterr().err == f"infomax duplicates: error: {raised}\n"
+    else:
+        with pytest.raises(type(raised)):
+            cli.main(["duplicates"])
+
+
+def test_a_user_error_is_one_line_from_the_real_command(tmp_path):
+    r = _run(INFOMAX, "duplicates", "--index", str(tmp_path / "nowhere"))
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.startswith("infomax duplicates: error: --index: ") and r.stderr.count("\n") == 1, r.stderr
+
+
+def test_a_bug_keeps_its_traceback_from_the_real_command(tmp_path):
+    """A ValueError that is not a UserError is a bug: the command line shows where it came from."""
+    code = ("import sys, training.duplicates as d\n"
+            "def bug(argv):\n"
+            "    raise ValueError('internal: a bug, not the user')\n"
+            "d.main = bug\n"
+            "from training.cli import main\n"
+            "sys.exit(main(['duplicates', '--index', 'x']))\n")
+    r = _run(sys.executable, "-c", code)
+    assert r.returncode == 1, r.stderr
+    assert "Traceback (most recent call last)" in r.stderr and 'line 3, in bug' in r.stderr, r.stderr
+    assert r.stderr.rstrip().endswith("ValueError: internal: a bug, not the user")
+    assert "infomax duplicates: error:" not in r.stderr
+
+
+def test_startup_tracebacks_are_dropped_by_the_same_definition():
+    """The serve command's log filter asks ``is_user_error`` of the class the traceback names."""
+    import logging
+    import traceback
+
+    from training.serve import OneLineStartupErrors
+
+    def record(exc: Exception) -> logging.LogRecord:
+        try:
+            raise exc
+        except Exception:
+            text = traceback.format_exc()
+        return logging.LogRecord("uvicorn.error", logging.ERROR, __file__, 1, text, None, None)
+
+    quiet = OneLineStartupErrors()
+    assert not quiet.filter(record(OwnUserError("bad file")))  # a class no list names: found by its module
+    assert not quiet.filter(record(MissingFileError("/a/index.faiss is missing")))
+    assert quiet.filter(record(FloatingPointError("a bug")))
+    assert quiet.filter(record(json.JSONDecodeError("a bug's parse", "{", 0)))  # a ValueError, not a user's
