@@ -418,3 +418,24 @@ def test_saved_folders_filter_and_older_stores_get_their_indexes(tmp_path):
         assert rw.labels() == sorted({m["label"] for m in md if "label" in m})
     finally:
         rw.close()
+
+
+@pytest.mark.parametrize("factory", FACTORIES)
+def test_sparse_ids_as_folders_have_them(factory):
+    """Ids of a folder's files are hashes up to 2^53: a hash-set selector (a bitmap would not fit),
+    same answers; dense ids (a data set's positions) get a bitmap."""
+    x, md = _data(1500)
+    ids = np.sort(np.random.default_rng(5).choice(2**53, len(x), replace=False)).astype(np.int64)
+    index = EmbeddingIndex.create(DIM, factory)
+    try:
+        if not index.is_trained:
+            index.train(x)
+        index.add(x, ids=ids, metadata=md)
+        for spec in FILTERS[:6]:
+            allowed = reference(md, ids, spec)
+            D, I = index.search(x[:8], K, filter=spec)
+            assert_same_neighbours(D, I, *brute_force(x, ids, allowed, x[:8], K))
+    finally:
+        index.close()
+    assert isinstance(filtered_mod.Match(ids[:100], 0).selector(), faiss.IDSelectorBatch)
+    assert isinstance(filtered_mod.Match(np.arange(0, 3000, 3, dtype=np.int64), 0).selector(), faiss.IDSelectorBitmap)

@@ -15,7 +15,7 @@ A filter is a JSON object (a dict); every condition in it must hold (AND)::
 Values compare with their JSON types: a string matches strings only, a number numbers only (3 and
 3.0 are equal), ``true``/``false`` booleans only; an item without the key, or with null, a list or
 an object there, never matches. An empty ``in`` list matches nothing; ``{}`` matches every item.
-Limits (each refused with a ``ValueError`` naming the key): at most :data:`MAX_CONDITIONS` keys,
+Limits (each refused with a ``SettingError``, a ValueError, naming the key): at most :data:`MAX_CONDITIONS` keys,
 :data:`MAX_IN_VALUES` values in an ``in`` list, :data:`MAX_STRING` characters in a string,
 integers within int64; a meta key is ``meta.`` and up to :data:`MAX_DEPTH` dot-separated names of
 1 to 128 printable characters other than ``"``, ``\\`` and ``.`` (a stored key that holds one of
@@ -37,6 +37,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from infomax.errors import SettingError
 
 MAX_IN_VALUES = 1000  # values in one {"in": [...]} list
 MAX_CONDITIONS = 16  # keys in one filter
@@ -102,28 +104,34 @@ class Filter:
 # --------------------------------------------------------------------------- parsing
 
 
+def _bad(message: str) -> SettingError:
+    """The error of a bad filter: a SettingError (a ValueError) about the setting "filter"."""
+    return SettingError(message, setting="filter")
+
+
 def parse_filter(spec: Filter | Mapping[str, Any] | str) -> Filter:
     """A filter from a dict, or from its JSON text (the command line, a multipart field).
 
-    Raises ``ValueError`` naming the key and what is allowed for anything else: an unknown key,
-    a value of the wrong type, an unknown operator, an ``in`` list over :data:`MAX_IN_VALUES`..."""
+    Raises :class:`~infomax.errors.SettingError` (a ValueError, ``setting="filter"``) naming the key
+    and what is allowed for anything else: an unknown key, a value of the wrong type, an unknown
+    operator, an ``in`` list over :data:`MAX_IN_VALUES`..."""
     if isinstance(spec, Filter):
         return spec
     if isinstance(spec, (str, bytes)):
         try:
             spec = json.loads(spec)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f'filter is not valid JSON ({e}); expected an object such as {{"label": 3}}') from None
+            raise _bad(f'filter is not valid JSON ({e}); expected an object such as {{"label": 3}}') from None
         except RecursionError:
-            raise ValueError("filter is not valid JSON (nested too deeply)") from None
+            raise _bad("filter is not valid JSON (nested too deeply)") from None
     if not isinstance(spec, Mapping):
-        raise ValueError(f'filter must be a JSON object such as {{"label": 3}}, got {_type(spec)}')
+        raise _bad(f'filter must be a JSON object such as {{"label": 3}}, got {_type(spec)}')
     if len(spec) > MAX_CONDITIONS:
-        raise ValueError(f"filter has {len(spec)} keys; at most {MAX_CONDITIONS} are allowed")
+        raise _bad(f"filter has {len(spec)} keys; at most {MAX_CONDITIONS} are allowed")
     conditions = []
     for key, value in spec.items():
         if not isinstance(key, str):
-            raise ValueError(f"filter key {key!r} is not a string; {FORMS}")
+            raise _bad(f"filter key {key!r} is not a string; {FORMS}")
         conditions.append(_parse_condition(key, value))
     conditions.sort(key=lambda c: c.key)  # canonical order (the conditions are ANDed)
     return Filter(tuple(conditions))
@@ -143,23 +151,23 @@ def _parse_condition(key: str, value: Any) -> Condition:
     if isinstance(value, Mapping):
         if len(value) != 1:
             ops = ", ".join(map(repr, value)) or "none"
-            raise ValueError(f"filter {name}: give exactly one operator, \"in\" or \"prefix\" (got {ops}); {FORMS}")
+            raise _bad(f"filter {name}: give exactly one operator, \"in\" or \"prefix\" (got {ops}); {FORMS}")
         ((op, arg),) = value.items()
         if op == "in":
             if not isinstance(arg, (list, tuple)):
-                raise ValueError(f'filter {name}: "in" takes a list of values, got {_type(arg)}')
+                raise _bad(f'filter {name}: "in" takes a list of values, got {_type(arg)}')
             if len(arg) > MAX_IN_VALUES:
-                raise ValueError(f'filter {name}: "in" holds {len(arg)} values; at most {MAX_IN_VALUES} are allowed '
+                raise _bad(f'filter {name}: "in" holds {len(arg)} values; at most {MAX_IN_VALUES} are allowed '
                                  "(split the search, or filter on a coarser key)")
             values = [_check_value(name, field, v, f"in[{i}]") for i, v in enumerate(arg)]
             return Condition(key, "in", _unique(values))
         if op == "prefix":
             if field == "label":
-                raise ValueError(f'filter {name}: "prefix" applies to strings (source, meta keys), not to the label')
+                raise _bad(f'filter {name}: "prefix" applies to strings (source, meta keys), not to the label')
             if not isinstance(arg, str):
-                raise ValueError(f'filter {name}: "prefix" takes a string, got {_type(arg)}')
+                raise _bad(f'filter {name}: "prefix" takes a string, got {_type(arg)}')
             return Condition(key, "prefix", (_check_value(name, field, arg, "prefix"),))
-        raise ValueError(f"filter {name}: unknown operator {op!r}; use {FORMS}")
+        raise _bad(f"filter {name}: unknown operator {op!r}; use {FORMS}")
     return Condition(key, "eq", (_check_value(name, field, value, "value"),))
 
 
@@ -170,44 +178,44 @@ def _check_key(key: str) -> str:
     if key.startswith("meta."):
         names = key[len("meta."):].split(".")
         if len(names) > MAX_DEPTH:
-            raise ValueError(f"filter key {key[:200]!r}: at most {MAX_DEPTH} nested names after 'meta.'")
+            raise _bad(f"filter key {key[:200]!r}: at most {MAX_DEPTH} nested names after 'meta.'")
         for n in names:
             if not n or len(n) > _MAX_NAME or not n.isprintable() or '"' in n or "\\" in n:
-                raise ValueError(f"filter key {key[:200]!r}: each name after 'meta.' must be 1 to {_MAX_NAME} "
+                raise _bad(f"filter key {key[:200]!r}: each name after 'meta.' must be 1 to {_MAX_NAME} "
                                  'printable characters other than ", \\ and . (dots separate nested keys)')
         return "meta"
     hint = " (meta keys are written meta.<key>)" if key == "meta" else ""
-    raise ValueError(f"filter key {key[:200]!r} is not filterable{hint}; {FORMS}")
+    raise _bad(f"filter key {key[:200]!r} is not filterable{hint}; {FORMS}")
 
 
 def _check_value(name: str, field: str, v: Any, where: str) -> Scalar:
     if field == "label":
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-            raise ValueError(f"filter {name}: {where} must be an integer label, got {_show(v)}")
+            raise _bad(f"filter {name}: {where} must be an integer label, got {_show(v)}")
         if not _INT64[0] <= int(v) <= _INT64[1]:
-            raise ValueError(f"filter {name}: {where} {int(v)} is beyond int64, which labels are")
+            raise _bad(f"filter {name}: {where} {int(v)} is beyond int64, which labels are")
         return int(v)
     if field == "source":
         if not isinstance(v, str):
-            raise ValueError(f"filter {name}: {where} must be a string, got {_show(v)}")
+            raise _bad(f"filter {name}: {where} must be a string, got {_show(v)}")
     elif v is None or not isinstance(v, (str, bool, int, float, np.integer, np.floating)):
-        raise ValueError(f"filter {name}: {where} must be a string, number or boolean, got {_show(v)}")
+        raise _bad(f"filter {name}: {where} must be a string, number or boolean, got {_show(v)}")
     if isinstance(v, str):
         if len(v) > MAX_STRING:
-            raise ValueError(f"filter {name}: {where} is a string of {len(v)} characters; at most {MAX_STRING}")
+            raise _bad(f"filter {name}: {where} is a string of {len(v)} characters; at most {MAX_STRING}")
         try:
             v.encode("utf-8")
         except UnicodeEncodeError:
-            raise ValueError(f"filter {name}: {where} is not valid Unicode text (a lone surrogate)") from None
+            raise _bad(f"filter {name}: {where} is not valid Unicode text (a lone surrogate)") from None
         return v
     if isinstance(v, bool):
         return v
     if isinstance(v, (int, np.integer)):
         if not _INT64[0] <= int(v) <= _INT64[1]:
-            raise ValueError(f"filter {name}: {where} {int(v)} is beyond int64")
+            raise _bad(f"filter {name}: {where} {int(v)} is beyond int64")
         return int(v)
     if not math.isfinite(float(v)):
-        raise ValueError(f"filter {name}: {where} must be a finite number, got {float(v)}")
+        raise _bad(f"filter {name}: {where} must be a finite number, got {float(v)}")
     return float(v)
 
 
