@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, WithJsonSchema, model_validator
+
+from service.filters import DESCRIPTION as FILTER_DESCRIPTION
+from service.filters import FILTER_SCHEMA
 
 MAX_ID = 2**63 - 1  # FAISS and SQLite ids are int64
 # Caller-chosen ids stop at 2^53 - 1: the largest integer JavaScript (the web page, most JSON clients)
@@ -33,6 +36,9 @@ class SearchRequest(_Strict):
     vector: list[float] | None = Field(None, description="a code of the index's dimension (need not be normalised)")
     id: StrictInt | None = Field(None, ge=0, le=MAX_ID, description="search from the stored code of this item (left out of the results)")
     k: StrictInt | None = Field(None, description="number of neighbours, 1..max_k (default: default_k)")
+    # checked by the library (service/filters.py: 422 invalid_filter naming the key), not here
+    filter: Annotated[Any, WithJsonSchema({"anyOf": [FILTER_SCHEMA, {"type": "null"}]})] = Field(
+        None, description=FILTER_DESCRIPTION)
 
     @model_validator(mode="after")
     def _one_query(self) -> SearchRequest:
@@ -80,7 +86,9 @@ class SearchResponse(BaseModel):
                                    "serves mu)")
     k: int
     query: Literal["image", "vector", "id"]
-    neighbors: list[Neighbor] = Field(description="best first; fewer than k when the index holds fewer items")
+    filter: dict[str, Any] | None = Field(None, description="the filter applied, as understood (keys sorted); "
+                                                            "null: none")
+    neighbors: list[Neighbor] = Field(description="best first; fewer than k only when fewer items (match the filter)")
 
 
 class EmbedResponse(BaseModel):
@@ -115,6 +123,13 @@ class Readiness(BaseModel):
     read_only: bool
 
 
+class FilterInfo(BaseModel):
+    keys: list[str] = Field(description="what a search filter can name (meta.<key>: any key of the items' meta)")
+    labels: list[int] = Field(description="the labels the items carry, ascending (at most max_in_values)")
+    max_in_values: int = Field(description="most values in one {\"in\": [...]} list")
+    max_keys: int = Field(description="most keys in one filter")
+
+
 class ServiceInfo(BaseModel):
     model: str
     z_dim: int = Field(description="length of the vectors the model serves and the index holds")
@@ -138,3 +153,4 @@ class ServiceInfo(BaseModel):
     key_required_for_reads: bool
     classes: list[str] | None = Field(
         None, description="names of the labels, in label order, where the index records them or the data set it holds")
+    filters: FilterInfo = Field(description="what the filter of POST /v1/search can select")

@@ -27,7 +27,7 @@ from anyio import to_thread
 from infomax.artifact import load_encoder
 from infomax.errors import MissingFileError, SettingError
 from infomax.imagestore import ImageStore
-from infomax.index import RECORD_FILE, EmbeddingIndex, IndexMismatchError
+from infomax.index import RECORD_FILE, EmbeddingIndex, Filter, IndexMismatchError
 from service.batching import Batcher
 from service.errors import ApiError
 from service.images import DecodedImage
@@ -44,6 +44,7 @@ MAX_ID = 2**63 - 1
 class EncodeJob:
     pixels: torch.Tensor  # uint8 (n, C, S, S)
     k: int | None = None  # None: codes only; k: also search the index for each image
+    filter: Filter | None = None  # ... among the items it matches
 
 
 @dataclass(frozen=True)
@@ -230,8 +231,14 @@ class ServiceState:
             kmax = max(jobs[i].k for i in want)
             scores = np.full((len(rows), kmax), -np.inf, np.float32)
             ids = np.full((len(rows), kmax), -1, np.int64)
-            if usable.any():
-                scores[usable], ids[usable] = index.search(rows[usable], kmax)
+            # one FAISS search per distinct filter (most batches: one, unfiltered)
+            filters = {f.key: f for f in (jobs[i].filter for i in want) if f is not None}
+            row_filter = np.array([jobs[i].filter.key if jobs[i].filter is not None else ""
+                                   for i in want for _ in range(len(results[i]))], dtype=object)
+            for key in ["", *filters]:
+                rows_of = usable & (row_filter == key)
+                if rows_of.any():
+                    scores[rows_of], ids[rows_of] = index.search(rows[rows_of], kmax, filter=filters.get(key))
             # one metadata query for the whole batch rather than one per request
             found = {m["id"]: m for m in index.get_many(np.unique(ids[ids >= 0])) if m is not None}
             r = 0
@@ -257,8 +264,9 @@ class ServiceState:
         finally:
             self._coming -= 1
 
-    async def encode(self, pixels: torch.Tensor, k: int | None = None) -> np.ndarray | Hits:
-        result = await self.batcher.submit(EncodeJob(pixels, k), size=len(pixels))
+    async def encode(self, pixels: torch.Tensor, k: int | None = None,
+                     filter: Filter | None = None) -> np.ndarray | Hits:  # noqa: A002
+        result = await self.batcher.submit(EncodeJob(pixels, k, filter), size=len(pixels))
         if isinstance(result, ApiError):
             raise result
         return result
@@ -278,16 +286,18 @@ class ServiceState:
             raise ApiError(422, "invalid_vector", "vector is all zeros: cosine similarity is undefined")
         return v32
 
-    def search_vector(self, v: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, list[dict | None]]:
+    def search_vector(self, v: np.ndarray, k: int,
+                      flt: Filter | None = None) -> tuple[np.ndarray, np.ndarray, list[dict | None]]:
         """(scores, ids, metadata) of one query, all in one trip to the thread pool."""
         index = self.index
-        scores, ids = index.search(v[None, :], k)
+        scores, ids = index.search(v[None, :], k, filter=flt)
         return scores[0], ids[0], self.items(ids[0].tolist(), index)
 
-    def search_id(self, item_id: int, k: int) -> tuple[np.ndarray, np.ndarray, list[dict | None]]:
+    def search_id(self, item_id: int, k: int,
+                  flt: Filter | None = None) -> tuple[np.ndarray, np.ndarray, list[dict | None]]:
         index = self.index
         try:
-            scores, ids = index.search_by_id(item_id, k)
+            scores, ids = index.search_by_id(item_id, k, filter=flt)
         except KeyError:
             raise ApiError(404, "not_found", f"no item with id {item_id}") from None
         return scores[0], ids[0], self.items(ids[0].tolist(), index)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import io
+import json
 import select
 import socket
 import struct
@@ -391,3 +392,113 @@ def _complete(raw: bytes) -> bool:
         if name.strip().lower() == b"content-length":
             return len(body) >= int(value.strip())
     return False
+
+
+# ----------------------------------------------------------------------------- hostile filters
+
+
+@dataclass(frozen=True)
+class FilterCase:
+    """A filter for ``POST /v1/search`` and the documented answer: in a JSON body (beside a
+    vector) and as the multipart field ``filter`` (JSON text, beside an image). ``spec`` is the
+    filter as Python data, or ``raw`` its exact JSON text (NaN, lone surrogates, malformed,
+    nested past the parser's limit). ``max_results``: a 200 must hold at most this many neighbours
+    (0: an injection attempt that must match nothing)."""
+
+    name: str
+    spec: object = None
+    raw: str | None = None
+    status: int = 422
+    code: str | None = "invalid_filter"
+    fragment: str = ""
+    form_status: int | None = None  # when the multipart answer differs
+    form_code: str | None = None
+    form_fragment: str | None = None
+    max_results: int | None = None
+
+    def text(self) -> str:
+        return self.raw if self.raw is not None else json.dumps(self.spec)
+
+    def json_body(self, dim: int, k: int = 5) -> bytes:
+        head = json.dumps({"vector": [0.1] * dim, "k": k})[:-1]
+        return (head + ', "filter": ' + self.text() + "}").encode("utf-8", "surrogatepass")
+
+    def form_text(self) -> str:
+        return self.text()
+
+    def expect(self, how: str) -> tuple[int, str | None]:
+        if how == "form" and self.form_status is not None:
+            return self.form_status, self.form_code
+        return self.status, (self.code if self.status != 200 else None)
+
+    def expected_fragment(self, how: str) -> str:
+        return self.form_fragment if how == "form" and self.form_fragment is not None else self.fragment
+
+
+def filter_corpus() -> list[FilterCase]:
+    """Bad, hostile and heavy-but-valid filters with their documented answers (service/filters.py,
+    infomax/index/filters.py): 422 ``invalid_filter`` naming the key for every bad filter, never 5xx."""
+    nested = "[" * 50 + "1" + "]" * 50
+    too_deep = "[" * 100_000 + "]" * 100_000
+    F = FilterCase
+    return [
+        F("unknown key", {"colour": "red"}, fragment="'colour' is not filterable"),
+        F("meta without a key", {"meta": {"camera": "x"}}, fragment="meta.<key>"),
+        F("id is not filterable", {"id": 3}, fragment="not filterable"),
+        F("SQL in a key", {"label; DROP TABLE items; --": 1}, fragment="not filterable"),
+        F("empty key", {"": 1}, fragment="not filterable"),
+        F("meta. alone", {"meta.": 1}, fragment="each name after 'meta.'"),
+        F("quote in a meta key", {'meta.a"b': 1}, fragment="other than"),
+        F("backslash in a meta key", {"meta.a\\b": 1}, fragment="other than"),
+        F("NUL in a meta key", {"meta.a\u0000b": 1}, fragment="printable"),
+        F("meta key of 10,000 characters", {"meta." + "a" * 10_000: 1}, fragment="1 to 128"),
+        F("meta key 9 deep", {"meta." + ".".join("abcdefghi"): 1}, fragment="at most 8 nested"),
+        F("17 keys", {f"meta.k{i}": i for i in range(17)}, fragment="at most 16"),
+        F("label a string", {"label": "cat"}, fragment="integer label"),
+        F("label a float", {"label": 2.5}, fragment="integer label"),
+        F("label a boolean", {"label": True}, fragment="integer label"),
+        F("label beyond int64", {"label": 2**70}, fragment="beyond int64"),
+        F("label null", {"label": None}, fragment="got null"),
+        F("label prefix", {"label": {"prefix": "1"}}, fragment='"prefix" applies to strings'),
+        F("source a number", {"source": 7}, fragment="must be a string"),
+        F("source prefix a number", {"source": {"prefix": 7}}, fragment='"prefix" takes a string'),
+        F("meta null", {"meta.camera": None}, fragment="got null"),
+        F("meta a list", {"meta.camera": ["x100"]}, fragment="string, number or boolean"),
+        F("meta beyond int64", {"meta.iso": -(2**64)}, fragment="beyond int64"),
+        F("unknown operator", {"meta.iso": {"gt": 100}}, fragment="unknown operator 'gt'"),
+        F("two operators", {"source": {"in": ["a"], "prefix": "b"}}, fragment="exactly one operator"),
+        F("no operator", {"source": {}}, fragment="exactly one operator"),
+        F("in not a list", {"label": {"in": 3}}, fragment='"in" takes a list'),
+        F("in with a wrong type", {"label": {"in": [1, "2"]}}, fragment="in[1] must be an integer"),
+        F("in of lists", {"meta.a": {"in": json.loads(nested)}}, fragment="in[0] must be a string"),
+        F("in of 1,001 values", {"label": {"in": list(range(1001))}}, fragment="at most 1000"),
+        F("in of 100,000 values", {"label": {"in": list(range(100_000))}}, fragment="holds 100000 values"),
+        F("in of 300,000 values", {"label": {"in": list(range(300_000))}}, fragment="holds 300000 values",
+          form_status=400, form_code="invalid_multipart", form_fragment="maximum size"),  # a 2 MB form field
+        F("string of 5,000 characters", {"source": "x" * 5000}, fragment="at most 4096"),
+        F("NaN", raw='{"meta.x": NaN}', fragment="finite"),
+        F("Infinity", raw='{"meta.x": {"in": [1, -Infinity]}}', fragment="finite"),
+        F("lone surrogate", raw='{"meta.camera": "\\ud800"}', fragment="lone surrogate"),
+        F("filter a string", raw='"label=3"', fragment="must be a JSON object"),
+        F("filter text not an object", raw="label=3", status=400, code="invalid_json", fragment="malformed JSON",
+          form_status=422, form_code="invalid_filter", form_fragment="not valid JSON"),
+        F("filter a list", [{"label": 3}], fragment="must be a JSON object"),
+        F("filter text not JSON", raw='{"label": 3', status=400, code="invalid_json", fragment="malformed JSON",
+          form_status=422, form_code="invalid_filter", form_fragment="not valid JSON"),
+        F("nested past the parser", raw=too_deep, status=400, code="invalid_json", fragment="nested too deeply",
+          form_status=422, form_code="invalid_filter", form_fragment="nested too deeply"),
+        F("null", raw="null", status=200, form_status=422, form_code="invalid_filter",
+          form_fragment="must be a JSON object"),
+        # valid, if odd or heavy: answered, and injections match nothing
+        F("empty object", {}, status=200),
+        F("empty in list", {"label": {"in": []}}, status=200, max_results=0),
+        F("empty prefix", {"source": {"prefix": ""}}, status=200),
+        F("SQL in a value", {"source": "x' OR 1=1 --"}, status=200, max_results=0),
+        F("SQL in a meta key", {"meta.a') OR 1=1 --": 1}, status=200, max_results=0),
+        F("JSON path syntax in a meta key", {"meta.$[0]": 1, "meta.*": 1}, status=200, max_results=0),
+        F("LIKE wildcards in a prefix", {"source": {"prefix": "%"}}, status=200, max_results=0),
+        F("emoji", {"meta.camera": "\U0001f4f7", "source": {"prefix": "\U0001f4f7/"}}, status=200, max_results=0),
+        F("1,000 values of 500 characters", {"meta.camera": {"in": ["y" * 499 + str(i % 10) for i in range(1000)]}},
+          status=200, max_results=0),
+        F("every type in one list", {"meta.iso": {"in": [1, 1.5, "1", True, False, -0.0, 1e308]}}, status=200),
+    ]

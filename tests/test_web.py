@@ -7,6 +7,7 @@ Screenshots go to the test's tmp_path, and also to $INFOMAX_SCREENSHOT_DIR when 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import threading
@@ -206,3 +207,72 @@ def test_page_asks_for_the_key_when_reads_need_one(browser, index_folder, index_
         _wait(browser, lambda d: _all_pictures_loaded(d, "#results"))
         screenshot(browser, tmp_path, "web-key.png")
         assert browser.execute_script("return sessionStorage.getItem('infomax-api-key')") == KEY
+
+
+def test_filters_by_class_and_folder(browser, index_folder, index_template, tmp_path, tiny_artifact):  # noqa: F811
+    """The class select (the labels of /v1/info) and the folder box (a source prefix) filter every
+    search, by upload and by click; changing one searches again; nothing matching says so."""
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import Select
+
+    by = "css selector"
+    with LiveServer(Settings(artifact=tiny_artifact, index=index_folder)) as live:
+        browser.get(live.url + "/")
+        _wait(browser, lambda d: len(d.find_elements(by, "#sample .card")) == 24)
+        labels = httpx.get(live.url + "/v1/info").json()["filters"]["labels"]
+        assert labels == sorted(set(index_template["labels"]))
+        options = browser.execute_script(
+            "return [...document.querySelectorAll('#filter-class option')].map(o => [o.value, o.textContent]);")
+        assert options == [["", "any class"]] + [[str(lab), f"label {lab}"] for lab in labels]
+
+        def api(flt: dict, *, file: bytes | None = None, item: int | None = None) -> list[int]:
+            if file is not None:
+                r = httpx.post(live.url + "/v1/search", files={"file": ("q.png", file, "image/png")},
+                               data={"k": "12", "filter": json.dumps(flt)})
+            else:
+                r = httpx.post(live.url + "/v1/search", json={"id": item, "k": 12, "filter": flt})
+            assert r.status_code == 200, r.text
+            return [n["id"] for n in r.json()["neighbors"]]
+
+        # a class, then an upload: only that class comes back, as the API answers it
+        png = index_template["pngs"][5]
+        Select(browser.find_element("id", "filter-class")).select_by_value("3")
+        query = tmp_path / "query.png"
+        query.write_bytes(png)
+        browser.find_element("id", "file").send_keys(str(query))
+        expected = api({"label": 3}, file=png)
+        assert len(expected) == 12 and all(index_template["labels"][i] == 3 for i in expected)
+        _wait(browser, lambda d: _hit_ids(d) == expected)
+        assert "only class label 3" in browser.find_element("id", "status").text
+
+        # a folder as well (Enter): the same query searched again among fewer items
+        folder = browser.find_element("id", "filter-folder")
+        folder.send_keys("cifar10:test:1", Keys.ENTER)
+        both = {"label": 3, "source": {"prefix": "cifar10:test:1"}}
+        expected = api(both, file=png)
+        matching = [i for i in range(len(index_template["labels"]))
+                    if index_template["labels"][i] == 3 and f"cifar10:test:{i}".startswith("cifar10:test:1")]
+        assert len(expected) == min(12, len(matching)) and set(expected) <= set(matching)  # fewer only when fewer match
+        _wait(browser, lambda d: _hit_ids(d) == expected)
+        _wait(browser, lambda d: _all_pictures_loaded(d, "#results"))
+        screenshot(browser, tmp_path, "web-filter.png")
+
+        # clicking a result searches from it under the same filter
+        first = _hit_ids(browser)[0]
+        browser.find_elements(by, "#results .hit")[0].click()
+        expected = api(both, item=first)
+        _wait(browser, lambda d: f"item #{first}" in d.find_element("id", "query-caption").text
+              and _hit_ids(d) == expected)
+
+        # a folder nothing is in
+        folder.clear()
+        folder.send_keys("holidays/", Keys.ENTER)
+        _wait(browser, lambda d: "No image matches the filter." in d.find_element("id", "results").text)
+        assert _hit_ids(browser) == []
+
+        # no filter: 12 neighbours again, any class
+        folder.clear()
+        folder.send_keys(Keys.ENTER)
+        Select(browser.find_element("id", "filter-class")).select_by_value("")
+        expected = httpx.post(live.url + "/v1/search", json={"id": first, "k": 12}).json()
+        _wait(browser, lambda d: _hit_ids(d) == [n["id"] for n in expected["neighbors"]])

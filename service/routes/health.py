@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from anyio import to_thread
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from infomax.data.registry import recorded_classes
+from infomax.index.filters import MAX_CONDITIONS, MAX_IN_VALUES
 from service.deps import ReadAccess, ReadyState, StateDep
 from service.errors import ErrorBody
-from service.schemas import Health, Readiness, ServiceInfo
+from service.schemas import FilterInfo, Health, Readiness, ServiceInfo
 
 router = APIRouter(tags=["health"])
 
@@ -31,6 +33,7 @@ async def readyz(state: StateDep):
 @router.get("/v1/info", response_model=ServiceInfo, dependencies=[ReadAccess], summary="Model, index and limits")
 async def info(state: ReadyState) -> ServiceInfo:
     s, m = state.settings, state.model
+    labels = await to_thread.run_sync(state.index.labels, MAX_IN_VALUES)
     return ServiceInfo(
         model=m.id, z_dim=m.z_dim, output=m.output, input_size=m.input_size, in_channels=m.in_channels,
         optimized=m.optimized,
@@ -39,4 +42,6 @@ async def info(state: ReadyState) -> ServiceInfo:
         max_images_per_request=s.max_images_per_request, max_sample=s.max_sample,
         key_required_for_writes=s.api_key is not None, key_required_for_reads=s.api_key is not None and s.api_key_for_reads,
         classes=recorded_classes(state.index.info.get("artifact")),
+        filters=FilterInfo(keys=["label", "source", "meta.<key>"], labels=labels, max_in_values=MAX_IN_VALUES,
+                           max_keys=MAX_CONDITIONS),
     )

@@ -3,7 +3,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { maxK: 100, keyForReads: false, classes: null, searches: 0 };
+const state = { maxK: 100, keyForReads: false, classes: null, searches: 0, last: null };
 
 function apiKey() {
   return $("apikey").value.trim();
@@ -60,9 +60,31 @@ function sourceText(item) {
 function className(item) {
   if (item.meta && typeof item.meta.class === "string") return item.meta.class;
   if (!Number.isInteger(item.label)) return null;
+  return labelName(item.label);
+}
+
+function labelName(label) {
   const names = state.classes;
-  if (names && item.label >= 0 && item.label < names.length) return names[item.label];
-  return `label ${item.label}`;
+  if (names && label >= 0 && label < names.length) return names[label];
+  return `label ${label}`;
+}
+
+// The search filter of the controls (POST /v1/search's "filter"): a class (label) and a folder
+// (the start of the source: a file's relative path); null when neither is set.
+function currentFilter() {
+  const filter = {};
+  const label = $("filter-class").value;
+  if (label !== "") filter.label = Number(label);
+  const folder = $("filter-folder").value.trim();
+  if (folder) filter.source = { prefix: folder };
+  return Object.keys(filter).length ? filter : null;
+}
+
+function filterText(filter) {
+  const parts = [];
+  if (filter && "label" in filter) parts.push(`class ${labelName(filter.label)}`);
+  if (filter && filter.source) parts.push(`folder ${filter.source.prefix}`);
+  return parts.join(", ");
 }
 
 function card(item, withScore) {
@@ -105,12 +127,15 @@ function k() {
   return Number.isFinite(value) ? Math.min(Math.max(value, 1), state.maxK) : 12;
 }
 
-function showResults(answer, started) {
+function showResults(answer, started, filter) {
   const grid = $("results");
   grid.replaceChildren(...answer.neighbors.map((n) => card(n, true)));
-  if (!answer.neighbors.length) grid.innerHTML = '<p class="muted">The index is empty.</p>';
+  if (!answer.neighbors.length) {
+    grid.innerHTML = filter ? '<p class="muted">No image matches the filter.</p>' : '<p class="muted">The index is empty.</p>';
+  }
   const ms = Math.round(performance.now() - started);
-  setStatus(`${answer.neighbors.length} neighbours in ${ms} ms`);
+  const all = filter && answer.neighbors.length < answer.k ? " (all that match)" : "";
+  setStatus(`${answer.neighbors.length} neighbours${all} in ${ms} ms` + (filter ? ` · only ${filterText(filter)}` : ""));
 }
 
 function showQuery(url, caption, isBlob) {
@@ -122,15 +147,21 @@ function showQuery(url, caption, isBlob) {
 
 async function searchFile(file) {
   if (!file) return;
-  ++state.searches;
+  const search = ++state.searches;
+  state.last = { file };
   showQuery(URL.createObjectURL(file), file.name, true);
   setStatus("searching…");
   const started = performance.now();
+  const filter = currentFilter();
+  state.lastFilter = JSON.stringify(filter);
   const form = new FormData();
   form.append("file", file);
   form.append("k", String(k()));
+  if (filter) form.append("filter", JSON.stringify(filter));
   try {
-    showResults(await api("/v1/search", { method: "POST", body: form }), started);
+    const answer = await api("/v1/search", { method: "POST", body: form });
+    if (search !== state.searches) return; // a newer search (another filter, another query) has begun
+    showResults(answer, started, filter);
   } catch (e) {
     $("results").replaceChildren();
     setStatus(e.message, true);
@@ -139,13 +170,18 @@ async function searchFile(file) {
 
 async function searchById(id) {
   const search = ++state.searches;
+  state.last = { id };
   showQuery(`/v1/items/${id}/image`, `item #${id}`, false);
   setStatus("searching…");
   const started = performance.now();
+  const filter = currentFilter();
+  state.lastFilter = JSON.stringify(filter);
   try {
-    const body = JSON.stringify({ id: id, k: k() });
+    const body = JSON.stringify(filter ? { id: id, k: k(), filter } : { id: id, k: k() });
     const duplicates = api(`/v1/items/${id}/duplicates`).catch(() => null);
-    showResults(await api("/v1/search", { method: "POST", body, headers: { "Content-Type": "application/json" } }), started);
+    const answer = await api("/v1/search", { method: "POST", body, headers: { "Content-Type": "application/json" } });
+    if (search !== state.searches) return; // a newer search (another filter, another query) has begun
+    showResults(answer, started, filter);
     markDuplicates(id, await duplicates, search);
   } catch (e) {
     $("results").replaceChildren();
@@ -190,6 +226,7 @@ async function loadInfo() {
     state.keyForReads = info.key_required_for_reads;
     state.classes = Array.isArray(info.classes) ? info.classes : null;
     $("k").max = String(info.max_k);
+    setUpClassFilter(info.filters ? info.filters.labels : []);
     $("info").textContent = `${info.items} images · model ${info.model.slice(0, 12)} · ` +
       `${info.z_dim}-d ${info.output === "local" ? "local feature maps" : "codes"} · ${info.index_factory}` +
       `${info.read_only ? " · read-only" : ""}`;
@@ -199,6 +236,28 @@ async function loadInfo() {
     setStatus(e.message, true);
     return false;
   }
+}
+
+// One option per label the index holds (GET /v1/info), named as the pictures' captions name them.
+function setUpClassFilter(labels) {
+  const select = $("filter-class");
+  const chosen = select.value;
+  select.replaceChildren(select.options[0]);
+  for (const label of labels) {
+    const option = document.createElement("option");
+    option.value = String(label);
+    option.textContent = labelName(label);
+    select.append(option);
+  }
+  select.value = labels.includes(Number(chosen)) && chosen !== "" ? chosen : "";
+  $("filter-class-label").hidden = labels.length === 0;
+}
+
+// A changed filter searches the last query again.
+function rerun() {
+  if (!state.last || JSON.stringify(currentFilter()) === state.lastFilter) return;
+  if (state.last.file) searchFile(state.last.file);
+  else searchById(state.last.id);
 }
 
 function setUpDrop() {
@@ -227,6 +286,9 @@ function start() {
   });
   setUpDrop();
   $("reshuffle").addEventListener("click", loadSample);
+  $("filter-class").addEventListener("change", rerun);
+  $("filter-folder").addEventListener("change", rerun);
+  $("filter-folder").addEventListener("search", rerun); // Enter, or the clear button
   refresh();
 }
 

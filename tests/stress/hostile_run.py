@@ -3,7 +3,8 @@ decodes an upload, and reads the server's peak resident memory (VmHWM) before an
 
 Routes: ``POST /v1/embed`` (multipart), ``POST /v1/search`` (JSON, base64: the other decoding path),
 ``POST /v1/items`` (multipart; a 201 stores the upload, which must come back byte for byte from
-``GET /v1/items/{id}/image``). Then the 200 MB upload, streamed.
+``GET /v1/items/{id}/image``). Then the 200 MB upload, streamed. :func:`send_filters`: the hostile
+search filters (tests/hostile.py ``filter_corpus``) in a JSON body and as the multipart field.
 
     python -m tests.stress.hostile_run --url http://127.0.0.1:8000 --pid PID [--api-key K]
 """
@@ -11,11 +12,12 @@ Routes: ``POST /v1/embed`` (multipart), ``POST /v1/search`` (JSON, base64: the o
 from __future__ import annotations
 
 import base64
+import io
 import json
 import time
 
 import httpx
-from hostile import corpus, stream_upload
+from hostile import corpus, filter_corpus, stream_upload
 
 from stress.harness import ServerProcess
 
@@ -73,3 +75,40 @@ def send_corpus(srv: ServerProcess, *, rounds: int = 1, stream_bytes: int = 200 
         "seconds": round(corpus_s, 1),
         "results": results,
     }
+
+
+def send_filters(srv: ServerProcess, *, dim: int | None = None) -> dict:
+    """Every filter of ``filter_corpus()`` to ``POST /v1/search``: in a JSON body beside a vector,
+    and as the multipart field ``filter`` beside an image; each answer must be the documented one
+    (a 200 within its ``max_results``), never a 5xx."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (32, 32), (30, 120, 200)).save(buf, "PNG")
+    png = buf.getvalue()
+    mismatches, results = [], []
+    t0 = time.monotonic()
+    with srv.client(timeout=120) as c:
+        dim = dim or int(c.get("/v1/info").json()["z_dim"])
+        for case in filter_corpus():
+            for how in ("json", "form"):
+                if how == "json":
+                    r = c.post("/v1/search", content=case.json_body(dim), headers={"content-type": "application/json"})
+                else:
+                    r = c.post("/v1/search", files={"file": ("q.png", png, "image/png")}, data={"filter": case.form_text()})
+                status, code = case.expect(how)
+                body = r.json() if r.headers.get("content-type", "").startswith("application/json") else {}
+                got_code = body.get("code") if r.status_code != 200 else None
+                results.append({"case": case.name, "via": how, "status": r.status_code, "code": got_code})
+                if (r.status_code, got_code) != (status, code):
+                    mismatches.append(f"{case.name} via {how}: {r.status_code} {got_code}, expected {status} {code}: "
+                                      f"{str(body.get('detail'))[:200]}")
+                elif status != 200 and case.expected_fragment(how) not in body.get("detail", ""):
+                    mismatches.append(f"{case.name} via {how}: detail {body.get('detail', '')[:200]!r} lacks "
+                                      f"{case.expected_fragment(how)!r}")
+                elif status == 200 and case.max_results is not None and len(body["neighbors"]) > case.max_results:
+                    mismatches.append(f"{case.name} via {how}: {len(body['neighbors'])} neighbours, at most "
+                                      f"{case.max_results} expected")
+    return {"cases": len(filter_corpus()), "requests": len(results), "mismatches": mismatches,
+            "server_errors": sum(r["status"] >= 500 for r in results), "seconds": round(time.monotonic() - t0, 1),
+            "results": results}

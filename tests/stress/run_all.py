@@ -6,7 +6,7 @@ markdown summary to OUT/summary.md (the "last run" section of docs/RELIABILITY.m
     python -m tests.stress.run_all --quick             # everything small (a few minutes)
 
 1. hostile corpus, 3 rounds through /v1/embed, /v1/search (base64) and /v1/items, + 200 MB upload;
-   peak RSS (VmHWM) of the server before and after;
+   peak RSS (VmHWM) of the server before and after; the hostile search filters (JSON and multipart);
 2. fuzzing from the OpenAPI schema (Schemathesis: examples, coverage, fuzzing and stateful
    phases; >= 1,000 requests) against the same server, now holding items of every format;
 3. security: writes without the key, path traversal on every path parameter, oversize bodies
@@ -84,6 +84,16 @@ def main(argv: list[str] | None = None) -> int:
             verdicts["hostile: documented answers"] = not h["mismatches"]
             verdicts["hostile: peak RSS growth < 400 MB"] = h["vm_hwm_mb_after_stream"] - h["vm_hwm_mb_before"] < 400
             log(json.dumps(h))
+
+            from stress.hostile_run import send_filters
+
+            log("hostile search filters ...")
+            hf = send_filters(srv)
+            (out / "hostile-filters.json").write_text(json.dumps(hf, indent=1))
+            hf.pop("results")
+            figures["hostile_filters"] = hf
+            verdicts["hostile filters: documented answers, no 5xx"] = not hf["mismatches"] and not hf["server_errors"]
+            log(json.dumps(hf))
 
             from stress.fuzz import probe_unlisted, run_schemathesis
 

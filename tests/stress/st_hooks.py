@@ -6,12 +6,19 @@ This hook lets Hypothesis swap, in about half of the bodies, every image field f
 PNG (a random picture, its size drawn too), so that the success answers of embed, search and add
 (200/201 with their full response bodies) are checked against the schema as well. Everything else
 in the body (ids, k, metadata, extra fields) stays as generated.
+
+Search filters: a body of ``POST /v1/search`` that got a real image also loses its other queries
+(vector, id), so that its generated ``filter`` reaches the filtered FAISS search rather than the
+"exactly one query" refusal; a multipart body's ``filter`` field (free text as generated) becomes,
+half the time, the JSON text of a filter drawn from :data:`FILTERS`: valid ones and bad ones
+(unknown keys, wrong types, null, NaN, huge integers, unknown operators, bad meta keys).
 """
 
 from __future__ import annotations
 
 import base64
 import io
+import json
 
 import numpy as np
 import schemathesis
@@ -29,6 +36,16 @@ def _png(seed: int, width: int, height: int) -> bytes:
 
 _png_bytes = st.builds(_png, st.integers(0, 2**31), st.integers(1, 64), st.integers(1, 64))
 
+_SCALARS = st.one_of(st.text(max_size=12), st.integers(-(2**70), 2**70), st.integers(0, 9), st.floats(),
+                     st.booleans(), st.none())
+_KEYS = st.one_of(st.sampled_from(["label", "source", "meta.camera", "meta.exif.model", "meta", "meta.", "colour",
+                                   'meta.a"b', "meta.a\\b", "meta.a..b", "id"]),
+                  st.text(max_size=10).map(lambda t: "meta." + t))
+_CONDITIONS = st.one_of(_SCALARS, st.fixed_dictionaries({"in": st.lists(_SCALARS, max_size=6)}),
+                        st.fixed_dictionaries({"prefix": st.one_of(st.text(max_size=8), _SCALARS)}),
+                        st.dictionaries(st.sampled_from(["in", "prefix", "gt", "eq", ""]), _SCALARS, max_size=2))
+FILTERS = st.dictionaries(_KEYS, _CONDITIONS, max_size=4)
+
 
 def _swap(body, draw):
     if not isinstance(body, dict):
@@ -43,6 +60,13 @@ def _swap(body, draw):
         out["images"] = [base64.b64encode(draw(_png_bytes)).decode() for _ in out["images"]]
     if isinstance(out.get("image"), str):
         out["image"] = base64.b64encode(draw(_png_bytes)).decode()
+        if "vector" in out or "id" in out or "filter" in out:  # a search body
+            out.pop("vector", None)
+            out.pop("id", None)
+            if not isinstance(out.get("filter"), dict) or draw(st.booleans()):
+                out["filter"] = draw(FILTERS)
+    if isinstance(out.get("filter"), str) and draw(st.booleans()):
+        out["filter"] = json.dumps(draw(FILTERS))  # the multipart field: JSON text (NaN included)
     if isinstance(out.get("items"), list):
         out["items"] = [{**it, "image": base64.b64encode(draw(_png_bytes)).decode()}
                         if isinstance(it, dict) and isinstance(it.get("image"), str) else it for it in out["items"]]
