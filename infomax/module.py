@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import math
 from pathlib import Path
 
@@ -185,7 +186,28 @@ class DeepInfoMax(pl.LightningModule):
             encoder = copy.deepcopy(self.encoder)
             prefix = "encoder."
             encoder.load_state_dict({k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)})
-        return save_artifact(encoder, path, **self.encoder_config(), **info)
+        saved = save_artifact(encoder, path, **self.encoder_config(), **info)
+        self._export_local_critic(Path(saved), state_dict)
+        return saved
+
+    def _export_local_critic(self, folder: Path, state_dict: dict | None) -> None:
+        """Saves the local critic beside the encoder (infomax.explain: heat maps of why two images
+        match), from ``state_dict`` when exporting a checkpoint; removes a stale one when the local
+        term is off."""
+        from infomax.explain import remove_local_critic, save_local_critic
+
+        critic = self.objective.local_critic
+        if critic is None:
+            remove_local_critic(folder)
+            return
+        if state_dict is not None:
+            critic = copy.deepcopy(critic)
+            prefix = "objective.local_critic."
+            critic.load_state_dict({k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)})
+        hp = self.hparams
+        sha = json.loads((folder / "encoder.json").read_text())["weights_sha256"]
+        save_local_critic(critic, folder, kind=hp.critic, x_dim=hp.z_dim, y_dim=self.encoder.local_channels,
+                          hidden=hp.critic_hidden, temperature=hp.critic_temperature, encoder_sha256=sha)
 
     @classmethod
     def from_checkpoint_state(cls, state: dict) -> DeepInfoMax:

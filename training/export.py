@@ -42,6 +42,9 @@ def main(argv: list[str]) -> int:
         kept["exported_by"] = command  # `command` stays the one that trained the weights
         path = save_artifact(enc.encoder, args.out, arch=enc.config["arch"], arch_kwargs=enc.config["arch_kwargs"],
                              normalization=enc.config["normalization"], output=args.output, **kept)
+        from infomax.explain import carry_local_critic
+
+        carry_local_critic(args.artifact, args.out, enc.config["weights_sha256"])  # same weights: same critic
         print(f"infomax: serving artifact ({args.output}) written to {path}", file=sys.stderr)
         return 0
 
