@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("training.evaluate", "k-NN, 1-NN and linear-probe accuracy of an encoder, beside raw pixels"),
     "knn-grid": ("training.knn_grid", "a PNG of query images beside their nearest neighbours"),
     "duplicates": ("training.duplicates", "groups of near-identical images in an index folder (CSV or JSON)"),
+    "search": ("training.search", "the nearest items of an image or an item in an index folder, optionally filtered"),
     "serve": ("training.serve", "serve encoding and similar-image search over HTTP (uvicorn)"),
     "up": ("training.up", "from a folder of images to a running search: train, embed, index, serve (incremental)"),
 }
