@@ -28,6 +28,7 @@ from infomax.artifact import load_encoder
 from infomax.errors import MissingFileError, SettingError
 from infomax.imagestore import ImageStore
 from infomax.index import RECORD_FILE, EmbeddingIndex, Filter, IndexMismatchError
+from infomax.index.collection import Collection
 from service.batching import Batcher
 from service.errors import ApiError
 from service.images import DecodedImage
@@ -338,20 +339,13 @@ class ServiceState:
             taken = [i for i, m in zip(ids, self.index.get_many(np.asarray(ids, dtype=np.int64))) if m is not None]
             if taken:
                 raise ApiError(409, "id_exists", f"ids already in the index: {taken[:10]}")
-        self.images.put_many((i, im.data, im.mime) for i, im in zip(ids, images))
+        # Picture first, then vector; a refused add takes its pictures back out (infomax.index.collection).
         try:
-            self.index.add(codes, ids=ids, metadata=list(metadata))
-        except BaseException as e:
-            self.images.delete(ids)  # nothing of the request stays behind, whatever went wrong
-            if isinstance(e, ValueError):
-                raise ApiError(422, "invalid_item", str(e)) from None
-            raise
-        return list(ids)
+            return Collection(self.index, self.images).add(
+                codes, ids, list(metadata), ((i, im.data, im.mime) for i, im in zip(ids, images)))
+        except ValueError as e:
+            raise ApiError(422, "invalid_item", str(e)) from None
 
     def delete_item(self, item_id: int) -> bool:
         """Caller holds the writer lock."""
-        if self.index.remove([item_id]) == 0:
-            return False
-        if self.images is not None:
-            self.images.delete([item_id])
-        return True
+        return Collection(self.index, self.images).remove([item_id]) > 0  # vector, then picture
