@@ -234,7 +234,7 @@ class InferenceEncoder(nn.Module):
         (B, p), "local": (B, c * h * w) (the flattened local feature map C(x))}``, float32 on the CPU,
         only the kinds asked for."""
         if not features:
-            raise SettingError(f"features={features!r}: ask for at least one of {VECTORS}")
+            raise SettingError(f"features={features!r}: ask for at least one of {VECTORS}", setting="features")
         for f in features:
             check_vectors("features", f)
         x = self.to_tensor(images)

@@ -48,16 +48,16 @@ class Augment(nn.Module):
     ) -> None:
         super().__init__()
         if policy not in POLICIES:
-            raise SettingError(f"augment={policy!r}: choose one of {POLICIES}")
+            raise SettingError(f"augment={policy!r}: choose one of {POLICIES}", setting="augment")
         if not (0 < scale[0] <= scale[1] <= 1):
-            raise SettingError(f"scale={scale}: need 0 < min <= max <= 1")
+            raise SettingError(f"scale={scale}: need 0 < min <= max <= 1", setting="scale")
         if not (0 < ratio[0] <= ratio[1]):
-            raise SettingError(f"ratio={ratio}: need 0 < min <= max")
+            raise SettingError(f"ratio={ratio}: need 0 < min <= max", setting="ratio")
         if not (0 <= jitter < 1):
-            raise SettingError(f"jitter={jitter}: must be in [0, 1)")
+            raise SettingError(f"jitter={jitter}: must be in [0, 1)", setting="jitter")
         for name, p in (("jitter_p", jitter_p), ("grey_p", grey_p)):
             if not 0 <= p <= 1:
-                raise SettingError(f"{name}={p}: a probability must be in [0, 1]")
+                raise SettingError(f"{name}={p}: a probability must be in [0, 1]", setting=name)
         self.policy = policy
         self.scale, self.ratio = scale, ratio
         self.jitter, self.jitter_p, self.grey_p = jitter, jitter_p, grey_p

@@ -45,7 +45,7 @@ class ConcatCritic(nn.Module):
         for setting, value in (("x_dim", x_dim), ("y_dim", y_dim), ("hidden", hidden)):
             positive_int(setting, value)
         if n_layers < 2:
-            raise SettingError(f"n_layers={n_layers}: a critic needs at least 2 layers")
+            raise SettingError(f"n_layers={n_layers}: a critic needs at least 2 layers", setting="n_layers")
         self.x_in = nn.Linear(x_dim, hidden)
         self.y_in = nn.Linear(y_dim, hidden, bias=False)
         self.tail = _mlp_tail(hidden, n_layers)
@@ -93,7 +93,7 @@ class CosineCritic(DotCritic):
     def __init__(self, x_dim: int, y_dim: int, hidden: int = 512, temperature: float = 0.1) -> None:
         super().__init__(x_dim, y_dim, hidden)
         if not temperature > 0:  # also catches NaN
-            raise SettingError(f"temperature={temperature}: must be > 0")
+            raise SettingError(f"temperature={temperature}: must be > 0", setting="temperature")
         self.scale = 1.0 / temperature
         self.temperature = temperature
         f, g = self.f, self.g
@@ -113,7 +113,7 @@ CRITICS = {"concat": ConcatCritic, "dot": DotCritic, "cosine": CosineCritic}
 def build_critic(kind: str, x_dim: int, y_dim: int, hidden: int = 512, temperature: float = 0.1) -> nn.Module:
     """``temperature`` is used by the ``cosine`` critic only."""
     if kind not in CRITICS:
-        raise SettingError(f"critic={kind!r} is unknown; choose one of {sorted(CRITICS)}")
+        raise SettingError(f"critic={kind!r} is unknown; choose one of {sorted(CRITICS)}", setting="critic")
     if kind == "cosine":
         return CosineCritic(x_dim, y_dim, hidden=hidden, temperature=temperature)
     return CRITICS[kind](x_dim, y_dim, hidden=hidden)

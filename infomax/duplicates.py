@@ -70,12 +70,12 @@ class Group:
 
 
 def check_threshold(threshold: Any) -> float:
-    """A cosine threshold in (-1, 1]; ValueError otherwise (the caller names the setting)."""
+    """A cosine threshold in (-1, 1]; a SettingError naming ``threshold`` otherwise."""
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.floating, np.integer)):
-        raise SettingError(f"threshold must be a number, got {threshold!r}")
+        raise SettingError(f"threshold must be a number, got {threshold!r}", setting="threshold")
     t = float(threshold)
     if not math.isfinite(t) or not -1.0 < t <= 1.0:
-        raise SettingError(f"threshold must be a cosine similarity in (-1, 1], got {threshold!r}")
+        raise SettingError(f"threshold must be a cosine similarity in (-1, 1], got {threshold!r}", setting="threshold")
     return t
 
 

@@ -57,6 +57,7 @@ from infomax.atomic import atomic_path, atomic_write_json, atomic_write_text
 from infomax.data.datasets import collate_batch
 from infomax.data.sources import ImageSource, resolve_source
 from infomax.errors import DataError, MissingFileError, SettingError
+from infomax.validate import positive_int
 
 MANIFEST = "embeddings.json"
 FORMAT = "infomax-embeddings"
@@ -184,17 +185,17 @@ def prepare_output(out: str | Path, overwrite: bool = False) -> Path:
     until the new run finishes) and then its shards. Anything else is refused, never deleted."""
     out = Path(out).expanduser()
     if out.exists() and not out.is_dir():
-        raise SettingError(f"--out {out} is a file: give a folder for the embeddings")
+        raise SettingError(f"out {out} is a file: give a folder for the embeddings", setting="out")
     if out.is_dir() and any(out.iterdir()):
         if not overwrite:
             raise SettingError(f"--out {out} is not empty: pass --overwrite to replace the embeddings there, "
-                               f"or choose another folder")
+                               f"or choose another folder", setting="out")
         ours = [p for p in out.iterdir() if p.name == MANIFEST or (p.is_dir() and p.name.startswith(SHARD_PREFIX))
                 or (p.name.startswith(f".{MANIFEST}.tmp-"))]
         others = sorted(p.name for p in out.iterdir() if p not in ours)
         if others:
-            raise SettingError(f"--out {out} holds files that are not embeddings ({', '.join(others[:5])}): "
-                               f"refusing to overwrite it; choose another folder")
+            raise SettingError(f"out {out} holds files that are not embeddings ({', '.join(others[:5])}): "
+                               f"refusing to overwrite it; choose another folder", setting="out")
         (out / MANIFEST).unlink(missing_ok=True)
         for p in ours:
             if p.is_dir():
@@ -214,8 +215,8 @@ def write_manifest(out: Path, source: ImageSource, encoder, *, world_size: int, 
         folder = out / shard_name(rank, world_size)
         if not (folder / SHARD_INFO).is_file():
             raise MissingFileError(
-                f"{folder / SHARD_INFO} is missing after every rank finished: --out must be on a file system "
-                f"that all nodes share")
+                f"{folder / SHARD_INFO} is missing after every rank finished: `out` must be on a file system "
+                f"that all nodes share", setting="out")
         info = json.loads((folder / SHARD_INFO).read_text())
         shards.append({"name": folder.name, "count": int(info["count"])})
         skipped.extend(info["skipped"])
@@ -259,16 +260,16 @@ def write_manifest(out: Path, source: ImageSource, encoder, *, world_size: int, 
 
 def _check_devices(accelerator: str, devices: int, num_nodes: int) -> None:
     if accelerator not in ("auto", "cpu", "gpu", "cuda"):
-        raise SettingError(f"--accelerator {accelerator!r}: use auto, cpu or gpu")
-    for flag, value in (("--devices", devices), ("--num-nodes", num_nodes)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise SettingError(f"{flag} {value!r}: must be a positive integer")
+        raise SettingError(f"accelerator {accelerator!r}: use auto, cpu or gpu", setting="accelerator")
+    for setting, value in (("devices", devices), ("num_nodes", num_nodes)):
+        positive_int(setting, value, sep=" ")
     if accelerator in ("gpu", "cuda"):
         available = torch.cuda.device_count()
         if available == 0:
-            raise SettingError(f"--accelerator {accelerator}: no CUDA GPU is visible here; use --accelerator cpu or auto")
+            raise SettingError(f"accelerator {accelerator}: no CUDA GPU is visible here; use `accelerator` cpu or auto",
+                               setting="accelerator")
         if devices > available:
-            raise SettingError(f"--devices {devices}: only {available} GPU(s) visible on this node")
+            raise SettingError(f"devices {devices}: only {available} GPU(s) visible on this node", setting="devices")
 
 
 def embed_source(encoder, source: ImageSource, out: str | Path, *, batch_size: int = 256, devices: int = 1,
@@ -277,8 +278,7 @@ def embed_source(encoder, source: ImageSource, out: str | Path, *, batch_size: i
                  command: str | None = None) -> dict | None:
     """Encodes ``source`` with ``encoder`` through ``Trainer.predict`` into the (prepared) folder
     ``out``. Returns the manifest on global rank 0, None on the other ranks."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise SettingError(f"--batch-size {batch_size!r}: must be a positive integer")
+    positive_int("batch_size", batch_size, sep=" ")
     _check_devices(accelerator, devices, num_nodes)
     out = Path(out)
     if num_workers is None:
@@ -287,8 +287,8 @@ def embed_source(encoder, source: ImageSource, out: str | Path, *, batch_size: i
     distributed = devices * num_nodes > 1
     if devices * num_nodes > len(source):
         # A rank without images would skip the prediction loop and never reach the shard barrier.
-        raise SettingError(f"{devices * num_nodes} processes (--devices x --num-nodes) for {len(source)} images: "
-                           f"use fewer devices")
+        raise SettingError(f"{devices * num_nodes} processes (`devices` x `num_nodes`) for {len(source)} images: "
+                           f"use fewer devices", setting="devices")
     trainer = pl.Trainer(
         accelerator="gpu" if accelerator == "cuda" else accelerator, devices=devices, num_nodes=num_nodes,
         strategy="ddp" if distributed else "auto", logger=False, enable_checkpointing=False,
@@ -317,8 +317,7 @@ def embed(model: str | Path, data: str, out: str | Path, *, split: str = "test",
     from infomax.artifact import load_encoder
 
     _check_devices(accelerator, devices, num_nodes)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise SettingError(f"--batch-size {batch_size!r}: must be a positive integer")
+    positive_int("batch_size", batch_size, sep=" ")
     model_dir = Path(model).expanduser()
     if not model_dir.exists():
         raise MissingFileError(f"--model {model}: no artifact folder there; give the folder written by "

@@ -66,7 +66,7 @@ def pooled_dim(encoder: nn.Module) -> int:
 def check_vectors(name: str, kind: str) -> None:
     """``ValueError`` quoting the setting ``name`` unless ``kind`` is one of :data:`VECTORS`."""
     if kind not in VECTORS:
-        raise SettingError(f"{name}={kind!r}: choose one of {VECTORS}")
+        raise SettingError(f"{name}={kind!r}: choose one of {VECTORS}", setting=name)
 
 
 def _conv_block(c_in: int, c_out: int, pool: bool, ceil_mode: bool = True) -> nn.Sequential:
@@ -114,21 +114,21 @@ class ConvEncoder(nn.Module):
         super().__init__()
         _check_common(in_channels, input_size, z_dim)
         if pool not in self.POOLS:
-            raise SettingError(f"pool={pool!r}: choose one of {self.POOLS}")
+            raise SettingError(f"pool={pool!r}: choose one of {self.POOLS}", setting="pool")
         if input_size < 8:
-            raise SettingError(f"input_size={input_size}: the conv encoder needs images of at least 8 px")
+            raise SettingError(f"input_size={input_size}: the conv encoder needs images of at least 8 px", setting="input_size")
         if n_blocks is None:
             n_blocks = max(1, math.ceil(math.log2(input_size / 4)))
         positive_int("n_blocks", n_blocks)
         if input_size / 2**n_blocks < 1:
             raise SettingError(
                 f"input_size={input_size} is too small for n_blocks={n_blocks} "
-                f"(each block halves the image); use fewer blocks or larger images"
+                f"(each block halves the image); use fewer blocks or larger images", setting="input_size"
             )
         non_negative_int("n_global_blocks", n_global_blocks)
         positive_int("base_width", base_width)
         if global_width is not None and (global_width < 1 or n_global_blocks == 0):
-            raise SettingError(f"global_width={global_width}: must be >= 1, with n_global_blocks >= 1")
+            raise SettingError(f"global_width={global_width}: must be >= 1, with n_global_blocks >= 1", setting="global_width")
         widths = [min(base_width * 2**i, 512) for i in range(n_blocks)]
         blocks, c = [], in_channels
         for w in widths:
@@ -183,9 +183,10 @@ class ResNet18Encoder(nn.Module):
         super().__init__()
         _check_common(in_channels, input_size, z_dim)
         if input_size < 16:
-            raise SettingError(f"input_size={input_size}: the resnet18 encoder needs images of at least 16 px")
+            raise SettingError(f"input_size={input_size}: the resnet18 encoder needs images of at least 16 px",
+                               setting="input_size")
         if local_stage not in self._STAGES[:-1]:
-            raise SettingError(f"local_stage={local_stage!r}: choose one of {self._STAGES[:-1]}")
+            raise SettingError(f"local_stage={local_stage!r}: choose one of {self._STAGES[:-1]}", setting="local_stage")
         from torchvision.models import resnet18  # imported lazily: torchvision is slow to import
 
         net = resnet18(weights=None)
@@ -225,7 +226,7 @@ ARCHITECTURES: dict[str, type[nn.Module]] = {"conv": ConvEncoder, "resnet18": Re
 def build_encoder(arch: str, **kwargs) -> nn.Module:
     """Builds an encoder by name; unknown names raise ``ValueError`` listing the known ones."""
     if arch not in ARCHITECTURES:
-        raise SettingError(f"arch={arch!r} is not a known architecture; choose one of {sorted(ARCHITECTURES)}")
+        raise SettingError(f"arch={arch!r} is not a known architecture; choose one of {sorted(ARCHITECTURES)}", setting="arch")
     return ARCHITECTURES[arch](**kwargs)
 
 
@@ -237,12 +238,12 @@ def check_maps(encoder: nn.Module, names) -> list[int]:
     for name in names:
         if name not in known:
             raise SettingError(f"extra_local_maps={names!r}: {name!r} is not a map of this encoder; "
-                               f"choose among {sorted(known)}")
+                               f"choose among {sorted(known)}", setting="extra_local_maps")
         if name == encoder.local_map:
             raise SettingError(f"extra_local_maps={names!r}: {name!r} is the local map C(x) itself, "
-                               f"already in the local term")
+                               f"already in the local term", setting="extra_local_maps")
     if len(set(names)) != len(names):
-        raise SettingError(f"extra_local_maps={names!r}: a map is named twice")
+        raise SettingError(f"extra_local_maps={names!r}: a map is named twice", setting="extra_local_maps")
     return [known[n] for n in names]
 
 
@@ -263,7 +264,7 @@ def _run_named(x: torch.Tensor, encoder: nn.Module, maps: tuple[str, ...]):
     missing = [m for m in maps if m not in found]
     if missing:
         raise SettingError(f"maps={maps!r}: {missing} not maps of this encoder; choose among "
-                           f"{sorted(encoder.map_channels)}")
+                           f"{sorted(encoder.map_channels)}", setting="maps")
     return local, h, tuple(found[m] for m in maps)
 
 

@@ -75,7 +75,7 @@ ESTIMATORS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
 
 def get_estimator(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     if name not in ESTIMATORS:
-        raise SettingError(f"estimator={name!r} is unknown; choose one of {sorted(ESTIMATORS)}")
+        raise SettingError(f"estimator={name!r} is unknown; choose one of {sorted(ESTIMATORS)}", setting="estimator")
     return ESTIMATORS[name]
 
 

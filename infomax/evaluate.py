@@ -68,7 +68,7 @@ def knn_eval(train_x: Any, train_y: Any, test_x: Any, test_y: Any, *, k: int = 2
         raise ValueError(f"train features have dimension {bank.shape[1]}, test features {queries.shape[1]}")
     positive_int("k", k)
     if not temperature > 0:
-        raise SettingError(f"temperature={temperature!r}: must be > 0")
+        raise SettingError(f"temperature={temperature!r}: must be > 0", setting="temperature")
     bank_y = _as_labels(train_y, len(bank), "train labels")
     query_y = _as_labels(test_y, len(queries), "test labels")
     if len(bank) == 0 or len(queries) == 0:
@@ -168,9 +168,9 @@ def linear_probe(train_x: Any, train_y: Any, test_x: Any, test_y: Any, *, num_cl
     ytr = _as_labels(train_y, len(train), "train labels")
     yte = _as_labels(test_y, len(test), "test labels")
     if not 0.0 < val_fraction < 1.0:
-        raise SettingError(f"val_fraction={val_fraction!r}: must be in (0, 1)")
+        raise SettingError(f"val_fraction={val_fraction!r}: must be in (0, 1)", setting="val_fraction")
     if not weight_decays or any(not (wd >= 0 and math.isfinite(wd)) for wd in weight_decays):
-        raise SettingError(f"weight_decays={list(weight_decays)!r}: give one or more finite values >= 0")
+        raise SettingError(f"weight_decays={list(weight_decays)!r}: give one or more finite values >= 0", setting="weight_decays")
     if num_classes is None:
         num_classes = int(max(ytr.max(), yte.max())) + 1
     train, test = _standardise(train, test)
@@ -263,18 +263,19 @@ class EvalImages:
     classes: list[str]
 
 
-def _labelled_folder(path: Any, flag: str, size: int, channels: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+def _labelled_folder(path: Any, setting: str, size: int, channels: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """A folder's images with a class (one subfolder per class, two or more); strays are left out
     (``load_image_folder`` warns about them)."""
     from infomax.data import load_image_folder
 
     folder = Path(path).expanduser()
     if not folder.is_dir():
-        raise SettingError(f"{flag} {path}: no folder there; give a folder of images with one subfolder per class")
+        raise SettingError(f"{setting} {path}: no folder there; give a folder of images with one subfolder per class",
+                           setting=setting)
     data = load_image_folder(folder, size, channels)
     if not data.classes:
-        raise SettingError(f"{flag} {path}: its images are not sorted into class subfolders, and accuracy needs classes; "
-                           f"put them in one subfolder per class (two or more)")
+        raise SettingError(f"{setting} {path}: its images are not sorted into class subfolders, and accuracy needs classes; "
+                           f"put them in one subfolder per class (two or more)", setting=setting)
     keep = data.labels >= 0
     return data.images[keep], data.labels[keep], data.classes
 
@@ -296,12 +297,13 @@ def _held_out(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.T
 def _bank_and_query_folders(bank: Any, queries: Any, size: int, channels: int) -> EvalImages:
     """Two class folders; classes are matched by subfolder name. Queries of a class the bank lacks
     could never be right: they are left out, with a warning naming the classes."""
-    b_img, b_lab, b_cls = _labelled_folder(bank, "--bank", size, channels)
-    q_img, q_lab, q_cls = _labelled_folder(queries, "--queries", size, channels)
+    b_img, b_lab, b_cls = _labelled_folder(bank, "bank", size, channels)
+    q_img, q_lab, q_cls = _labelled_folder(queries, "queries", size, channels)
     classes = sorted(set(b_cls) | set(q_cls))
     if not set(b_cls) & set(q_cls):
-        raise SettingError(f"--bank {bank} and --queries {queries} have no class subfolder name in common "
-                           f"({', '.join(b_cls[:5])} / {', '.join(q_cls[:5])}): name the classes alike in both")
+        raise SettingError(f"bank {bank} and `queries` {queries} have no class subfolder name in common "
+                           f"({', '.join(b_cls[:5])} / {', '.join(q_cls[:5])}): name the classes alike in both",
+                           setting="bank")
     b_lab = torch.tensor([classes.index(b_cls[i]) for i in b_lab.tolist()], dtype=torch.int64)
     q_lab = torch.tensor([classes.index(q_cls[i]) for i in q_lab.tolist()], dtype=torch.int64)
     missing = sorted(set(q_cls) - set(b_cls))
@@ -314,11 +316,11 @@ def _bank_and_query_folders(bank: Any, queries: Any, size: int, channels: int) -
 
 
 def _split_folder(data: Any, size: int, channels: int, test_fraction: float, seed: int) -> EvalImages:
-    images, labels, classes = _labelled_folder(data, "--data", size, channels)
+    images, labels, classes = _labelled_folder(data, "data", size, channels)
     bank, queries = _held_out(labels, test_fraction, seed)
     if len(bank) == 0 or len(queries) == 0:
-        raise SettingError(f"--data {data}: {len(labels)} images with a class are too few to hold some out as queries; "
-                           f"give at least two per class")
+        raise SettingError(f"data {data}: {len(labels)} images with a class are too few to hold some out as queries; "
+                           f"give at least two per class", setting="data")
     return EvalImages(str(data), f"{test_fraction:.0%} of every class held out as queries (seed {seed})",
                       images[bank], labels[bank], images[queries], labels[queries], classes)
 
@@ -333,16 +335,18 @@ def eval_images(data: str | None, *, bank: Any = None, queries: Any = None, data
     from infomax.data import CLASS_NAMES, canonical_dataset_name, is_dataset_name, load_dataset
 
     if not 0.0 < test_fraction < 1.0:
-        raise SettingError(f"--test-fraction {test_fraction!r}: must be between 0 and 1 (e.g. 0.2)")
+        raise SettingError(f"test_fraction {test_fraction!r}: must be between 0 and 1 (e.g. 0.2)", setting="test_fraction")
     if bank is not None or queries is not None:
         if data is not None:
-            raise SettingError("--data and --bank/--queries are two ways to name the images: give one of them")
+            raise SettingError("`data` and `bank`/`queries` are two ways to name the images: give one of them",
+                               setting="data")
         if bank is None or queries is None:
-            raise SettingError("--bank and --queries go together: the folder searched and the folder of queries")
+            raise SettingError("`bank` and `queries` go together: the folder searched and the folder of queries",
+                               setting="bank")
         return _bank_and_query_folders(bank, queries, size, channels)
     if data is None:
-        raise SettingError("give --data (cifar10, fmnist, mnist or a folder with one subfolder per class), or "
-                           "--bank and --queries folders")
+        raise SettingError("give `data` (cifar10, fmnist, mnist or a folder with one subfolder per class), or "
+                           "`bank` and `queries` folders", setting="data")
     if is_dataset_name(data):
         name = canonical_dataset_name(data)
         fits(name)
@@ -352,7 +356,7 @@ def eval_images(data: str | None, *, bank: Any = None, queries: Any = None, data
                           test_images, test_labels, CLASS_NAMES[name])
     if not Path(data).expanduser().is_dir():
         raise SettingError(f"unknown dataset {data!r} and no folder there: give cifar10, fmnist or mnist, or a folder "
-                           f"of images with one subfolder per class")
+                           f"of images with one subfolder per class", setting="data")
     return _split_folder(data, size, channels, test_fraction, seed)
 
 

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
 from infomax.errors import SettingError
-from infomax.validate import positive_int
+from infomax.validate import optional_positive_int, positive_int
 
 METRICS = ("cos", "l2")
 QUERY_BORDER = (40, 90, 220)
@@ -37,7 +37,8 @@ def check_grid_args(k: int, metric: str, scale: int, queries: int = 1) -> None:
     for setting, value in (("k", k), ("queries", queries), ("scale", scale)):
         positive_int(setting, value)
     if metric not in METRICS:
-        raise SettingError(f"metric={metric!r}: use 'cos' (cosine similarity) or 'l2' (Euclidean distance)")
+        raise SettingError(f"metric={metric!r}: use 'cos' (cosine similarity) or 'l2' (Euclidean distance)",
+                           setting="metric")
 
 
 def nearest(queries: torch.Tensor, bank: torch.Tensor, k: int, metric: str = "cos",
@@ -52,7 +53,7 @@ def nearest(queries: torch.Tensor, bank: torch.Tensor, k: int, metric: str = "co
     q, b = queries.float(), bank.float()
     available = len(b) - (1 if exclude is not None else 0)
     if k > available:
-        raise SettingError(f"k={k}: the bank has only {available} other images")
+        raise SettingError(f"k={k}: the bank has only {available} other images", setting="k")
     if metric == "cos":
         scores = F.normalize(q, dim=1) @ F.normalize(b, dim=1).T
         worst = -float("inf")
@@ -188,7 +189,7 @@ def knn_grid(encoder, query_images: torch.Tensor, bank_images: torch.Tensor, *, 
     """
     check_grid_args(k, metric, scale, queries)
     if queries > len(query_images):
-        raise SettingError(f"queries={queries}: only {len(query_images)} query images")
+        raise SettingError(f"queries={queries}: only {len(query_images)} query images", setting="queries")
     generator = torch.Generator().manual_seed(seed)
     picked = torch.randperm(len(query_images), generator=generator)[:queries].sort().values
     q_codes = encoder.embed(query_images[picked], batch_size)
@@ -226,13 +227,12 @@ def make_knn_grid(model: str, data: str, out: str, *, split: str = "test", queri
     )
 
     check_grid_args(k, metric, scale, queries)
-    if bank_limit is not None and (isinstance(bank_limit, bool) or not isinstance(bank_limit, int) or bank_limit < 1):
-        raise ValueError(f"--bank-limit {bank_limit!r}: must be a positive number of images")
+    optional_positive_int("bank_limit", bank_limit, what="a positive number of images", sep=" ")
     target = Path(out).expanduser()
     if target.is_dir():
-        raise SettingError(f"--out {out} is a folder: give the path of the PNG file to write")
+        raise SettingError(f"out {out} is a folder: give the path of the PNG file to write", setting="out")
     if target.suffix.lower() != ".png":
-        raise SettingError(f"--out {out}: the grid is a PNG; give a file name ending in .png")
+        raise SettingError(f"out {out}: the grid is a PNG; give a file name ending in .png", setting="out")
     if not Path(model).expanduser().exists():
         raise FileNotFoundError(f"--model {model}: no artifact folder there; give the folder written by "
                                 f"`infomax train` or `infomax export`")
@@ -252,8 +252,9 @@ def make_knn_grid(model: str, data: str, out: str, *, split: str = "test", queri
     else:
         folder = Path(data).expanduser()
         if not folder.is_dir():
-            raise SettingError(f"--data {data!r} is neither a data set name ({', '.join(sorted(CLASS_NAMES))}) "
-                               f"nor an existing folder: give one of those names or the path of a folder of images")
+            raise SettingError(f"data {data!r} is neither a data set name ({', '.join(sorted(CLASS_NAMES))}) "
+                               f"nor an existing folder: give one of those names or the path of a folder of images",
+                               setting="data")
         loaded = load_image_folder(folder, encoder.input_size, encoder.in_channels)
         bank_images, bank_labels = loaded.images[:bank_limit], loaded.labels[:bank_limit]
         query_images, query_labels, same_set = bank_images, bank_labels, True

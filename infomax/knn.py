@@ -30,9 +30,9 @@ def knn_predict_with_nearest(
     Queries are processed in chunks so memory stays at chunk x m similarities.
     """
     if k < 1:
-        raise SettingError(f"k={k}: must be >= 1")
+        raise SettingError(f"k={k}: must be >= 1", setting="k")
     if not temperature > 0:
-        raise SettingError(f"temperature={temperature}: must be > 0")
+        raise SettingError(f"temperature={temperature}: must be > 0", setting="temperature")
     if bank.shape[0] != bank_labels.shape[0]:
         raise ValueError(f"bank has {bank.shape[0]} vectors but {bank_labels.shape[0]} labels")
     k = min(k, bank.shape[0])

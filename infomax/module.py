@@ -104,24 +104,26 @@ class DeepInfoMax(pl.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         if not lr > 0:
-            raise SettingError(f"lr={lr}: the learning rate must be > 0")
+            raise SettingError(f"lr={lr}: the learning rate must be > 0", setting="lr")
         if not weight_decay >= 0:
-            raise SettingError(f"weight_decay={weight_decay}: must be >= 0")
+            raise SettingError(f"weight_decay={weight_decay}: must be >= 0", setting="weight_decay")
         if lr_schedule not in ("constant", "cosine"):
-            raise SettingError(f"lr_schedule={lr_schedule!r}: choose 'constant' or 'cosine'")
+            raise SettingError(f"lr_schedule={lr_schedule!r}: choose 'constant' or 'cosine'", setting="lr_schedule")
         if views not in (1, 2):
-            raise SettingError(f"views={views}: choose 1 or 2")
+            raise SettingError(f"views={views}: choose 1 or 2", setting="views")
         if views == 2 and augment == "none":
-            raise SettingError("views=2 with augment='none' would compare two identical views; set augment")
+            raise SettingError("views=2 with augment='none' would compare two identical views; set augment", setting="views")
         if delta > 0 and views != 2:
-            raise SettingError(f"delta={delta}: the local-to-local term compares two views; set views=2")
+            raise SettingError(f"delta={delta}: the local-to-local term compares two views; set views=2", setting="delta")
         if not 0 <= lr_warmup < 1:  # also catches NaN
-            raise SettingError(f"lr_warmup={lr_warmup}: the fraction of the run spent warming up must be in [0, 1)")
+            raise SettingError(f"lr_warmup={lr_warmup}: the fraction of the run spent warming up must be in [0, 1)",
+                               setting="lr_warmup")
         self.augment = Augment(augment)
         mean = tuple(mean) if mean is not None else (0.5,) * in_channels
         std = tuple(std) if std is not None else (0.5,) * in_channels
         if len(mean) != in_channels or len(std) != in_channels:
-            raise SettingError(f"mean={mean} and std={std} need one value per channel (in_channels={in_channels})")
+            raise SettingError(f"mean={mean} and std={std} need one value per channel (in_channels={in_channels})",
+                               setting="mean")
         self.normalize = Normalize(mean, std)
         self._normalization = {"mean": list(mean), "std": list(std)}
         self.encoder = build_encoder(

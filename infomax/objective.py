@@ -85,19 +85,19 @@ class DIMObjective(nn.Module):
         super().__init__()
         for name, w in (("alpha", alpha), ("beta", beta), ("gamma", gamma), ("delta", delta)):
             if not w >= 0:  # also catches NaN
-                raise SettingError(f"{name}={w}: loss weights must be >= 0")
+                raise SettingError(f"{name}={w}: loss weights must be >= 0", setting=name)
         for name, v in (("score_penalty", score_penalty), ("score_clip", score_clip)):
             if not 0 <= v < float("inf"):  # also catches NaN
-                raise SettingError(f"{name}={v}: must be finite and >= 0 (0: off)")
+                raise SettingError(f"{name}={v}: must be finite and >= 0 (0: off)", setting=name)
         if alpha == beta == delta == 0:
-            raise SettingError("alpha=0, beta=0 and delta=0: at least one mutual-information term must be on")
+            raise SettingError("alpha=0, beta=0 and delta=0: at least one mutual-information term must be on", setting="alpha")
         if extra_channels and beta == 0:
             raise SettingError(f"extra_channels={list(extra_channels)} with beta=0: the extra maps are part of "
-                               f"the local term; set beta > 0")
+                               f"the local term; set beta > 0", setting="extra_channels")
         if negatives not in NEGATIVES:
-            raise SettingError(f"negatives={negatives!r}: choose one of {NEGATIVES}")
+            raise SettingError(f"negatives={negatives!r}: choose one of {NEGATIVES}", setting="negatives")
         if prior not in PRIORS:
-            raise SettingError(f"prior={prior!r}: choose one of {PRIORS}")
+            raise SettingError(f"prior={prior!r}: choose one of {PRIORS}", setting="prior")
         self.global_bound = get_estimator(global_estimator)
         self.local_bound = get_estimator(local_estimator)
         self.alpha, self.beta, self.gamma = alpha, beta, gamma

@@ -27,7 +27,7 @@ def soft_clip(scores: torch.Tensor, clip: float) -> torch.Tensor:
     Odd, 0 at 0 with slope 1, |out| < clip; |s| << clip passes almost unchanged (20 tanh(1/20) =
     0.99917 for s = 1), so only runaway scores are bent."""
     if not clip > 0:  # also catches NaN
-        raise SettingError(f"score_clip={clip}: must be > 0")
+        raise SettingError(f"score_clip={clip}: must be > 0", setting="score_clip")
     return clip * torch.tanh(scores / clip)
 
 

@@ -22,9 +22,9 @@ class Normalize(nn.Module):
         super().__init__()
         mean, std = [float(m) for m in mean], [float(s) for s in std]
         if len(mean) != len(std) or not mean:
-            raise SettingError(f"mean {mean} and std {std} must be non-empty and of the same length")
+            raise SettingError(f"mean {mean} and std {std} must be non-empty and of the same length", setting="mean")
         if any(s <= 0 for s in std):
-            raise SettingError(f"std={std}: every value must be > 0")
+            raise SettingError(f"std={std}: every value must be > 0", setting="std")
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
 

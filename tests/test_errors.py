@@ -106,3 +106,56 @@ def test_startup_tracebacks_are_dropped_by_the_same_definition():
     assert not quiet.filter(record(MissingFileError("/a/index.faiss is missing")))
     assert quiet.filter(record(FloatingPointError("a bug")))
     assert quiet.filter(record(json.JSONDecodeError("a bug's parse", "{", 0)))  # a ValueError, not a user's
+
+
+# -- settings and flags: the library names a setting, the command line spells it as its flag -----
+
+
+def test_a_user_error_spells_its_settings_as_asked():
+    flags = {"batch_size": "--batch-size", "bank": "--bank", "queries": "--queries"}.get
+    e = SettingError("batch_size 0: must be a positive integer", setting="batch_size")
+    e.spell_settings(flags)
+    assert str(e) == "--batch-size 0: must be a positive integer" and e.setting == "batch_size"
+    e = SettingError("`bank` and `queries` go together; `seed` and batch_sizes stay", setting="bank")
+    e.spell_settings(flags)
+    assert str(e) == "--bank and --queries go together; `seed` and batch_sizes stay"  # unknown names stay
+    e = SettingError("batch_sizes 0", setting="batch_size")  # not the setting's name: left alone
+    e.spell_settings(flags)
+    assert str(e) == "batch_sizes 0"
+
+
+def test_each_command_knows_its_flags():
+    from training import embed, index_cmd
+    from training.flags import argparse_flags, lightning_flags
+    from training.train import FLAG_GROUPS
+
+    spell = argparse_flags(embed.parser)
+    assert (spell("batch_size"), spell("num_nodes"), spell("data"), spell("memory_budget")) == \
+        ("--batch-size", "--num-nodes", "--data", None)
+    assert argparse_flags(index_cmd.parser)("memory_budget") == "--memory-budget"  # a subcommand's flag
+    assert argparse_flags(embed.parser, artifact="--model")("artifact") == "--model"
+    spell = lightning_flags(FLAG_GROUPS)
+    assert (spell("lr"), spell("val_size"), spell("bank_size"), spell("model.beta")) == \
+        ("--model.lr", "--data.val_size", "--knn.bank_size", "--model.beta")
+    assert spell("batch_size") is None  # the data module's and the k-NN monitor's: left as it is
+
+
+def test_the_library_names_the_setting_and_the_command_its_flag(tmp_path, tiny_artifact):
+    from infomax.grid import make_knn_grid
+
+    with pytest.raises(SettingError, match=r"^bank_limit 0: must be a positive number of images$") as e:
+        make_knn_grid(str(tiny_artifact), "cifar10", str(tmp_path / "g.png"), bank_limit=0)
+    assert e.value.setting == "bank_limit" and "--" not in str(e.value)
+    r = _run(INFOMAX, "knn-grid", "--model", str(tiny_artifact), "--data", "cifar10", "--out", str(tmp_path / "g.png"),
+             "--bank-limit", "0")
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr == "infomax knn-grid: error: --bank-limit 0: must be a positive number of images\n"
+
+
+def test_train_spells_a_model_setting_as_its_dotted_flag(tmp_path, data_dir, monkeypatch):
+    from training import train
+
+    monkeypatch.setenv("INFOMAX_DATA_DIR", str(data_dir))
+    config = str(Path(__file__).parents[1] / "training" / "configs" / "cifar10.yaml")
+    with pytest.raises(SettingError, match=r"^--model\.lr=0\.0: the learning rate must be > 0$"):
+        train.main(["--config", config, "--model.lr", "0", "--trainer.default_root_dir", str(tmp_path)])

@@ -19,6 +19,7 @@ import json
 import sys
 
 from infomax.errors import SettingError
+from training.flags import argparse_flags, flag_names
 
 
 def parser() -> argparse.ArgumentParser:
@@ -34,16 +35,14 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+@flag_names(argparse_flags(parser))
 def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
 
     from infomax.duplicates import check_threshold, find_duplicates, groups_csv
     from infomax.index import EmbeddingIndex, IndexLoadError
 
-    try:
-        threshold = check_threshold(args.threshold)
-    except ValueError as e:
-        raise SettingError(f"--threshold: {e}") from None
+    threshold = check_threshold(args.threshold)  # a SettingError naming the threshold, spelled --threshold
     try:
         index = EmbeddingIndex.load(args.index, read_only=True)
     except IndexLoadError as e:

@@ -17,7 +17,8 @@ import signal
 import sys
 from pathlib import Path
 
-from infomax.errors import SettingError
+from infomax.validate import non_negative_int
+from training.flags import argparse_flags, flag_names
 
 
 def parser() -> argparse.ArgumentParser:
@@ -42,10 +43,11 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+@flag_names(argparse_flags(parser))
 def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
-    if args.num_workers is not None and args.num_workers < 0:
-        raise SettingError(f"--num-workers {args.num_workers}: must be >= 0")
+    if args.num_workers is not None:
+        non_negative_int("num_workers", args.num_workers, sep=" ")
 
     import logging
 

@@ -17,6 +17,8 @@ from __future__ import annotations
 import argparse
 
 from infomax.errors import SettingError
+from infomax.validate import positive_int
+from training.flags import argparse_flags, flag_names
 
 
 def parser() -> argparse.ArgumentParser:
@@ -52,13 +54,13 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+@flag_names(argparse_flags(parser))
 def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
     if args.model is None and not args.no_encoder:
         raise SettingError("--model is required (the artifact folder to evaluate); pass --no-encoder for the "
                            "raw-pixel baseline alone")
-    if args.batch_size < 1:
-        raise SettingError(f"--batch-size {args.batch_size}: must be a positive integer")
+    positive_int("batch_size", args.batch_size, sep=" ")
     if args.record and (args.no_encoder or args.limit_train is not None or args.limit_test is not None):
         raise SettingError("--record stores the encoder's figures on the full splits in its artifact: it cannot go "
                            "with --no-encoder, --limit-train or --limit-test")

@@ -16,6 +16,7 @@ import argparse
 import sys
 
 from infomax.errors import DataError, SettingError
+from training.flags import argparse_flags, flag_names
 
 
 def parser() -> argparse.ArgumentParser:
@@ -146,6 +147,7 @@ def summary(record: dict, out: str) -> str:
     return "\n".join(lines)
 
 
+@flag_names(argparse_flags(parser))
 def main(argv: list[str]) -> int:
     p = parser()
     args = p.parse_args(argv)

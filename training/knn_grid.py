@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 
+from training.flags import argparse_flags, flag_names
+
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="infomax knn-grid", description=__doc__,
@@ -32,6 +34,7 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+@flag_names(argparse_flags(parser))
 def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
 

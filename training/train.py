@@ -22,10 +22,11 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningCLI
 
 from infomax.callbacks import ExportArtifact, KNNMonitor
-from infomax.data import InMemoryDataModule
+from infomax.data import CIFAR10, MNIST, FashionMNIST, ImageFolder, InMemoryDataModule
 from infomax.errors import DataError, MissingFileError, SettingError, UserError
 from infomax.module import DeepInfoMax
 from training import train_args
+from training.flags import flag_names, lightning_flags
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -154,6 +155,13 @@ def build_cli(argv: list[str]) -> InfomaxCLI:
     )
 
 
+# The classes behind each group of options: a bare setting a UserError names is spelled as the
+# flag of the one group whose class takes it (lr -> --model.lr).
+FLAG_GROUPS = {"model": [DeepInfoMax], "data": [CIFAR10, FashionMNIST, MNIST, ImageFolder], "knn": [KNNMonitor],
+               "export": [ExportArtifact], "checkpoint": [ModelCheckpoint]}
+
+
+@flag_names(lightning_flags(FLAG_GROUPS))
 def main(argv: list[str]) -> int:
     typed = list(argv)
     _quiet_lightning()

@@ -36,6 +36,8 @@ import sys
 from pathlib import Path, PurePosixPath
 
 from infomax.errors import DataError, MissingFileError, SettingError
+from infomax.validate import positive_int
+from training.flags import argparse_flags, flag_names
 
 STATE, SKIPPED, STATE_FORMAT = "state.json", "skipped.txt", "infomax-up"
 CONFIG = Path(__file__).parent / "configs" / "folder.yaml"
@@ -245,6 +247,7 @@ def _write_state(work: Path, state: dict) -> None:
 # -- the command ---------------------------------------------------------------------------------
 
 
+@flag_names(argparse_flags(parser))
 def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
     folder = Path(args.folder).expanduser()
@@ -253,8 +256,7 @@ def main(argv: list[str]) -> int:
     folder = folder.absolute()
     work = Path(args.work).expanduser().absolute() if args.work else folder / ".infomax"
     work.mkdir(parents=True, exist_ok=True)
-    if args.batch_size < 1:
-        raise SettingError(f"--batch-size {args.batch_size}: must be a positive integer")
+    positive_int("batch_size", args.batch_size, sep=" ")
     progress = not args.no_progress and sys.stderr.isatty()
     import pytorch_lightning  # noqa: F401 - configures its logger on import; quietened after
 

@@ -167,7 +167,7 @@ class InMemoryDataModule(pl.LightningDataModule):
             if len(self.train_images) < self.batch_size * trainer.world_size:
                 raise SettingError(
                     f"{self.name}: {len(self.train_images)} train images are too few for batch_size="
-                    f"{self.batch_size} on {trainer.world_size} device(s) with on_device=True"
+                    f"{self.batch_size} on {trainer.world_size} device(s) with on_device=True", setting="batch_size"
                 )
             return DeviceBatches(
                 self.train_images, self.train_labels, self.batch_size, trainer.strategy.root_device,
@@ -256,7 +256,8 @@ class _StandardDataModule(InMemoryDataModule):
     def _load(self) -> _Splits:
         images, labels = load_dataset(self.dataset_name, self.data_dir, "train", download=self.download)
         if self.val_size >= len(images):
-            raise SettingError(f"val_size={self.val_size} must be smaller than the {len(images)} train images")
+            raise SettingError(f"val_size={self.val_size} must be smaller than the {len(images)} train images",
+                               setting="val_size")
         train_idx, val_idx = _split_indices(len(images), self.val_size, self.seed)
         if self.limit_train is not None:
             train_idx = train_idx[: self.limit_train]
@@ -311,12 +312,12 @@ def _parse_val_size(val_size: float | int) -> float | int:
     Integral floats >= 1 count as counts, because a config/CLI value "500" may arrive as 500.0.
     """
     if isinstance(val_size, bool) or not isinstance(val_size, (int, float)) or not math.isfinite(val_size):
-        raise SettingError(f"val_size must be a fraction in [0, 1) or a count, got {val_size!r}")
+        raise SettingError(f"val_size must be a fraction in [0, 1) or a count, got {val_size!r}", setting="val_size")
     if val_size < 0:
-        raise SettingError(f"val_size must be non-negative, got {val_size!r}")
+        raise SettingError(f"val_size must be non-negative, got {val_size!r}", setting="val_size")
     if isinstance(val_size, float) and val_size >= 1.0:
         if not val_size.is_integer():
-            raise SettingError(f"val_size must be a fraction in [0, 1) or a whole count, got {val_size!r}")
+            raise SettingError(f"val_size must be a fraction in [0, 1) or a whole count, got {val_size!r}", setting="val_size")
         return int(val_size)
     return val_size
 
@@ -401,7 +402,7 @@ class ImageFolder(InMemoryDataModule):
     def _val_count(self, n: int) -> int:
         count = round(self.val_size * n) if isinstance(self.val_size, float) else self.val_size
         if count >= n:
-            raise SettingError(f"val_size={self.val_size!r} leaves no train images out of {n} in {self.path}")
+            raise SettingError(f"val_size={self.val_size!r} leaves no train images out of {n} in {self.path}", setting="val_size")
         return count
 
     def _load(self) -> _Splits:

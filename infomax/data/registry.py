@@ -62,7 +62,7 @@ def is_dataset_name(data: str) -> bool:
 def check_split(split: str) -> str:
     """``split`` itself when a standard data set has it; a ValueError naming the choices otherwise."""
     if split not in SPLITS:
-        raise SettingError(f"split {split!r} does not exist: use --split train or --split test")
+        raise SettingError(f"split {split!r} does not exist: use --split train or --split test", setting="split")
     return split
 
 

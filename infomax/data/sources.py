@@ -16,7 +16,8 @@ from infomax.data.datasets import InMemoryDataset
 from infomax.data.folder import IMAGE_EXTENSIONS, FileImages, folder_ids, folder_labels, folder_labels_note, list_images
 from infomax.data.readers import load_dataset
 from infomax.data.registry import CLASS_NAMES, canonical_dataset_name, check_fits, check_split, is_dataset_name
-from infomax.errors import SettingError
+from infomax.errors import MissingFileError, SettingError
+from infomax.validate import optional_positive_int
 
 __all__ = ["ImageSource", "resolve_source"]
 
@@ -74,8 +75,7 @@ def resolve_source(data: str, split: str = "test", *, channels: int, size: int, 
     keeps the first N images (a quick trial). Raises ValueError / FileNotFoundError naming what
     is wrong and how to fix it.
     """
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise SettingError(f"--limit {limit!r}: must be a positive number of images")
+    optional_positive_int("limit", limit, what="a positive number of images", sep=" ")
     if is_dataset_name(data):
         name = canonical_dataset_name(data)
         check_split(split)
@@ -93,17 +93,18 @@ def resolve_source(data: str, split: str = "test", *, channels: int, size: int, 
     if not folder.exists():
         names = ", ".join(sorted(CLASS_NAMES))
         raise SettingError(
-            f"--data {data!r} is neither a data set name ({names}) nor an existing folder: "
-            f"give one of those names or the path of a folder of images"
+            f"data {data!r} is neither a data set name ({names}) nor an existing folder: "
+            f"give one of those names or the path of a folder of images", setting="data"
         )
     if not folder.is_dir():
-        raise SettingError(f"--data {data!r} is a file, not a folder: give the folder that holds the images")
+        raise SettingError(f"data {data!r} is a file, not a folder: give the folder that holds the images",
+                           setting="data")
     folder = folder.absolute()
     paths = list_images(folder)
     if not paths:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"no image files in {folder} (looked for {', '.join(IMAGE_EXTENSIONS)}, hidden files skipped): "
-            f"give a folder that holds images"
+            f"give a folder that holds images", setting="data"
         )
     if limit is not None:
         paths = paths[:limit]

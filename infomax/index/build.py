@@ -55,7 +55,7 @@ class Building:
         the image store). The built index stays bound to ``path`` as its writer."""
         t_start = time.perf_counter()
         if not 0.0 < float(recall_target) <= 1.0:
-            raise SettingError(f"recall_target must be in (0, 1], got {recall_target!r}")
+            raise SettingError(f"recall_target must be in (0, 1], got {recall_target!r}", setting="recall_target")
         check_artifact(artifact)
         try:
             raw = np.asarray(vectors)
@@ -132,7 +132,7 @@ class Building:
             if ivf is not None:
                 ivf.cp.seed = int(seed) + 1234
                 if n < ivf.nlist:
-                    raise SettingError(f"{factory!r} needs at least {ivf.nlist} vectors to train, got {n}")
+                    raise SettingError(f"{factory!r} needs at least {ivf.nlist} vectors to train, got {n}", setting="factory")
             try:
                 with self._rw.write():
                     self._index.train(x[train_pos])

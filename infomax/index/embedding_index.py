@@ -170,7 +170,8 @@ class EmbeddingIndex(Loading, Saving, Building, Tuning, Searching, Items):
         clean = {}
         for key, value in dict(params).items():
             if key not in allowed:
-                raise SettingError(f"search parameter {key!r} does not apply to a {self.factory!r} index (allowed: {sorted(allowed)})")
+                raise SettingError(f"search parameter {key!r} does not apply to a {self.factory!r} index (allowed: {sorted(allowed)})",
+                                   setting="search_params")
             positive_int(key, value, what="a positive integer (a search parameter)")
             clean[key] = int(value)
         self._info["search_params"] = clean

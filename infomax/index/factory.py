@@ -23,19 +23,21 @@ def parse_memory(s: str | int) -> int:
     binary ones (KiB/MiB/GiB/TiB). Case-insensitive. Anything else, zero or a
     negative size raises ``ValueError`` quoting the value."""
     if isinstance(s, bool):
-        raise SettingError(f"invalid memory size {s!r}")
+        raise SettingError(f"invalid memory size {s!r}", setting="memory_budget")
     if isinstance(s, (int, np.integer)):
         if s <= 0:
-            raise SettingError(f"invalid memory size {s!r}: must be positive")
+            raise SettingError(f"invalid memory size {s!r}: must be positive", setting="memory_budget")
         return int(s)
     if not isinstance(s, str):
-        raise SettingError(f"invalid memory size {s!r}: expected e.g. '4GB', '512MB' or a number of bytes")
+        raise SettingError(f"invalid memory size {s!r}: expected e.g. '4GB', '512MB' or a number of bytes",
+                           setting="memory_budget")
     m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([A-Za-z]*)\s*", s)
     if not m or m.group(2).lower() not in _UNITS:
-        raise SettingError(f"invalid memory size {s!r}: expected e.g. '4GB', '512MB', '1.5GiB' or a number of bytes")
+        raise SettingError(f"invalid memory size {s!r}: expected e.g. '4GB', '512MB', '1.5GiB' or a number of bytes",
+                           setting="memory_budget")
     value = float(m.group(1)) * _UNITS[m.group(2).lower()]
     if not math.isfinite(value) or value < 1:
-        raise SettingError(f"invalid memory size {s!r}: must be at least 1 byte")
+        raise SettingError(f"invalid memory size {s!r}: must be at least 1 byte", setting="memory_budget")
     return int(value)
 
 
@@ -129,11 +131,12 @@ def choose_factory(n: int, dim: int, memory_budget_bytes: int) -> str:
         smallest = f"{quant},PQ{_divisors_desc(dim, 1)[0]}x8"
         raise SettingError(
             f"no index fits a memory budget of {budget} bytes for n={n}, dim={dim}: even {smallest!r} "
-            f"needs ~{estimate_memory(smallest, n, dim)} bytes"
+            f"needs ~{estimate_memory(smallest, n, dim)} bytes", setting="memory_budget"
         )
     raise SettingError(
         f"no index fits a memory budget of {budget} bytes for n={n}, dim={dim}: Flat needs "
-        f"~{estimate_memory('Flat', n, dim)} bytes and product quantization needs at least 10000 vectors to train"
+        f"~{estimate_memory('Flat', n, dim)} bytes and product quantization needs at least 10000 vectors to train",
+        setting="memory_budget"
     )
 
 
