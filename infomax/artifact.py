@@ -53,6 +53,10 @@ class ArtifactError(UserError, ValueError):
     """The artifact folder is missing, incomplete or inconsistent; the message names the file."""
 
 
+class ArtifactNotFoundError(ArtifactError, FileNotFoundError):
+    """No artifact folder where one was named (a FileNotFoundError as well as an ArtifactError)."""
+
+
 # What save_artifact derives from the encoder and its arguments: never taken from ``extra`` (a copy
 # of another artifact's config must not override them; training/export.py drops them).
 DERIVED_KEYS = frozenset({"format_version", "arch", "arch_kwargs", "output", "z_dim", "input_size", "in_channels",
@@ -106,12 +110,15 @@ def save_artifact(
     return path
 
 
-def read_config(path: str | Path) -> dict:
-    """Reads and checks ``encoder.json`` of an artifact folder."""
-    path = Path(path)
+def read_config(path: str | Path, *, setting: str | None = None) -> dict:
+    """Reads and checks ``encoder.json`` of an artifact folder; ``setting``: the caller's name for
+    the folder (``model``), which the error of a missing folder names."""
+    path = Path(path).expanduser()
     cfg_path = path / CONFIG
     if not path.is_dir():
-        raise ArtifactError(f"no artifact folder at {path}: expected a folder holding {WEIGHTS} and {CONFIG}")
+        where = f"{setting} {path}" if setting else str(path)
+        raise ArtifactNotFoundError(f"{where}: no artifact folder there; give the folder written by `infomax train` or "
+                                    f"`infomax export` ({CONFIG} + {WEIGHTS})", setting=setting)
     if not cfg_path.is_file():
         raise ArtifactError(f"{cfg_path} is missing: {path} is not an infomax artifact folder")
     try:
@@ -251,14 +258,15 @@ class InferenceEncoder(nn.Module):
         return {f: torch.cat(v) for f, v in out.items()}
 
 
-def load_encoder(path: str | Path, device: str | torch.device = "cpu") -> InferenceEncoder:
+def load_encoder(path: str | Path, device: str | torch.device = "cpu", *, setting: str | None = None) -> InferenceEncoder:
     """Rebuilds the encoder of an artifact folder, checks its weights against the recorded hash,
-    and returns it in eval mode on ``device``."""
+    and returns it in eval mode on ``device``: the one way to open an artifact. ``setting``: the
+    caller's name for the folder (``model``), which the error of a missing folder names."""
     from safetensors import SafetensorError
     from safetensors.torch import load
 
-    path = Path(path)
-    config = read_config(path)
+    path = Path(path).expanduser()
+    config = read_config(path, setting=setting)
     weights = path / WEIGHTS
     if not weights.is_file():
         raise ArtifactError(f"{weights} is missing: the artifact is incomplete; re-export it")

@@ -318,16 +318,12 @@ def embed(model: str | Path, data: str, out: str | Path, *, split: str = "test",
 
     _check_devices(accelerator, devices, num_nodes)
     positive_int("batch_size", batch_size, sep=" ")
-    model_dir = Path(model).expanduser()
-    if not model_dir.exists():
-        raise MissingFileError(f"--model {model}: no artifact folder there; give the folder written by "
-                               f"`infomax train` or `infomax export` (encoder.json + encoder.safetensors)")
-    encoder = load_encoder(model_dir, "cpu")
+    encoder = load_encoder(model, "cpu", setting="model")
     source = resolve_source(data, split, channels=encoder.in_channels, size=encoder.input_size, data_dir=data_dir,
                             limit=limit, model=model)
     out = prepare_output(out, overwrite)
     return embed_source(encoder, source, out, batch_size=batch_size, devices=devices, accelerator=accelerator,
-                        num_nodes=num_nodes, num_workers=num_workers, progress=progress, model_path=model_dir,
+                        num_nodes=num_nodes, num_workers=num_workers, progress=progress, model_path=model,
                         command=command)
 
 

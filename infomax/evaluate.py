@@ -32,7 +32,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from infomax.errors import MissingFileError, SettingError
+from infomax.errors import SettingError
 from infomax.knn import knn_predict_with_nearest
 from infomax.validate import positive_int
 
@@ -365,10 +365,10 @@ def _load_model(model: Any) -> Any:
 
     if isinstance(model, InferenceEncoder):
         return model
-    if model is None or not Path(model).expanduser().exists():
-        raise MissingFileError(f"--model {model}: no artifact folder there; give the folder written by "
-                               f"`infomax train` or `infomax export`")
-    return load_encoder(Path(model).expanduser(), "cuda" if torch.cuda.is_available() else "cpu")
+    if model is None:
+        raise SettingError("model: no artifact folder given; give the folder written by `infomax train` or "
+                           "`infomax export`", setting="model")
+    return load_encoder(model, "cuda" if torch.cuda.is_available() else "cpu", setting="model")
 
 
 def evaluate_encoder(model: Any, data: str | None = None, *, data_dir: Any = None, limit_train: int | None = None,

@@ -233,10 +233,7 @@ def make_knn_grid(model: str, data: str, out: str, *, split: str = "test", queri
         raise SettingError(f"out {out} is a folder: give the path of the PNG file to write", setting="out")
     if target.suffix.lower() != ".png":
         raise SettingError(f"out {out}: the grid is a PNG; give a file name ending in .png", setting="out")
-    if not Path(model).expanduser().exists():
-        raise FileNotFoundError(f"--model {model}: no artifact folder there; give the folder written by "
-                                f"`infomax train` or `infomax export`")
-    encoder = load_encoder(Path(model).expanduser(), "cuda" if torch.cuda.is_available() else "cpu")
+    encoder = load_encoder(model, "cuda" if torch.cuda.is_available() else "cpu", setting="model")
     if is_dataset_name(data):
         name = canonical_dataset_name(data)
         check_split(split)

@@ -159,3 +159,32 @@ def test_train_spells_a_model_setting_as_its_dotted_flag(tmp_path, data_dir, mon
     config = str(Path(__file__).parents[1] / "training" / "configs" / "cifar10.yaml")
     with pytest.raises(SettingError, match=r"^--model\.lr=0\.0: the learning rate must be > 0$"):
         train.main(["--config", config, "--model.lr", "0", "--trainer.default_root_dir", str(tmp_path)])
+
+
+# -- one way to open an artifact ----------------------------------------------------------------
+
+
+def test_a_missing_artifact_folder_is_one_error_named_by_the_caller(tmp_path):
+    from infomax.artifact import ArtifactError, ArtifactNotFoundError, load_encoder
+
+    with pytest.raises(ArtifactNotFoundError, match=r"^model .*nowhere: no artifact folder there; give the folder written by") as e:
+        load_encoder(tmp_path / "nowhere", setting="model")
+    assert isinstance(e.value, FileNotFoundError) and isinstance(e.value, ArtifactError) and e.value.setting == "model"
+    with pytest.raises(ArtifactNotFoundError, match=r"^/.*nowhere: no artifact folder there"):
+        load_encoder(tmp_path / "nowhere")  # no setting named: the path alone
+    # embed, eval and knn-grid open it the same way, and say which of their arguments was wrong
+    from infomax.embed import embed
+    from infomax.evaluate import evaluate_encoder
+    from infomax.grid import make_knn_grid
+
+    for call in (lambda: embed(tmp_path / "nowhere", "cifar10", tmp_path / "out"),
+                 lambda: evaluate_encoder(tmp_path / "nowhere", "cifar10"),
+                 lambda: make_knn_grid(str(tmp_path / "nowhere"), "cifar10", str(tmp_path / "g.png"))):
+        with pytest.raises(ArtifactNotFoundError, match=r"^model .*nowhere: no artifact folder there"):
+            call()
+
+
+def test_export_names_its_own_flag_for_a_missing_artifact(tmp_path):
+    r = _run(INFOMAX, "export", "--artifact", str(tmp_path / "none"), "--out", str(tmp_path / "y"))
+    assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
+    assert r.stderr.startswith(f"infomax export: error: --artifact {tmp_path / 'none'}: no artifact folder there; ")

@@ -12,9 +12,10 @@ import shlex
 import sys
 
 from infomax.errors import DataError, MissingFileError, SettingError
+from training.flags import argparse_flags, flag_names
 
 
-def main(argv: list[str]) -> int:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="infomax export", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
@@ -25,7 +26,12 @@ def main(argv: list[str]) -> int:
                    help="vectors the artifact serves: mu (the code, default), pooled (the vector the code's "
                         "heads read) or local (the flattened local feature map C(x), c*h*w values)")
     p.add_argument("--dataset", default=None, help="name of the training data, recorded in encoder.json")
-    args = p.parse_args(argv)
+    return p
+
+
+@flag_names(argparse_flags(parser))
+def main(argv: list[str]) -> int:
+    args = parser().parse_args(argv)
 
     from pathlib import Path
 
@@ -35,7 +41,7 @@ def main(argv: list[str]) -> int:
 
         if Path(args.out).resolve() == Path(args.artifact).resolve():
             raise SettingError(f"--out {args.out} is the --artifact folder: write the new artifact to another folder")
-        enc = load_encoder(args.artifact)
+        enc = load_encoder(args.artifact, setting="artifact")
         # not what save_artifact derives again, nor the eval report (it measured the other output)
         kept = {k: v for k, v in enc.config.items() if k not in DERIVED_KEYS and k != "eval"}
         kept["dataset"] = args.dataset or kept.get("dataset")

@@ -265,8 +265,9 @@ def main(argv: list[str]) -> int:
 
     if args.model is not None:
         artifact = Path(args.model).expanduser().absolute()
-        if not (artifact / "encoder.json").is_file():
-            raise MissingFileError(f"--model {args.model}: no encoder.json there; give a serving artifact folder")
+        from infomax.artifact import read_config
+
+        read_config(artifact, setting="model")  # refused now, in one line, if it is not an artifact
         _say(f"[1/4] training skipped: --model {artifact}")
     elif (work / "model" / "encoder.json").is_file() and not args.retrain:
         artifact = work / "model"
