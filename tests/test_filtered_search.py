@@ -157,14 +157,13 @@ FILTERS = [
 
 @pytest.mark.parametrize("exact_below", ["default", 0], ids=["default-rule", "selector-paths"])
 def test_results_equal_brute_force_over_the_matching_items(built, exact_below, monkeypatch):
-    """Default rule: Flat through the selector, HNSW and IVF exact at this size (<= 10,000 match):
+    """Default rule: Flat through the selector, HNSW and IVF exact at this size (<= 50,000 match):
     equal to brute force. With the exact limit at 0, HNSW walks its graph with the selector and
     IVF probes nprobe * n / m lists: every row still holds min(k, m) matching ids, at high
     recall (per filter, over 20 queries)."""
     factory, index, x, ids, md = built
     if exact_below != "default":
         monkeypatch.setattr(filtered_mod, "EXACT_MATCHES", exact_below)
-        monkeypatch.setattr(filtered_mod, "EXACT_COST", 0)
     q = x[np.random.default_rng(1).choice(len(x), 20, replace=False)]
     q = q + 0.3 * np.random.default_rng(2).standard_normal(q.shape).astype(np.float32)
     q /= np.linalg.norm(q, axis=1, keepdims=True)
@@ -189,7 +188,6 @@ def test_k_results_whenever_k_match_fewer_only_when_fewer_match(built, exact_bel
     factory, index, x, ids, md = built
     if exact_below != "default":
         monkeypatch.setattr(filtered_mod, "EXACT_MATCHES", exact_below)
-        monkeypatch.setattr(filtered_mod, "EXACT_COST", 0)
     q = x[:5]
     far = [i for i, m in sorted(zip(ids.tolist(), md), key=lambda t: float(x[(t[0] - 11) // 3] @ q.mean(0)))
            if m.get("source")]  # the items least like the queries first (positions: id = 3 * pos + 11)
@@ -439,3 +437,45 @@ def test_sparse_ids_as_folders_have_them(factory):
         index.close()
     assert isinstance(filtered_mod.Match(ids[:100], 0).selector(), faiss.IDSelectorBatch)
     assert isinstance(filtered_mod.Match(np.arange(0, 3000, 3, dtype=np.int64), 0).selector(), faiss.IDSelectorBitmap)
+
+
+def test_hnsw_tombstones_never_count_as_matches_whatever_the_ids():
+    """Removed HNSW entries stay in the graph with id -2 until compact(): with ids from 0 (a data
+    set's positions), the exact path must not read them as matches of id 0."""
+    x, _ = _data(800)
+    index = EmbeddingIndex.create(DIM, "HNSW32")
+    try:
+        index.add(x, ids=np.arange(800), metadata=[{"label": int(i % 4 == 0)} for i in range(800)])
+        gone = np.arange(4, 400, 4)  # label 1, removed; id 0 (label 1) stays
+        index.remove(gone)
+        assert index.tombstones == len(gone)
+        allowed = index.matching_ids({"label": 1})
+        assert allowed[0] == 0 and not np.isin(gone, allowed).any()
+        D, I = index.search(x[gone[:10]], K, filter={"label": 1})
+        assert (I >= 0).all() and np.isin(I, allowed).all()
+        assert_same_neighbours(D, I, *brute_force(x, np.arange(800), allowed, x[gone[:10]], K))
+    finally:
+        index.close()
+
+
+def test_hnsw_exact_search_reads_back_a_few_vectors_and_scans_its_storage_for_many():
+    """Up to 4,096 matches the vectors are copied out and scored; above, the graph's flat storage
+    is searched in place with a bitmap of their positions: both equal brute force, tombstones
+    left out."""
+    x, _ = _data(9000)
+    ids = np.arange(9000, dtype=np.int64) * 2
+    index = EmbeddingIndex.create(DIM, "HNSW32")
+    try:
+        index.add(x, ids=ids, metadata=[{"label": i % 9} for i in range(9000)])
+        index.remove(ids[:300:3])  # tombstones among the matches of label 0 (ids 0, 6, ...)
+        live = np.ones(9000, bool)
+        live[:300:3] = False
+        q = x[1000:1012]
+        for labels in ([0, 1, 2, 3], [0, 1, 2, 3, 4, 5, 6]):  # ~4,000 and ~7,000 matches
+            spec = {"label": {"in": labels}}
+            allowed = ids[live & np.isin(np.arange(9000) % 9, labels)]
+            assert index.matching_ids(spec).tolist() == allowed.tolist()
+            D, I = index.search(q, K, filter=spec)
+            assert_same_neighbours(D, I, *brute_force(x, ids, allowed, q, K))
+    finally:
+        index.close()

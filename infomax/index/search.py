@@ -101,7 +101,7 @@ class Searching(FilteredSearching):
         ``infomax.index.filters``); ``ValueError`` naming the problem for a bad one. It runs
         inside the FAISS search (an id selector): each row holds ``min(k, m)`` real ids when
         ``m`` items match. How each index type does it (exact or exhaustive when at most
-        ~10,000 items match, efSearch / nprobe raised by n / m otherwise):
+        50,000 items match, efSearch / nprobe raised by n / m otherwise):
         ``infomax.index.filtered``."""
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}")
