@@ -106,21 +106,10 @@ def build(args: argparse.Namespace) -> dict:
 
 def store_pictures(out, emb, data_dir: str | None) -> int:
     """Writes the items' pictures into the index folder's image store; returns how many."""
-    from itertools import islice
-
-    from infomax.imagestore import ImageStore
+    from infomax.index.collection import store_pictures_in
     from infomax.pictures import item_pictures
 
-    pictures = item_pictures(emb.manifest, emb.ids.tolist(), emb.sources, data_dir=data_dir)
-    store = ImageStore(out)
-    n = 0
-    try:
-        while chunk := list(islice(pictures, 2048)):  # one transaction per chunk: bounded memory
-            store.put_many(chunk)
-            n += len(chunk)
-    finally:
-        store.close()
-    return n
+    return store_pictures_in(out, item_pictures(emb.manifest, emb.ids.tolist(), emb.sources, data_dir=data_dir))
 
 
 def summary(record: dict, out: str) -> str:
