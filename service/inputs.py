@@ -121,6 +121,17 @@ def form_int(value: str, name: str) -> int:
         raise ApiError(422, "invalid_request", f"{name} must be an integer, got {value[:40]!r}") from None
 
 
+_TRUE, _FALSE = ("true", "1"), ("false", "0")
+
+
+def form_bool(value: str, name: str) -> bool:
+    """A boolean form field: true/false (any case) or 1/0."""
+    text = value.strip().lower()
+    if text in _TRUE or text in _FALSE:
+        return text in _TRUE
+    raise ApiError(422, "invalid_request", f"{name} must be true or false, got {value[:40]!r}")
+
+
 def check_k(k: int | None, state: ServiceState) -> int:
     s = state.settings
     if k is None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, WithJsonSchema, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, WithJsonSchema, model_validator
 
 from service.filters import DESCRIPTION as FILTER_DESCRIPTION
 from service.filters import FILTER_SCHEMA
@@ -15,6 +15,12 @@ MAX_ID = 2**63 - 1  # FAISS and SQLite ids are int64
 # can never run out because a caller picked a huge id.
 MAX_CALLER_ID = 2**53 - 1
 MIN_LABEL, MAX_LABEL = -(2**63), 2**63 - 1  # stored as SQLite INTEGER (int64)
+EXPLAIN_DESCRIPTION = (
+    "true: each neighbour also gets `explain`, a heat map of where it agrees with the query: the model's local "
+    "critic scoring the query's code (mu of the query image, of the item's stored picture for an id, or the "
+    "vector itself, which must then be the model's code) against every position of the neighbour's local "
+    "feature map, computed from its stored picture. 409 explain_unavailable when the model carries no local "
+    "critic (trained with beta 0); GET /v1/info says whether it does")
 B64_DESCRIPTION = "image file bytes in standard base64 (PNG, JPEG, GIF, WebP or BMP); a data: URL prefix is accepted"
 
 
@@ -39,6 +45,7 @@ class SearchRequest(_Strict):
     # checked by the library (service/filters.py: 422 invalid_filter naming the key), not here
     filter: Annotated[Any, WithJsonSchema({"anyOf": [FILTER_SCHEMA, {"type": "null"}]})] = Field(
         None, description=FILTER_DESCRIPTION)
+    explain: StrictBool = Field(False, description=EXPLAIN_DESCRIPTION)
 
     @model_validator(mode="after")
     def _one_query(self) -> SearchRequest:
@@ -77,8 +84,29 @@ class Item(BaseModel):
     image_url: str = Field(description="the stored image (404 if the item has none)")
 
 
+class Explanation(BaseModel):
+    """Why a neighbour matches: the local critic's scores of the query's code at each position of
+    the neighbour's local feature map."""
+
+    h: int = Field(description="rows of the neighbour's local feature map (4 for the reference conv encoder at 32 px)")
+    w: int = Field(description="columns of the map")
+    scores: list[list[float]] = Field(
+        description="h rows of w raw critic scores, top row first, left to right: row i, column j is that region "
+                    "of the picture as the model sees it (its shorter side resized to the input size, the centre "
+                    "square cut out). Higher: that part agrees more with the "
+                    "query. The scale is the critic's: cosine critic, cos / temperature (within +-1/temperature); "
+                    "dot, the dot product of the encoded pair / sqrt(dim); concat, the output of its MLP. Compare "
+                    "the positions of one map, or the maps of one answer; not across models")
+    min: float = Field(description="the lowest score of the map")
+    max: float = Field(description="the highest score of the map")
+
+
 class Neighbor(Item):
     score: float = Field(description="cosine similarity to the query, at most 1")
+    explain: Explanation | None = Field(
+        None, description="only when the search asked for explain (absent otherwise): the heat map of where this "
+                          "neighbour agrees with the query; null when the item has no stored picture (or it "
+                          "cannot be decoded)")
 
 
 class SearchResponse(BaseModel):
@@ -154,3 +182,9 @@ class ServiceInfo(BaseModel):
     classes: list[str] | None = Field(
         None, description="names of the labels, in label order, where the index records them or the data set it holds")
     filters: FilterInfo = Field(description="what the filter of POST /v1/search can select")
+    explain: bool = Field(False, description="whether POST /v1/search can explain matches (explain: true): the "
+                                             "model carries its local critic")
+    explain_critic: Literal["concat", "dot", "cosine", "unknown"] | None = Field(
+        None, description="the kind of that critic, which sets the scale of the heat maps' scores; null without one")
+    explain_unavailable: str | None = Field(
+        None, description="why the model cannot explain matches (null when it can), and what to do")

@@ -25,13 +25,15 @@ import torch
 from anyio import to_thread
 
 from infomax.artifact import load_encoder
+from infomax.discriminators import CRITICS
 from infomax.errors import MissingFileError, SettingError
+from infomax.explain import Explainer, ExplainUnavailable, has_local_critic
 from infomax.imagestore import ImageStore
 from infomax.index import RECORD_FILE, EmbeddingIndex, Filter, IndexMismatchError
 from infomax.index.collection import Collection
 from service.batching import Batcher
 from service.errors import ApiError
-from service.images import DecodedImage
+from service.images import DecodedImage, decode_image
 from service.metrics import Metrics
 from service.model import ServingModel
 from service.settings import Settings
@@ -64,11 +66,16 @@ class ServiceState:
         self.index: EmbeddingIndex | None = None
         self.images: ImageStore | None = None
         self.batcher: Batcher | None = None
+        # The artifact's local critic (POST /v1/search with explain): None, and why, when it has none.
+        self.explainer: Explainer | None = None
+        self.explain_critic: str | None = None
+        self.explain_unavailable: str | None = None
         self.ready = False
         self.error: str | None = None
         self._write_lock: asyncio.Lock | None = None
         self._coming = 0  # requests decoding images that they will submit to the batcher
         self.decode_limiter = None  # anyio.CapacityLimiter, made on the event loop by start()
+        self.explain_limiter = None  # the same, for heat-map work (decoding k pictures + a forward pass)
         self._tasks: list[asyncio.Task] = []
 
     # ----------------------------------------------------------------- lifecycle
@@ -80,6 +87,7 @@ class ServiceState:
         # A decoded image can take max_image_pixels x 4 bytes before it is resized: bound how
         # many are decoded at once (the thread pool itself allows 40).
         self.decode_limiter = CapacityLimiter(max(2, self.settings.compute_threads * 2))
+        self.explain_limiter = CapacityLimiter(max(1, self.settings.compute_threads))
         if self.settings.background_load:
             self._tasks.append(asyncio.create_task(self._load_and_refresh(raise_errors=False)))
         else:
@@ -112,6 +120,7 @@ class ServiceState:
             index.close()
             raise
         self.model, self.index, self.images = model, index, images
+        self._load_explainer(model)
         self.batcher = Batcher(self._run_batch, max_batch_size=s.max_batch_size, max_wait_ms=s.max_wait_ms,
                                enabled=s.batching, name="infomax-encode", on_batch=self.metrics.observe_batch,
                                initializer=self._init_batch_thread, pending=lambda: self._coming)
@@ -126,6 +135,19 @@ class ServiceState:
         log.info("serving model %s (z_dim %d%s) with index %s: %d items, %s%s",
                  model.id[:12], model.z_dim, ", optimised" if model.optimized else "", index.path, len(index),
                  index.factory, ", read-only" if s.read_only else "")
+
+    def _load_explainer(self, model: ServingModel) -> None:
+        """The artifact's local critic, when it carries one. None is no error at startup: only a
+        search asking for explain is refused (409), with the reason kept here (no server path in it)."""
+        path = Path(self.settings.artifact)
+        try:
+            self.explainer = Explainer.from_artifact(model.encoder, path)
+        except ExplainUnavailable as e:
+            if has_local_critic(path):  # there is one, but damaged or of other weights: say so once
+                log.warning("explain is off: %s", e)
+            self.explain_unavailable = str(e).replace(str(path), f"the artifact {path.name!r}")
+            return
+        self.explain_critic = next((k for k, c in CRITICS.items() if type(self.explainer.critic) is c), "unknown")
 
     def _init_batch_thread(self) -> None:
         import faiss
@@ -315,6 +337,59 @@ class ServiceState:
         if self.images is None or item_id not in self.index:
             return None
         return self.images.get(item_id)
+
+    # ----------------------------------------------------------------- why two images match
+
+    def explain_refusal(self) -> ApiError:
+        """The answer to a search asking for explain on a model that cannot give one."""
+        return ApiError(409, "explain_unavailable",
+                        f"this server cannot explain matches: {self.explain_unavailable}. Search without "
+                        f"explain, or serve such a model")
+
+    def stored_pixels(self, item_id: int) -> torch.Tensor | None:
+        """The item's stored picture decoded as an upload is, uint8 (C, S, S); None when it has none
+        or it cannot be decoded (logged)."""
+        found = self.image(item_id)
+        if found is None:
+            return None
+        m, s = self.model, self.settings
+        try:
+            return decode_image(found[0], name=f"the stored picture of item {item_id}", size=m.input_size,
+                                channels=m.in_channels, max_pixels=s.max_image_pixels).pixels
+        except ApiError as e:
+            log.warning("cannot explain item %d: %s", item_id, e.message)
+            return None
+
+    def explain(self, ids: Sequence[int], *, pixels: torch.Tensor | None = None, vector: np.ndarray | None = None,
+                item_id: int | None = None) -> list[dict | None]:
+        """Thread pool: the query's code (mu of the image ``pixels``, the ``vector`` itself, or mu of
+        item ``item_id``'s stored picture) against every position of each neighbour's local map,
+        through the artifact's local critic: {h, w, scores (rows top to bottom), min, max} per id,
+        None for an id without a usable stored picture."""
+        explainer = self.explainer
+        if explainer is None:
+            raise self.explain_refusal()
+        if pixels is not None:
+            code = explainer.codes(pixels[None])[0]
+        elif vector is not None:
+            code = torch.from_numpy(vector)
+        else:
+            own = self.stored_pixels(item_id)
+            if own is None:
+                raise ApiError(409, "no_picture",
+                               f"item {item_id} has no stored picture (or it cannot be decoded), so its code "
+                               f"cannot be compared with the neighbours' pictures: search by its image instead, "
+                               f"or without explain")
+            code = explainer.codes(own[None])[0]
+        pictures = [self.stored_pixels(i) for i in ids]
+        have = [n for n, p in enumerate(pictures) if p is not None]
+        out: list[dict | None] = [None] * len(ids)
+        if have:
+            maps = explainer.heatmaps(code, torch.stack([pictures[n] for n in have])).numpy()
+            for n, m in zip(have, maps):
+                out[n] = {"h": int(m.shape[0]), "w": int(m.shape[1]), "scores": m.tolist(), "min": float(m.min()),
+                          "max": float(m.max())}
+        return out
 
     # ----------------------------------------------------------------- writes (one at a time)
 

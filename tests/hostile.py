@@ -502,3 +502,51 @@ def filter_corpus() -> list[FilterCase]:
           status=200, max_results=0),
         F("every type in one list", {"meta.iso": {"in": [1, 1.5, "1", True, False, -0.0, 1e308]}}, status=200),
     ]
+
+
+# ----------------------------------------------------------------------------- hostile explain values
+
+
+@dataclass(frozen=True)
+class ExplainCase:
+    """A value of ``explain`` for ``POST /v1/search`` and its documented answer: ``json``, the exact
+    JSON text of the value in a body beside a vector; ``form``, the multipart field's values beside
+    an image (several: the field repeated). None: not sent that way. Every refusal is 422
+    ``invalid_request`` naming ``explain``; the valid ones are answered 200 with heat maps (409
+    ``explain_unavailable`` on a model without a local critic)."""
+
+    name: str
+    json: str | None = None
+    form: tuple[str, ...] | None = None
+    status: int = 422
+    form_status: int = 422
+    code: str = "invalid_request"
+
+
+def explain_corpus() -> list[ExplainCase]:
+    E = ExplainCase
+    return [
+        E("a string 'true'", json='"true"'),
+        E("a word", json='"yes"', form=("yes",)),
+        E("1 in JSON", json="1"),
+        E("0 in JSON", json="0"),
+        E("a float", json="1.0", form=("1.0",)),
+        E("null", json="null", form=("null",)),
+        E("a list", json="[true]", form=("[true]",)),
+        E("an object", json='{"on": true}', form=('{"on": true}',)),
+        E("NaN", json="NaN", form=("NaN",)),
+        E("a lone surrogate", json='"\\ud800"'),
+        E("10,000 characters", json=json.dumps("t" * 10_000), form=("t" * 10_000,)),
+        E("empty", form=("",)),
+        E("2", form=("2",)),
+        E("-1", form=("-1",)),
+        E("a checkbox's 'on'", form=("on",)),
+        E("NUL", form=("\x00",)),
+        E("true twice", form=("true", "true")),
+        E("true and false", form=("true", "false")),
+        # valid
+        E("true", json="true", form=("true",), status=200, form_status=200),
+        E("false", json="false", form=("false",), status=200, form_status=200),
+        E("1 as text", form=("1",), form_status=200),
+        E("upper case, spaces", form=(" TRUE ",), form_status=200),
+    ]

@@ -276,3 +276,128 @@ def test_filters_by_class_and_folder(browser, index_folder, index_template, tmp_
         Select(browser.find_element("id", "filter-class")).select_by_value("")
         expected = httpx.post(live.url + "/v1/search", json={"id": first, "k": 12}).json()
         _wait(browser, lambda d: _hit_ids(d) == [n["id"] for n in expected["neighbors"]])
+
+
+# ----------------------------------------------------------------------------- why two images match
+
+_TOP, _BOTTOM = (252, 253, 191), (0, 0, 4)  # the two ends of the page's colour map (magma)
+
+
+def _heat(driver) -> list:
+    """Per result card: [id, canvas w, h, RGBA pixels, computed display, style width] ([id] alone
+    without a canvas); read in one script."""
+    return driver.execute_script("""
+        return [...document.querySelectorAll('#results .hit')].map(f => {
+          const c = f.querySelector('canvas.heat');
+          if (!c) return [Number(f.dataset.id)];
+          const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+          return [Number(f.dataset.id), c.width, c.height, Array.from(d), getComputedStyle(c).display, c.style.width];
+        });""")
+
+
+def _cells(pixels: list[int], w: int, h: int) -> list[list[tuple[int, int, int]]]:
+    return [[tuple(pixels[4 * (y * w + x): 4 * (y * w + x) + 3]) for x in range(w)] for y in range(h)]
+
+
+def _assert_drawn(cards: list, answer: dict, lo=None, hi=None) -> None:
+    """Each card's canvas is its neighbour's map: one pixel per position, top row first, and the
+    brighter the pixel the higher the score (magma's luminance rises throughout); the lowest and
+    highest score of the scale get the ends of the colour map."""
+    assert [c[0] for c in cards] == [n["id"] for n in answer["neighbors"]]
+    for card, n in zip(cards, answer["neighbors"]):
+        m = n["explain"]
+        _, w, h, pixels, display, width = card
+        assert (w, h) == (m["w"], m["h"]) and display != "none" and width == "100%"
+        cells = _cells(pixels, w, h)
+        lum = [[0.2126 * r + 0.7152 * g + 0.0722 * b for r, g, b in row] for row in cells]
+        flat = [(m["scores"][y][x], lum[y][x], cells[y][x]) for y in range(h) for x in range(w)]
+        for s_a, l_a, _ in flat:
+            for s_b, l_b, _ in flat:
+                if s_a < s_b - 1e-6:
+                    assert l_a <= l_b + 1e-9, (n["id"], s_a, s_b, l_a, l_b)
+        low, high = (m["min"], m["max"]) if lo is None else (lo, hi)
+        for s, _, colour in flat:
+            if s == high:
+                assert colour == _TOP, (n["id"], colour)
+            if s == low:
+                assert colour == _BOTTOM, (n["id"], colour)
+
+
+def test_why_overlays_each_result_with_where_it_agrees(browser, index_folder, index_template, tmp_path,  # noqa: F811
+                                                        tiny_artifact):
+    """The "why?" toggle: searches ask for explain and each result gets its heat map drawn over
+    it (the maps of the API, per picture or on one scale), by upload and by click; off hides them."""
+    from selenium.webdriver.support.ui import Select
+
+    by = "css selector"
+    with LiveServer(Settings(artifact=tiny_artifact, index=index_folder)) as live:
+        browser.get(live.url + "/")
+        _wait(browser, lambda d: len(d.find_elements(by, "#sample .card")) == 24)
+        toggle = browser.find_element("id", "explain")
+        assert toggle.is_enabled() and not toggle.is_selected()
+        assert not browser.find_element("id", "explain-legend").is_displayed()
+
+        # a search without "why?": no maps
+        png = index_template["pngs"][5]
+        query = tmp_path / "query.png"
+        query.write_bytes(png)
+        browser.find_element("id", "file").send_keys(str(query))
+        _wait(browser, lambda d: len(_hit_ids(d)) == 12)
+        assert all(len(c) == 1 for c in _heat(browser))
+
+        # "why?" on: the same query is searched again with explain, every result gets its map
+        toggle.click()
+        _wait(browser, lambda d: len(_heat(d)) == 12 and all(len(c) > 1 for c in _heat(d)))
+        _wait(browser, lambda d: _all_pictures_loaded(d, "#results"))
+        assert browser.find_element("id", "explain-legend").is_displayed()
+        answer = httpx.post(live.url + "/v1/search", files={"file": ("q.png", png, "image/png")},
+                            data={"k": "12", "explain": "true"}).json()
+        _assert_drawn(_heat(browser), answer)
+        pic = browser.find_elements(by, "#results .hit .pic")[0]
+        assert "agrees with the query" in pic.get_attribute("title")
+        screenshot(browser, tmp_path, "web-why.png")
+
+        # one scale for all results: the extremes of the whole answer get the ends of the colour map
+        Select(browser.find_element("id", "explain-scale")).select_by_value("all")
+        lo = min(n["explain"]["min"] for n in answer["neighbors"])
+        hi = max(n["explain"]["max"] for n in answer["neighbors"])
+        _wait(browser, lambda d: sum(_TOP in (c for row in _cells(x[3], x[1], x[2]) for c in row)
+                                     for x in _heat(d)) == 1)
+        _assert_drawn(_heat(browser), answer, lo, hi)
+        Select(browser.find_element("id", "explain-scale")).select_by_value("each")
+
+        # clicking a result searches from it (by id), maps included
+        second = _hit_ids(browser)[1]
+        browser.find_elements(by, "#results .hit")[1].click()
+        expected = httpx.post(live.url + "/v1/search", json={"id": second, "k": 12, "explain": True}).json()
+        _wait(browser, lambda d: _hit_ids(d) == [n["id"] for n in expected["neighbors"]]
+              and all(len(c) > 1 for c in _heat(d)))
+        _assert_drawn(_heat(browser), expected)
+
+        # "why?" off: the maps are hidden at once, and the next search does not ask for them
+        toggle.click()
+        _wait(browser, lambda d: all(c[4] == "none" for c in _heat(d)))
+        assert not browser.find_element("id", "explain-legend").is_displayed()
+        again = tmp_path / "again.png"  # another file: choosing the same one fires no change event
+        again.write_bytes(png)
+        browser.find_element("id", "file").send_keys(str(again))
+        _wait(browser, lambda d: "again.png" in d.find_element("id", "query-caption").text
+              and _hit_ids(d) == [n["id"] for n in answer["neighbors"]] and all(len(c) == 1 for c in _heat(d)))
+
+
+def test_why_is_disabled_with_the_reason_when_the_model_cannot_explain(browser, index_folder, tmp_path,  # noqa: F811
+                                                                        tiny_artifact):
+    from infomax.explain import remove_local_critic
+
+    plain = tmp_path / "no-critic"
+    shutil.copytree(tiny_artifact, plain)
+    remove_local_critic(plain)  # same weights, no critic: what a beta-0 model exports
+    with LiveServer(Settings(artifact=plain, index=index_folder)) as live:
+        browser.get(live.url + "/")
+        _wait(browser, lambda d: len(d.find_elements("css selector", "#sample .card")) == 24)
+        assert not browser.find_element("id", "explain").is_enabled()
+        hint = browser.find_element("id", "explain-hint")
+        assert hint.is_displayed() and "cannot show why" in hint.text and "beta 0" in hint.text
+        browser.find_elements("css selector", "#sample .card")[0].click()
+        _wait(browser, lambda d: len(_hit_ids(d)) == 12)
+        assert all(len(c) == 1 for c in _heat(browser))

@@ -44,4 +44,6 @@ async def info(state: ReadyState) -> ServiceInfo:
         classes=recorded_classes(state.index.info.get("artifact")),
         filters=FilterInfo(keys=["label", "source", "meta.<key>"], labels=labels, max_in_values=MAX_IN_VALUES,
                            max_keys=MAX_CONDITIONS),
+        explain=state.explainer is not None, explain_critic=state.explain_critic,
+        explain_unavailable=state.explain_unavailable,
     )

@@ -3,7 +3,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { maxK: 100, keyForReads: false, classes: null, searches: 0, last: null };
+const state = { maxK: 100, keyForReads: false, classes: null, searches: 0, last: null, canExplain: false, answer: null };
 
 function apiKey() {
   return $("apikey").value.trim();
@@ -96,6 +96,9 @@ function card(item, withScore) {
   img.alt = `item ${item.id}`;
   img.loading = "lazy";
   showImage(img, item.image_url);
+  const pic = document.createElement("div");
+  pic.className = "pic";
+  pic.append(img);
   const caption = document.createElement("figcaption");
   if (withScore) {
     const score = document.createElement("div");
@@ -115,7 +118,7 @@ function card(item, withScore) {
     caption.append(line);
   }
   caption.title = `item #${item.id}` + (item.source ? ` · ${item.source}` : "") + (cls ? ` · ${cls}` : "");
-  fig.append(img, caption);
+  fig.append(pic, caption);
   const go = () => searchById(item.id);
   fig.addEventListener("click", go);
   fig.addEventListener("keydown", (e) => { if (e.key === "Enter") go(); });
@@ -130,6 +133,8 @@ function k() {
 function showResults(answer, started, filter) {
   const grid = $("results");
   grid.replaceChildren(...answer.neighbors.map((n) => card(n, true)));
+  state.answer = answer;
+  drawHeatMaps();
   if (!answer.neighbors.length) {
     grid.innerHTML = filter ? '<p class="muted">No image matches the filter.</p>' : '<p class="muted">The index is empty.</p>';
   }
@@ -153,16 +158,19 @@ async function searchFile(file) {
   setStatus("searching…");
   const started = performance.now();
   const filter = currentFilter();
-  state.lastFilter = JSON.stringify(filter);
+  const explain = explainWanted();
+  state.lastAsk = askKey(filter, explain);
   const form = new FormData();
   form.append("file", file);
   form.append("k", String(k()));
   if (filter) form.append("filter", JSON.stringify(filter));
+  if (explain) form.append("explain", "true");
   try {
     const answer = await api("/v1/search", { method: "POST", body: form });
     if (search !== state.searches) return; // a newer search (another filter, another query) has begun
     showResults(answer, started, filter);
   } catch (e) {
+    state.answer = null;
     $("results").replaceChildren();
     setStatus(e.message, true);
   }
@@ -175,15 +183,20 @@ async function searchById(id) {
   setStatus("searching…");
   const started = performance.now();
   const filter = currentFilter();
-  state.lastFilter = JSON.stringify(filter);
+  const explain = explainWanted();
+  state.lastAsk = askKey(filter, explain);
   try {
-    const body = JSON.stringify(filter ? { id: id, k: k(), filter } : { id: id, k: k() });
+    const ask = { id: id, k: k() };
+    if (filter) ask.filter = filter;
+    if (explain) ask.explain = true;
+    const body = JSON.stringify(ask);
     const duplicates = api(`/v1/items/${id}/duplicates`).catch(() => null);
     const answer = await api("/v1/search", { method: "POST", body, headers: { "Content-Type": "application/json" } });
     if (search !== state.searches) return; // a newer search (another filter, another query) has begun
     showResults(answer, started, filter);
     markDuplicates(id, await duplicates, search);
   } catch (e) {
+    state.answer = null;
     $("results").replaceChildren();
     setStatus(e.message, true);
   }
@@ -227,6 +240,7 @@ async function loadInfo() {
     state.classes = Array.isArray(info.classes) ? info.classes : null;
     $("k").max = String(info.max_k);
     setUpClassFilter(info.filters ? info.filters.labels : []);
+    setUpExplain(info);
     $("info").textContent = `${info.items} images · model ${info.model.slice(0, 12)} · ` +
       `${info.z_dim}-d ${info.output === "local" ? "local feature maps" : "codes"} · ${info.index_factory}` +
       `${info.read_only ? " · read-only" : ""}`;
@@ -253,11 +267,122 @@ function setUpClassFilter(labels) {
   $("filter-class-label").hidden = labels.length === 0;
 }
 
-// A changed filter searches the last query again.
+// A changed filter (or "why?" turned on) searches the last query again.
 function rerun() {
-  if (!state.last || JSON.stringify(currentFilter()) === state.lastFilter) return;
+  if (!state.last || askKey(currentFilter(), explainWanted()) === state.lastAsk) return;
   if (state.last.file) searchFile(state.last.file);
   else searchById(state.last.id);
+}
+
+// ----------------------------------------------------------------- why two images match
+// With "why?" on, searches ask for explain (POST /v1/search): each neighbour comes back with the
+// model's local critic scores of the query's code at every position of its local feature map
+// (h x w, top row first). Each map is drawn as an h x w canvas, one pixel per position, stretched
+// smoothly over the part of the picture the model sees (the central square: pictures are resized
+// by their shorter side and centre-cropped) in the colours of the legend.
+
+// magma at 9 points: dark = the lowest score, bright = the highest (luminance rises throughout)
+const RAMP = [[0, 0, 4], [29, 17, 71], [81, 18, 124], [131, 38, 129], [183, 55, 121], [231, 82, 99],
+  [252, 137, 97], [254, 196, 136], [252, 253, 191]];
+
+function rampColour(t) {
+  const x = Math.min(Math.max(Number.isFinite(t) ? t : 0.5, 0), 1) * (RAMP.length - 1);
+  const i = Math.min(Math.floor(x), RAMP.length - 2);
+  const f = x - i;
+  return RAMP[i].map((c, j) => Math.round(c + f * (RAMP[i + 1][j] - c)));
+}
+
+function askKey(filter, explain) {
+  return JSON.stringify({ filter, explain });
+}
+
+function explainWanted() {
+  return state.canExplain && $("explain").checked;
+}
+
+function answerExplained(answer) {
+  return answer.neighbors.some((n) => "explain" in n);
+}
+
+// /v1/info says whether the model can explain (it carries its local critic); if not, the toggle is
+// disabled and the hint says why.
+function setUpExplain(info) {
+  state.canExplain = Boolean(info.explain);
+  const box = $("explain");
+  box.disabled = !state.canExplain;
+  if (!state.canExplain) box.checked = false;
+  $("explain-label").classList.toggle("off", !state.canExplain);
+  const hint = $("explain-hint");
+  hint.hidden = state.canExplain;
+  hint.textContent = state.canExplain ? "" : "This model cannot show why: " +
+    (info.explain_unavailable || "it carries no local critic (trained with beta 0).");
+  $("explain-label").title = state.canExplain
+    ? `colour each result by how well each of its regions matches the query (${info.explain_critic} critic)`
+    : hint.textContent;
+  showExplainControls();
+}
+
+function showExplainControls() {
+  $("explain-legend").hidden = !explainWanted();
+}
+
+function drawHeatMaps() {
+  const grid = $("results");
+  const answer = state.answer;
+  const on = explainWanted() && answer && answerExplained(answer);
+  grid.classList.toggle("explained", Boolean(on));
+  if (!on) return;
+  const maps = answer.neighbors.map((n) => n.explain).filter((m) => m);
+  const all = $("explain-scale").value === "all";
+  const lo = all ? Math.min(...maps.map((m) => m.min)) : null;
+  const hi = all ? Math.max(...maps.map((m) => m.max)) : null;
+  const cards = grid.querySelectorAll(".hit");
+  answer.neighbors.forEach((n, i) => {
+    const fig = cards[i];
+    if (!fig || Number(fig.dataset.id) !== n.id) return;
+    fig.querySelectorAll("canvas.heat, .why-none").forEach((e) => e.remove());
+    if (!n.explain) {
+      const none = document.createElement("div");
+      none.className = "why-none";
+      none.textContent = "why: no stored picture";
+      fig.querySelector("figcaption").append(none);
+      return;
+    }
+    const pic = fig.querySelector(".pic");
+    pic.append(heatCanvas(n.explain, all ? lo : n.explain.min, all ? hi : n.explain.max, pic.querySelector("img")));
+    pic.title = `where this picture agrees with the query: critic scores from ${n.explain.min.toFixed(3)} ` +
+      `(dark) to ${n.explain.max.toFixed(3)} (bright)` + (all ? ", coloured on the scale of all results" : "") +
+      "; hover to see the picture";
+  });
+}
+
+function heatCanvas(map, lo, hi, img) {
+  const canvas = document.createElement("canvas");
+  canvas.className = "heat";
+  canvas.width = map.w;
+  canvas.height = map.h;
+  const ctx = canvas.getContext("2d");
+  const pixels = ctx.createImageData(map.w, map.h);
+  const span = hi - lo;
+  map.scores.forEach((row, y) => row.forEach((s, x) => {
+    const [r, g, b] = rampColour(span > 0 ? (s - lo) / span : 0.5);
+    pixels.data.set([r, g, b, 255], 4 * (y * map.w + x));
+  }));
+  ctx.putImageData(pixels, 0, 0);
+  const fit = () => placeOnSeenPart(canvas, img);
+  if (img.complete && img.naturalWidth) fit();
+  else img.addEventListener("load", fit, { once: true });
+  return canvas;
+}
+
+// The <img> shows the whole picture (object-fit: contain in a square box); the model saw its
+// central square. Cover exactly that square.
+function placeOnSeenPart(canvas, img) {
+  const w = img.naturalWidth, h = img.naturalHeight;
+  if (!w || !h) return;
+  const side = (100 * Math.min(w, h)) / Math.max(w, h);
+  canvas.style.width = canvas.style.height = `${side}%`;
+  canvas.style.left = canvas.style.top = `${(100 - side) / 2}%`;
 }
 
 function setUpDrop() {
@@ -289,6 +414,12 @@ function start() {
   $("filter-class").addEventListener("change", rerun);
   $("filter-folder").addEventListener("change", rerun);
   $("filter-folder").addEventListener("search", rerun); // Enter, or the clear button
+  $("explain").addEventListener("change", () => {
+    showExplainControls();
+    if (explainWanted() && state.answer && !answerExplained(state.answer)) rerun();
+    else drawHeatMaps();
+  });
+  $("explain-scale").addEventListener("change", drawHeatMaps);
   refresh();
 }
 

@@ -4,7 +4,8 @@ decodes an upload, and reads the server's peak resident memory (VmHWM) before an
 Routes: ``POST /v1/embed`` (multipart), ``POST /v1/search`` (JSON, base64: the other decoding path),
 ``POST /v1/items`` (multipart; a 201 stores the upload, which must come back byte for byte from
 ``GET /v1/items/{id}/image``). Then the 200 MB upload, streamed. :func:`send_filters`: the hostile
-search filters (tests/hostile.py ``filter_corpus``) in a JSON body and as the multipart field.
+search filters (tests/hostile.py ``filter_corpus``) in a JSON body and as the multipart field;
+:func:`send_explain`: the bad values of ``explain`` (``explain_corpus``) the same two ways.
 
     python -m tests.stress.hostile_run --url http://127.0.0.1:8000 --pid PID [--api-key K]
 """
@@ -17,7 +18,7 @@ import json
 import time
 
 import httpx
-from hostile import corpus, filter_corpus, stream_upload
+from hostile import corpus, explain_corpus, filter_corpus, stream_upload
 
 from stress.harness import ServerProcess
 
@@ -110,5 +111,58 @@ def send_filters(srv: ServerProcess, *, dim: int | None = None) -> dict:
                     mismatches.append(f"{case.name} via {how}: {len(body['neighbors'])} neighbours, at most "
                                       f"{case.max_results} expected")
     return {"cases": len(filter_corpus()), "requests": len(results), "mismatches": mismatches,
+            "server_errors": sum(r["status"] >= 500 for r in results), "seconds": round(time.monotonic() - t0, 1),
+            "results": results}
+
+
+def send_explain(srv: ServerProcess) -> dict:
+    """Every value of ``explain_corpus()`` to ``POST /v1/search``: in a JSON body beside a vector and
+    as the multipart field beside an image; each answer must be the documented one (the valid
+    values: 200 with a heat map per neighbour, or 409 ``explain_unavailable`` when /v1/info says the
+    model cannot explain), never a 5xx."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (32, 32), (90, 40, 160)).save(buf, "PNG")
+    png = buf.getvalue()
+    mismatches, results = [], []
+    explained = 0
+    t0 = time.monotonic()
+    with srv.client(timeout=120) as c:
+        info = c.get("/v1/info").json()
+        head = json.dumps({"vector": [0.1] * int(info["z_dim"]), "k": 3})[:-1]
+        for case in explain_corpus():
+            for how in ("json", "form"):
+                if how == "json" and case.json is not None:
+                    want = case.status
+                    r = c.post("/v1/search", content=(head + ', "explain": ' + case.json + "}").encode("utf-8", "surrogatepass"),
+                               headers={"content-type": "application/json"})
+                elif how == "form" and case.form is not None:
+                    want = case.form_status
+                    r = c.post("/v1/search", files=[("file", ("q.png", png, "image/png")),
+                                                    *[("explain", (None, v)) for v in case.form]])
+                else:
+                    continue
+                body = r.json() if r.headers.get("content-type", "").startswith("application/json") else {}
+                asked_true = want == 200 and "false" not in (case.json or "") + "".join(case.form or ())
+                if asked_true and not info.get("explain"):
+                    want, code = 409, "explain_unavailable"
+                else:
+                    code = case.code if want != 200 else None
+                got_code = body.get("code") if r.status_code != 200 else None
+                results.append({"case": case.name, "via": how, "status": r.status_code, "code": got_code})
+                if (r.status_code, got_code) != (want, code):
+                    mismatches.append(f"{case.name} via {how}: {r.status_code} {got_code}, expected {want} {code}: "
+                                      f"{str(body.get('detail'))[:200]}")
+                elif want == 422 and "explain" not in body.get("detail", ""):
+                    mismatches.append(f"{case.name} via {how}: detail {body.get('detail', '')[:200]!r} does not name explain")
+                elif want == 200:
+                    maps = [n.get("explain") for n in body["neighbors"]]
+                    if asked_true and not all(isinstance(m, dict) and len(m["scores"]) == m["h"] for m in maps):
+                        mismatches.append(f"{case.name} via {how}: neighbours without heat maps")
+                    if not asked_true and any("explain" in n for n in body["neighbors"]):
+                        mismatches.append(f"{case.name} via {how}: explain false, yet heat maps came back")
+                    explained += asked_true
+    return {"cases": len(explain_corpus()), "requests": len(results), "mismatches": mismatches, "explained": explained,
             "server_errors": sum(r["status"] >= 500 for r in results), "seconds": round(time.monotonic() - t0, 1),
             "results": results}

@@ -6,7 +6,8 @@ markdown summary to OUT/summary.md (the "last run" section of docs/RELIABILITY.m
     python -m tests.stress.run_all --quick             # everything small (a few minutes)
 
 1. hostile corpus, 3 rounds through /v1/embed, /v1/search (base64) and /v1/items, + 200 MB upload;
-   peak RSS (VmHWM) of the server before and after; the hostile search filters (JSON and multipart);
+   peak RSS (VmHWM) of the server before and after; the hostile search filters and values of
+   ``explain`` (JSON and multipart);
 2. fuzzing from the OpenAPI schema (Schemathesis: examples, coverage, fuzzing and stateful
    phases; >= 1,000 requests) against the same server, now holding items of every format;
 3. security: writes without the key, path traversal on every path parameter, oversize bodies
@@ -94,6 +95,16 @@ def main(argv: list[str] | None = None) -> int:
             figures["hostile_filters"] = hf
             verdicts["hostile filters: documented answers, no 5xx"] = not hf["mismatches"] and not hf["server_errors"]
             log(json.dumps(hf))
+
+            from stress.hostile_run import send_explain
+
+            log("hostile explain values ...")
+            he = send_explain(srv)
+            (out / "hostile-explain.json").write_text(json.dumps(he, indent=1))
+            he.pop("results")
+            figures["hostile_explain"] = he
+            verdicts["hostile explain values: documented answers, no 5xx"] = not he["mismatches"] and not he["server_errors"]
+            log(json.dumps(he))
 
             from stress.fuzz import probe_unlisted, run_schemathesis
 

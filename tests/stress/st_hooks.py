@@ -11,7 +11,10 @@ Search filters: a body of ``POST /v1/search`` that got a real image also loses i
 (vector, id), so that its generated ``filter`` reaches the filtered FAISS search rather than the
 "exactly one query" refusal; a multipart body's ``filter`` field (free text as generated) becomes,
 half the time, the JSON text of a filter drawn from :data:`FILTERS`: valid ones and bad ones
-(unknown keys, wrong types, null, NaN, huge integers, unknown operators, bad meta keys).
+(unknown keys, wrong types, null, NaN, huge integers, unknown operators, bad meta keys). Such a
+search body also asks for ``explain`` half the time, and a quarter of the search bodies become a
+clean search by a real picture with ``explain`` (:func:`_explained`), so that answers with heat maps
+are checked against the schema too.
 """
 
 from __future__ import annotations
@@ -60,11 +63,13 @@ def _swap(body, draw):
         out["images"] = [base64.b64encode(draw(_png_bytes)).decode() for _ in out["images"]]
     if isinstance(out.get("image"), str):
         out["image"] = base64.b64encode(draw(_png_bytes)).decode()
-        if "vector" in out or "id" in out or "filter" in out:  # a search body
+        if "vector" in out or "id" in out or "filter" in out or "explain" in out:  # a search body
             out.pop("vector", None)
             out.pop("id", None)
             if not isinstance(out.get("filter"), dict) or draw(st.booleans()):
                 out["filter"] = draw(FILTERS)
+            if draw(st.booleans()):
+                out["explain"] = True  # heat maps in the answer, checked against the schema too
     if isinstance(out.get("filter"), str) and draw(st.booleans()):
         out["filter"] = json.dumps(draw(FILTERS))  # the multipart field: JSON text (NaN included)
     if isinstance(out.get("items"), list):
@@ -78,8 +83,21 @@ def flatmap_body(context, body):
     if context.operation is None or context.operation.path not in ("/v1/embed", "/v1/search", "/v1/items"):
         return st.just(body)
 
+    search = context.operation.path == "/v1/search"
+
     @st.composite
     def maybe_real(draw):
+        if search and isinstance(body, dict) and draw(st.integers(0, 3)) == 0:
+            return _explained(body, draw)
         return _swap(body, draw) if draw(st.booleans()) else body
 
     return maybe_real()
+
+
+def _explained(body: dict, draw) -> dict:
+    """A search by a real picture asking for heat maps, nothing else in the way (a quarter of the
+    search bodies): the 200 answers with ``explain`` per neighbour are checked against the schema."""
+    png = draw(_png_bytes)
+    if "file" in body:  # multipart: fields are text
+        return {"file": png, "explain": "true", "k": str(draw(st.integers(1, 20)))}
+    return {"image": base64.b64encode(png).decode(), "explain": True, "k": draw(st.integers(1, 20))}
