@@ -2,13 +2,15 @@
 
     ARTIFACT/encoder.safetensors   encoder weights only (safetensors: no code is ever unpickled)
     ARTIFACT/encoder.json          how to rebuild it: {"format_version", "arch", "arch_kwargs",
-                                   "z_dim", "input_size", "in_channels", "normalization",
+                                   "dim", "input_size", "in_channels", "normalization",
                                    "weights_sha256", "output", "dataset", "metrics", "command", ...}
 
 ``output`` says which vectors the artifact serves: ``"mu"``, the code (the default; format 1),
 ``"pooled"``, the vector the code's heads read, or ``"local"``, the flattened local feature map C(x)
-(format 2: an older infomax refuses these rather than serve codes in their place). ``z_dim`` is the
-length of the served vectors: the code's dimension, the pooled vector's, or c*h*w of the local map. The artifact's identity (``artifact_id``) is ``weights_sha256`` for codes
+(format 2: an older infomax refuses these rather than serve codes in their place). ``dim`` is the
+length of the served vectors: the code's dimension (``arch_kwargs.z_dim``), the pooled vector's, or
+c*h*w of the local map; artifacts written before it had that name call it ``z_dim``, and still load.
+The artifact's identity (``artifact_id``) is ``weights_sha256`` for codes
 and a hash of it and the output otherwise: an index records it and refuses an encoder whose
 weights, or whose kind of vectors, differ. Both files are written through a temporary file and a
 rename, weights first, so a crash leaves either the previous artifact or a JSON whose hash does not
@@ -31,7 +33,7 @@ from torch import nn
 from infomax.atomic import atomic_write_bytes, atomic_write_json
 from infomax.encoders import VECTORS, build_encoder, check_vectors, pooled_dim
 from infomax.errors import SettingError, UserError
-from infomax.identity import artifact_id
+from infomax.identity import artifact_id, served_dim
 from infomax.transforms import Normalize
 
 WEIGHTS = "encoder.safetensors"
@@ -59,8 +61,11 @@ class ArtifactNotFoundError(ArtifactError, FileNotFoundError):
 
 # What save_artifact derives from the encoder and its arguments: never taken from ``extra`` (a copy
 # of another artifact's config must not override them; training/export.py drops them).
-DERIVED_KEYS = frozenset({"format_version", "arch", "arch_kwargs", "output", "z_dim", "input_size", "in_channels",
+DERIVED_KEYS = frozenset({"format_version", "arch", "arch_kwargs", "output", "dim", "input_size", "in_channels",
                           "normalization", "weights_sha256", "created_at"})
+# What older artifacts recorded under a name save_artifact no longer writes (``z_dim``: now ``dim``):
+# refused as extra keys too, and dropped when another artifact's config is copied.
+RENAMED_KEYS = frozenset({"z_dim"})
 
 
 def save_artifact(
@@ -81,7 +86,7 @@ def save_artifact(
     from safetensors.torch import save
 
     check_vectors("output", output)
-    clash = sorted(DERIVED_KEYS & extra.keys())
+    clash = sorted((DERIVED_KEYS | RENAMED_KEYS) & extra.keys())
     if clash:
         raise ValueError(f"save_artifact derives {clash} itself; do not pass them as extra keys")
     path = Path(path)
@@ -94,7 +99,7 @@ def save_artifact(
         "arch": arch,
         "arch_kwargs": dict(arch_kwargs),
         "output": output,
-        "z_dim": output_dim(encoder, output, arch_kwargs["z_dim"]),
+        "dim": output_dim(encoder, output, arch_kwargs["z_dim"]),
         "input_size": int(arch_kwargs["input_size"]),
         "in_channels": int(arch_kwargs["in_channels"]),
         "normalization": {"mean": list(normalization["mean"]), "std": list(normalization["std"])},
@@ -178,10 +183,15 @@ class InferenceEncoder(nn.Module):
         self.encoder = encoder
         self.normalize = Normalize(config["normalization"]["mean"], config["normalization"]["std"])
         self.output = config.get("output", "mu")
-        self.z_dim = int(config["z_dim"])  # length of the served vectors
+        self.dim = served_dim(config)  # length of the served vectors
         self.input_size = int(config["input_size"])
         self.in_channels = int(config["in_channels"])
         self.id = artifact_id(config)
+
+    @property
+    def z_dim(self) -> int:
+        """The served length's name before ``dim`` (kept for callers that use it)."""
+        return self.dim
 
     @property
     def device(self) -> torch.device:
@@ -229,7 +239,7 @@ class InferenceEncoder(nn.Module):
 
     @torch.inference_mode()
     def embed(self, images, batch_size: int = 256, features: str | None = None) -> torch.Tensor:
-        """Returns the artifact's output, float32 (B, z_dim) on the CPU, computed in batches of
+        """Returns the artifact's output, float32 (B, dim) on the CPU, computed in batches of
         ``batch_size``; ``features``: ``"mu"``, ``"pooled"`` (what the heads read) or ``"local"`` (the
         flattened local feature map, (B, c * h * w)) whatever the artifact serves."""
         features = features or self.output
@@ -286,9 +296,10 @@ def load_encoder(path: str | Path, device: str | torch.device = "cpu", *, settin
     except (TypeError, ValueError, RuntimeError) as e:
         raise ArtifactError(f"{path}: cannot rebuild the encoder from {CONFIG} and {WEIGHTS}: {e}") from None
     served = output_dim(encoder, config.get("output", "mu"), config["arch_kwargs"].get("z_dim", 0))
-    if int(config.get("z_dim", served)) != served:
-        raise ArtifactError(f"{path / CONFIG} says z_dim {config['z_dim']}, but its encoder's "
-                            f"{config.get('output', 'mu')} has {served} values: the file was edited; re-export it")
+    for key in ("dim", *RENAMED_KEYS):  # the length it records, under either name, is the encoder's
+        if key in config and int(config[key]) != served:
+            raise ArtifactError(f"{path / CONFIG} says {key} {config[key]}, but its encoder's "
+                                f"{config.get('output', 'mu')} has {served} values: the file was edited; re-export it")
     model = InferenceEncoder(config, encoder).to(device)
     model.eval()
     return model

@@ -233,13 +233,13 @@ def write_manifest(out: Path, source: ImageSource, encoder, *, world_size: int, 
             "weights_sha256": config["weights_sha256"],
             "output": encoder.output,
             "path": str(Path(model_path).expanduser().absolute()) if model_path is not None else None,
-            "z_dim": int(encoder.z_dim),
+            "z_dim": int(encoder.dim),
             "dataset": config.get("dataset"),
             "arch": config.get("arch"),
             "input_size": int(encoder.input_size),
             "in_channels": int(encoder.in_channels),
         },
-        "z_dim": int(encoder.z_dim),
+        "z_dim": int(encoder.dim),
         "data": source.name,
         "kind": source.kind,
         "split": source.split,
@@ -292,7 +292,7 @@ def embed_source(encoder, source: ImageSource, out: str | Path, *, batch_size: i
     trainer = pl.Trainer(
         accelerator="gpu" if accelerator == "cuda" else accelerator, devices=devices, num_nodes=num_nodes,
         strategy="ddp" if distributed else "auto", logger=False, enable_checkpointing=False,
-        enable_model_summary=False, enable_progress_bar=progress, callbacks=[ShardWriter(out, source, encoder.z_dim)],
+        enable_model_summary=False, enable_progress_bar=progress, callbacks=[ShardWriter(out, source, encoder.dim)],
     )
     loader = make_loader(source, batch_size, num_workers, pin_memory=isinstance(trainer.accelerator, CUDAAccelerator))
     t0 = time.perf_counter()

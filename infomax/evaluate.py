@@ -436,7 +436,7 @@ def evaluate_encoder(model: Any, data: str | None = None, *, data_dir: Any = Non
         "n_test": len(test_images),
         "k": k,
         "temperature": temperature,
-        "artifact": None if enc is None else {"id": enc.id, "z_dim": enc.z_dim, "output": enc.output,
+        "artifact": None if enc is None else {"id": enc.id, "z_dim": enc.dim, "output": enc.output,
                                               "arch": enc.config.get("arch"),
                                               "dataset": enc.config.get("dataset"),
                                               "path": None if isinstance(model, InferenceEncoder) else str(model)},

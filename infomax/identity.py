@@ -6,6 +6,13 @@ from __future__ import annotations
 import hashlib
 
 
+def served_dim(config: dict) -> int:
+    """Length of the vectors an artifact serves: ``dim`` in its ``encoder.json``, or ``z_dim`` in
+    one written before the name changed (beside ``arch_kwargs.z_dim``, the code's dimension, it
+    meant two things)."""
+    return int(config["dim"] if "dim" in config else config["z_dim"])
+
+
 def artifact_id(config: dict) -> str:
     """The identity an index and an eval report record: the weights' hash for an artifact serving
     codes (``output`` mu, or none: indexes built before outputs existed stay valid), else a hash of

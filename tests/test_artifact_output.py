@@ -54,7 +54,7 @@ def test_a_local_artifact_serves_the_flattened_local_map(tiny_artifact, local_ar
     x = images[:8]
     with torch.no_grad():
         expected = mu_enc.encoder.local_net(mu_enc.normalize(x)).flatten(1)
-    assert loc_enc.z_dim == after["z_dim"] == expected.shape[1] == 256 * 4 * 4
+    assert loc_enc.z_dim == after["dim"] == expected.shape[1] == 256 * 4 * 4
     torch.testing.assert_close(loc_enc.embed(x), expected)
     torch.testing.assert_close(loc_enc(x), expected)
     torch.testing.assert_close(loc_enc.embed(x, features="mu"), mu_enc.embed(x))  # both still reachable
@@ -95,7 +95,7 @@ def test_a_pooled_artifact_serves_what_the_heads_read(tiny_artifact, pooled_arti
     with torch.no_grad():  # the reference recipe's encoder: global max pool of the last map
         expected = mu_enc.encoder.global_net(mu_enc.encoder.local_net(mu_enc.normalize(x))).amax(dim=(2, 3))
         heads_mu = mu_enc.encoder.mu(expected)
-    assert pool_enc.z_dim == config["z_dim"] == expected.shape[1] == 256
+    assert pool_enc.z_dim == config["dim"] == expected.shape[1] == 256
     torch.testing.assert_close(pool_enc.embed(x), expected)
     torch.testing.assert_close(mu_enc.embed(x), heads_mu)  # mu is the head applied to exactly these vectors
     # eval --pooled measures the same vectors as the pooled artifact serves.

@@ -95,6 +95,6 @@ def test_the_gpu_recipe_trains_two_steps_on_the_cpu(tmp_path, data_dir):
     assert state["hyper_parameters"]["extra_local_maps"] == ["layer4"]
     assert any(k.startswith("objective.extra_critics.0.") for k in state["state_dict"])
     config = json.loads((run / "artifact" / "encoder.json").read_text())
-    assert config["arch"] == "resnet18" and config["z_dim"] == 256
+    assert config["arch"] == "resnet18" and config["dim"] == 256
     metrics = (run / "metrics.csv").read_text().splitlines()[0].split(",")
     assert "train/score_penalty" in metrics

@@ -184,7 +184,7 @@ def test_train_writes_logs_checkpoints_and_the_artifact(trained_run):
     knn = [float(r["val/knn_top1"]) for r in rows if r.get("val/knn_top1")]
     assert len(knn) == 1 and 0.0 <= knn[0] <= 1.0
     config = json.loads((run / "artifact" / "encoder.json").read_text())
-    assert config["arch"] == "conv" and config["z_dim"] == 64 and config["dataset"] == "cifar10"
+    assert config["arch"] == "conv" and config["dim"] == 64 and config["dataset"] == "cifar10"
     assert config["input_size"] == 32 and config["in_channels"] == 3
     assert config["normalization"]["mean"] == pytest.approx([0.4914, 0.4822, 0.4465])
     assert "val/knn_top1" in config["metrics"]

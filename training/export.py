@@ -37,13 +37,13 @@ def main(argv: list[str]) -> int:
 
     command = shlex.join(["infomax", "export", *argv])
     if args.artifact:
-        from infomax.artifact import DERIVED_KEYS, load_encoder, save_artifact
+        from infomax.artifact import DERIVED_KEYS, RENAMED_KEYS, load_encoder, save_artifact
 
         if Path(args.out).resolve() == Path(args.artifact).resolve():
             raise SettingError(f"--out {args.out} is the --artifact folder: write the new artifact to another folder")
         enc = load_encoder(args.artifact, setting="artifact")
         # not what save_artifact derives again, nor the eval report (it measured the other output)
-        kept = {k: v for k, v in enc.config.items() if k not in DERIVED_KEYS and k != "eval"}
+        kept = {k: v for k, v in enc.config.items() if k not in DERIVED_KEYS | RENAMED_KEYS and k != "eval"}
         kept["dataset"] = args.dataset or kept.get("dataset")
         kept["exported_by"] = command  # `command` stays the one that trained the weights
         path = save_artifact(enc.encoder, args.out, arch=enc.config["arch"], arch_kwargs=enc.config["arch_kwargs"],

@@ -149,13 +149,13 @@ def _check_pairing(artifact: Path, index: Path) -> None:
     line from the two JSON files. Unreadable files are left to the app, whose errors name them."""
     import json
 
-    from infomax.identity import artifact_id
+    from infomax.identity import artifact_id, served_dim
 
     try:
         config = json.loads((artifact / "encoder.json").read_text())
         record = json.loads((index / "index.json").read_text())
         built_with = (record.get("artifact") or {}).get("id")
-        ours, dim, their_dim = artifact_id(config), int(config["z_dim"]), int(record["dim"])
+        ours, dim, their_dim = artifact_id(config), served_dim(config), int(record["dim"])
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return
     if built_with is not None and built_with != ours:

@@ -157,7 +157,7 @@ def update(folder: Path, work: Path, artifact: Path, *, batch_size: int = 256, n
     index = None
     if state.get("artifact") == encoder.id and state.get("folder") == str(folder) and (index_dir / "index.json").is_file():
         try:
-            index = EmbeddingIndex.load(index_dir, expected_artifact_id=encoder.id, expected_dim=encoder.z_dim)
+            index = EmbeddingIndex.load(index_dir, expected_artifact_id=encoder.id, expected_dim=encoder.dim)
         except (IndexLoadError, IndexMismatchError) as e:  # IndexLockedError (being served) propagates
             _say(f"building the index again: {e}")
     try:
@@ -212,7 +212,7 @@ def _build(index_dir: Path, emb, metadata: list[dict], encoder, artifact: Path, 
     if emb is None or len(emb) == 0:
         raise DataError(f"no readable image in {folder}: nothing to index (the unreadable files are listed in "
                         f"{index_dir.parent / SKIPPED})")
-    record = {"id": encoder.id, "z_dim": int(encoder.z_dim), "path": str(artifact),
+    record = {"id": encoder.id, "z_dim": int(encoder.dim), "path": str(artifact),
               "dataset": encoder.config.get("dataset"), "data": str(folder), "split": None, "classes": None,
               "embeddings": str(index_dir.parent / "embeddings")}
     return EmbeddingIndex.build(emb.vectors, ids=emb.ids, metadata=metadata, artifact=record, path=index_dir,
