@@ -30,6 +30,7 @@ from torch import nn
 
 from infomax.atomic import atomic_write_bytes, atomic_write_json
 from infomax.discriminators import CRITICS, build_critic
+from infomax.errors import UserError
 
 if TYPE_CHECKING:
     from infomax.artifact import InferenceEncoder
@@ -39,7 +40,7 @@ CRITIC_CONFIG = "critic.json"
 CRITIC_FORMAT = 1
 
 
-class ExplainUnavailable(ValueError):
+class ExplainUnavailable(UserError, ValueError):
     """The artifact cannot explain matches: it carries no local critic, or one that is not its own."""
 
 

@@ -223,18 +223,19 @@ def _apply(index, index_dir: Path, emb, metadata: list[dict], removed: list[int]
     """Removed items go first (vector, then picture); new ones picture first, then vector, as the
     service writes them: an item is never without its picture."""
     from infomax.imagestore import ImageStore
-    from training.index_cmd import store_pictures
+    from infomax.index.collection import Collection
+    from infomax.pictures import item_pictures
 
-    if removed:
-        index.remove(removed)
-        store = ImageStore(index_dir)
-        try:
-            store.delete(removed)
-        finally:
-            store.close()
-    if emb is not None and len(emb):
-        store_pictures(index_dir, emb, None)  # index build's chunked writer, before the vectors
-        index.add(emb.vectors, ids=emb.ids, metadata=metadata)
+    store = ImageStore(index_dir)
+    try:
+        items = Collection(index, store)
+        if removed:
+            items.remove(removed)
+        if emb is not None and len(emb):
+            items.add(emb.vectors, emb.ids.tolist(), metadata,
+                      item_pictures(emb.manifest, emb.ids.tolist(), emb.sources, data_dir=None))
+    finally:
+        store.close()
 
 
 def _write_state(work: Path, state: dict) -> None:
