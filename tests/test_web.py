@@ -299,6 +299,12 @@ def _cells(pixels: list[int], w: int, h: int) -> list[list[tuple[int, int, int]]
     return [[tuple(pixels[4 * (y * w + x): 4 * (y * w + x) + 3]) for x in range(w)] for y in range(h)]
 
 
+def _placed(driver) -> bool:
+    """Every result card has its map, laid over its picture (done once the picture has loaded)."""
+    cards = _heat(driver)
+    return bool(cards) and all(len(c) > 1 and c[5] == "100%" for c in cards)
+
+
 def _assert_drawn(cards: list, answer: dict, lo=None, hi=None) -> None:
     """Each card's canvas is its neighbour's map: one pixel per position, top row first, and the
     brighter the pixel the higher the score (magma's luminance rises throughout); the lowest and
@@ -347,8 +353,7 @@ def test_why_overlays_each_result_with_where_it_agrees(browser, index_folder, in
 
         # "why?" on: the same query is searched again with explain, every result gets its map
         toggle.click()
-        _wait(browser, lambda d: len(_heat(d)) == 12 and all(len(c) > 1 for c in _heat(d)))
-        _wait(browser, lambda d: _all_pictures_loaded(d, "#results"))
+        _wait(browser, lambda d: len(_heat(d)) == 12 and _placed(d))
         assert browser.find_element("id", "explain-legend").is_displayed()
         answer = httpx.post(live.url + "/v1/search", files={"file": ("q.png", png, "image/png")},
                             data={"k": "12", "explain": "true"}).json()
@@ -370,8 +375,7 @@ def test_why_overlays_each_result_with_where_it_agrees(browser, index_folder, in
         second = _hit_ids(browser)[1]
         browser.find_elements(by, "#results .hit")[1].click()
         expected = httpx.post(live.url + "/v1/search", json={"id": second, "k": 12, "explain": True}).json()
-        _wait(browser, lambda d: _hit_ids(d) == [n["id"] for n in expected["neighbors"]]
-              and all(len(c) > 1 for c in _heat(d)))
+        _wait(browser, lambda d: _hit_ids(d) == [n["id"] for n in expected["neighbors"]] and _placed(d))
         _assert_drawn(_heat(browser), expected)
 
         # "why?" off: the maps are hidden at once, and the next search does not ask for them
