@@ -62,7 +62,7 @@ COPY training /tmp/src/training
 COPY service /tmp/src/service
 RUN pip install --no-deps /tmp/src \
  && rm -rf /tmp/src \
- && python -c "import infomax, service.app, training.serve; print('infomax', infomax.__version__)"
+ && python -c "import infomax, service.app, service.serve; print('infomax', infomax.__version__)"
 
 # Non-root user; the data volume: /data/model (artifact, read-only is fine) and /data/index
 # (index folder, written by POST /v1/items).

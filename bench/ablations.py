@@ -125,14 +125,14 @@ def run_variant(name: str, data: str, minutes: float, out: Path, probe: bool, ex
     folder.mkdir(parents=True, exist_ok=True)
     budget = time.strftime("%H:%M:%S", time.gmtime(minutes * 60))
     train = [
-        sys.executable, "-m", "training.cli", "train", "--config", CONFIGS[data],
+        sys.executable, "-m", "infomax.cli", "train", "--config", CONFIGS[data],
         "--trainer.max_time", f"00:{budget}", "--trainer.max_epochs", "1000",
         "--trainer.default_root_dir", str(folder / "runs"), "--trainer.enable_progress_bar", "false",
         "--export.dirpath", str(folder / "artifact"), *VARIANTS[name][1], *extra,
     ]
     train_s = _run(train, folder / "train.log")
     report = folder / "eval.json"
-    evaluate = [sys.executable, "-m", "training.cli", "eval", "--model", str(folder / "artifact"), "--data", data,
+    evaluate = [sys.executable, "-m", "infomax.cli", "eval", "--model", str(folder / "artifact"), "--data", data,
                 "--no-pixels", "--json", str(report)] + ([] if probe else ["--no-probe"])
     _run(evaluate, folder / "eval.log")
     rep = json.loads(report.read_text())

@@ -129,7 +129,7 @@ class Server:
     def __init__(self, artifact: Path, index: Path, extra: list[str], log: Path) -> None:
         self.port = free_port()
         self.url = f"http://{HOST}:{self.port}"
-        cmd = [sys.executable, "-m", "training.cli", "serve", "--model", str(artifact), "--index", str(index),
+        cmd = [sys.executable, "-m", "infomax.cli", "serve", "--model", str(artifact), "--index", str(index),
                "--host", HOST, "--port", str(self.port), "--read-only", "--no-access-log", "--log-level", "warning",
                *extra]
         self._log = open(log, "ab")

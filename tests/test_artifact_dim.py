@@ -73,7 +73,7 @@ def test_exporting_an_old_artifact_again_writes_dim(local_art, tmp_path):
 
 def test_serve_checks_the_length_of_an_old_artifact_against_the_index(local_art, tmp_path):
     """The serve command's torch-free pre-flight reads the served length under either name."""
-    from training.serve import _check_pairing
+    from service.serve import _check_pairing
 
     old = _as_older_infomax_wrote_it(local_art, tmp_path / "old")
     index = tmp_path / "index"

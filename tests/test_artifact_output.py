@@ -23,7 +23,7 @@ from infomax.index import EmbeddingIndex
 
 
 def export_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "training.cli", "export", *args], cwd=REPO, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "infomax.cli", "export", *args], cwd=REPO, capture_output=True,
                           text=True, timeout=120)
 
 
@@ -61,8 +61,8 @@ def test_a_local_artifact_serves_the_flattened_local_map(tiny_artifact, local_ar
 
 
 def test_embed_and_index_build_carry_the_local_vectors_and_their_id(local_artifact, tmp_path, data_dir):
+    from infomax.commands import index as index_cmd
     from infomax.embed import embed, read_embeddings
-    from training import index_cmd
 
     manifest = embed(local_artifact, "cifar10", tmp_path / "emb", split="test", limit=24, batch_size=8,
                      data_dir=data_dir, progress=False)
@@ -163,7 +163,7 @@ def test_the_service_serves_local_vectors_and_refuses_an_index_of_codes(local_ar
         np.testing.assert_allclose(codes["codes"][0], enc.embed(template["pixels"][7:8])[0].numpy(), rtol=1e-4,
                                    atol=1e-4)
     # The same weights serving codes cannot take this index: the ids differ (and the lengths).
-    r = subprocess.run([sys.executable, "-m", "training.cli", "serve", "--model", str(tiny_artifact), "--index",
+    r = subprocess.run([sys.executable, "-m", "infomax.cli", "serve", "--model", str(tiny_artifact), "--index",
                         str(folder)], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and "Traceback" not in r.stderr and r.stderr.count("\n") == 1, r.stderr
     assert "artifact mismatch" in r.stderr and str(folder) in r.stderr and "output mu" in r.stderr

@@ -11,9 +11,9 @@ import json
 import numpy as np
 import pytest
 
+from infomax.cli import main as cli
 from infomax.duplicates import DEFAULT_THRESHOLD, connected_groups, duplicate_pairs, duplicates_of, find_duplicates, groups_csv
 from infomax.index import EmbeddingIndex
-from training.cli import main as cli
 
 DIM = 24
 

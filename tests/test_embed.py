@@ -17,11 +17,11 @@ import torch
 from PIL import Image
 
 from infomax import load_encoder
+from infomax.commands import embed as embed_cmd
+from infomax.commands import index as index_cmd
 from infomax.data import load_cifar10, load_image_folder, path_id
 from infomax.embed import MANIFEST, embed, read_embeddings
 from infomax.index import EmbeddingIndex
-from training import embed as embed_cmd
-from training import index_cmd
 
 INFOMAX = str(Path(sys.executable).parent / "infomax")
 N = 100  # images of the CIFAR-10 test split embedded here: several batches of 32 and a short one

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from infomax import cli
 from infomax.errors import DataError, InfomaxError, MissingFileError, SettingError, UserError, is_user_error
-from training import cli
 
 INFOMAX = str(Path(sys.executable).parent / "infomax")
 
@@ -52,12 +52,12 @@ def test_every_user_error_keeps_its_builtin_base():
     (FloatingPointError("a bug's overflow"), False),
 ])
 def test_the_command_line_prints_user_errors_only(monkeypatch, capsys, raised, one_line):
-    import training.duplicates
+    import infomax.commands.duplicates
 
     def main(argv):
         raise raised
 
-    monkeypatch.setattr(training.duplicates, "main", main)
+    monkeypatch.setattr(infomax.commands.duplicates, "main", main)
     if one_line:
         assert cli.main(["duplicates"]) == 1
         assert capsys.readouterr().err == f"infomax duplicates: error: {raised}\n"
@@ -74,11 +74,11 @@ def test_a_user_error_is_one_line_from_the_real_command(tmp_path):
 
 def test_a_bug_keeps_its_traceback_from_the_real_command(tmp_path):
     """A ValueError that is not a UserError is a bug: the command line shows where it came from."""
-    code = ("import sys, training.duplicates as d\n"
+    code = ("import sys, infomax.commands.duplicates as d\n"
             "def bug(argv):\n"
             "    raise ValueError('internal: a bug, not the user')\n"
             "d.main = bug\n"
-            "from training.cli import main\n"
+            "from infomax.cli import main\n"
             "sys.exit(main(['duplicates', '--index', 'x']))\n")
     r = _run(sys.executable, "-c", code)
     assert r.returncode == 1, r.stderr
@@ -92,7 +92,7 @@ def test_startup_tracebacks_are_dropped_by_the_same_definition():
     import logging
     import traceback
 
-    from training.serve import OneLineStartupErrors
+    from service.serve import OneLineStartupErrors
 
     def record(exc: Exception) -> logging.LogRecord:
         try:
@@ -125,8 +125,9 @@ def test_a_user_error_spells_its_settings_as_asked():
 
 
 def test_each_command_knows_its_flags():
-    from training import embed, index_cmd
-    from training.flags import argparse_flags, lightning_flags
+    from infomax.commands import embed
+    from infomax.commands import index as index_cmd
+    from infomax.commands.flags import argparse_flags, lightning_flags
     from training.train import FLAG_GROUPS
 
     spell = argparse_flags(embed.parser)

@@ -15,9 +15,9 @@ import pytest
 import torch
 from PIL import Image
 
+from infomax.commands import evaluate as eval_cmd
 from infomax.evaluate import COLLAPSED_SCORE, evaluate_encoder
 from infomax.module import DeepInfoMax
-from training import evaluate as eval_cmd
 
 REPO = Path(__file__).resolve().parents[1]
 COLOURS = {"apples": (200, 40, 40), "leaves": (40, 170, 60), "sky": (60, 90, 210)}

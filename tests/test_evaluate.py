@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from infomax import load_encoder
 from infomax.artifact import ArtifactError, record_eval
+from infomax.commands import evaluate as eval_cmd
 from infomax.data import load_dataset
 from infomax.evaluate import (
     _fit_softmax,
@@ -25,7 +26,6 @@ from infomax.evaluate import (
     probe_objective_grad,
 )
 from infomax.knn import knn_accuracy
-from training import evaluate as eval_cmd
 
 N_TRAIN, N_TEST = 600, 200
 

@@ -107,7 +107,7 @@ def test_export_of_an_artifact_carries_its_critic_and_a_beta_0_export_removes_a_
 
     module = _module("cosine")
     module.export(tmp_path / "a")
-    r = subprocess.run([sys.executable, "-m", "training.cli", "export", "--artifact", str(tmp_path / "a"), "--out",
+    r = subprocess.run([sys.executable, "-m", "infomax.cli", "export", "--artifact", str(tmp_path / "a"), "--out",
                         str(tmp_path / "local"), "--output", "local"], cwd=REPO, capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 0, r.stderr

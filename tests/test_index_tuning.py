@@ -68,8 +68,8 @@ def test_tuned_hnsw_reaches_recall_target():
 def test_memory_budget_reaches_the_factory_chooser(tmp_path, tiny_artifact, data_dir, capsys):
     """100 codes of 32 floats need 100 x (4 x 32 + 8) = 13,600 bytes flat: a 16kB budget builds the
     exact index, a 10kB one is refused naming the budget, before any folder is written."""
+    from infomax.commands import index as index_cmd
     from infomax.embed import embed
-    from training import index_cmd
 
     embed(tiny_artifact, "cifar10", tmp_path / "emb", split="test", limit=100, batch_size=50,
           data_dir=data_dir, progress=False)

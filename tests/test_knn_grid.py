@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from infomax import load_encoder
+from infomax.commands import knn_grid as grid_cmd
 from infomax.data import load_dataset
 from infomax.grid import (
     MATCH_BORDER,
@@ -20,7 +21,6 @@ from infomax.grid import (
     make_knn_grid,
     nearest,
 )
-from training import knn_grid as grid_cmd
 
 
 def upscaled(image: torch.Tensor, scale: int) -> np.ndarray:

@@ -150,7 +150,7 @@ def test_only_user_errors_lose_their_startup_traceback():
     import traceback
 
     from infomax.artifact import ArtifactError
-    from training.serve import OneLineStartupErrors
+    from service.serve import OneLineStartupErrors
 
     def startup_failure(exc: Exception) -> logging.LogRecord:
         try:

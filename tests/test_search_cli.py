@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from test_service import build_index
 
+from infomax.cli import main
 from infomax.index import EmbeddingIndex
-from training.cli import main
 
 
 @pytest.fixture(scope="module")

@@ -100,7 +100,7 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log
-        cmd = [sys.executable, "-m", "training.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port), *args]
+        cmd = [sys.executable, "-m", "infomax.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port), *args]
         self._log = open(log, "ab")
         self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT,
                                      env={**os.environ, **(env or {})})
@@ -780,6 +780,6 @@ def test_batcher_does_not_make_a_lone_request_wait_and_bounds_the_wait():
     ],
 )
 def test_log_lines_are_redacted(line, expected):
-    from training.serve import redact
+    from service.serve import redact
 
     assert redact(line, "THE-KEY") == expected

@@ -182,7 +182,7 @@ def test_several_read_only_workers_serve_and_see_the_writer(server, tiny_artifac
 
 
 def _serve_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "training.cli", "serve", *args], cwd=REPO, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "infomax.cli", "serve", *args], cwd=REPO, capture_output=True,
                           text=True, timeout=60, env=env)
 
 

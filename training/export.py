@@ -11,8 +11,8 @@ import argparse
 import shlex
 import sys
 
+from infomax.commands.flags import argparse_flags, flag_names
 from infomax.errors import DataError, MissingFileError, SettingError
-from training.flags import argparse_flags, flag_names
 
 
 def parser() -> argparse.ArgumentParser:

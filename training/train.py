@@ -22,11 +22,11 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningCLI
 
 from infomax.callbacks import ExportArtifact, KNNMonitor
+from infomax.commands.flags import flag_names, lightning_flags
 from infomax.data import CIFAR10, MNIST, FashionMNIST, ImageFolder, InMemoryDataModule
 from infomax.errors import DataError, MissingFileError, SettingError, UserError
 from infomax.module import DeepInfoMax
 from training import train_args
-from training.flags import flag_names, lightning_flags
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 

@@ -35,9 +35,9 @@ import shlex
 import sys
 from pathlib import Path, PurePosixPath
 
+from infomax.commands.flags import argparse_flags, flag_names
 from infomax.errors import DataError, MissingFileError, SettingError
 from infomax.validate import positive_int
-from training.flags import argparse_flags, flag_names
 
 STATE, SKIPPED, STATE_FORMAT = "state.json", "skipped.txt", "infomax-up"
 CONFIG = Path(__file__).parent / "configs" / "folder.yaml"
@@ -206,8 +206,8 @@ def update(folder: Path, work: Path, artifact: Path, *, batch_size: int = 256, n
 
 
 def _build(index_dir: Path, emb, metadata: list[dict], encoder, artifact: Path, folder: Path):
+    from infomax.commands.index import store_pictures
     from infomax.index import EmbeddingIndex
-    from training.index_cmd import store_pictures
 
     if emb is None or len(emb) == 0:
         raise DataError(f"no readable image in {folder}: nothing to index (the unreadable files are listed in "
@@ -292,7 +292,7 @@ def main(argv: list[str]) -> int:
             print(f"  ... and {len(done['skipped']) - 20} more", file=sys.stderr)
     if args.no_serve:
         return 0
-    from training import serve
+    from service import serve
 
     _say(f"[4/4] serving http://{args.host}:{args.port}/ (Ctrl-C stops)")
     return serve.main(["--model", str(artifact), "--index", str(done["index"]), "--host", args.host,

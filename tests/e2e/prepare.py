@@ -33,7 +33,7 @@ def png(image_hwc) -> bytes:
 
 def infomax(*args: str) -> None:
     """Runs the `infomax` command of this interpreter's environment."""
-    cmd = [sys.executable, "-m", "training.cli", *args]
+    cmd = [sys.executable, "-m", "infomax.cli", *args]
     print("+ infomax", " ".join(args), flush=True)
     subprocess.run(cmd, check=True)
 

@@ -125,10 +125,10 @@ def free_port() -> int:
 
 
 def infomax_command() -> list[str]:
-    """The ``infomax`` console script of this interpreter's environment (``python -m training.cli``
+    """The ``infomax`` console script of this interpreter's environment (``python -m infomax.cli``
     where it is not installed)."""
     script = Path(sys.executable).parent / "infomax"
-    return [str(script)] if script.is_file() else [sys.executable, "-m", "training.cli"]
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "infomax.cli"]
 
 
 # ----------------------------------------------------------------------------- the server process

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from training.flags import argparse_flags, flag_names
+from infomax.commands.flags import argparse_flags, flag_names
 
 
 def parser() -> argparse.ArgumentParser:

@@ -18,8 +18,8 @@ import argparse
 import json
 import sys
 
+from infomax.commands.flags import argparse_flags, flag_names
 from infomax.errors import SettingError
-from training.flags import argparse_flags, flag_names
 
 
 def parser() -> argparse.ArgumentParser:

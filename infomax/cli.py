@@ -1,5 +1,7 @@
-"""The ``infomax`` command: one entry point, one module per subcommand (imported on demand, so
-``infomax --help`` answers at once and a subcommand loads only what it uses)."""
+"""The ``infomax`` command: one entry point, one module per subcommand, each beside the code it
+drives (``infomax.commands.*`` for the library's, ``training.*`` for train / export / up,
+``service.serve``), imported on demand by name, so ``infomax --help`` answers at once, a
+subcommand loads only what it uses, and the library itself imports neither training nor service."""
 
 from __future__ import annotations
 
@@ -10,13 +12,13 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("training.train", "train an encoder (LightningCLI: --config, --trainer.*, --model.*, --data.*)"),
     "export": ("training.export", "write the serving artifact of a training checkpoint (or another artifact)"),
-    "embed": ("training.embed", "encode a data set or an image folder into vectors, ids and sources"),
-    "index": ("training.index_cmd", "build a FAISS index folder from embeddings (`infomax index build`)"),
-    "eval": ("training.evaluate", "k-NN, 1-NN and linear-probe accuracy of an encoder, beside raw pixels"),
-    "knn-grid": ("training.knn_grid", "a PNG of query images beside their nearest neighbours"),
-    "duplicates": ("training.duplicates", "groups of near-identical images in an index folder (CSV or JSON)"),
-    "search": ("training.search", "the nearest items of an image or an item in an index folder, optionally filtered"),
-    "serve": ("training.serve", "serve encoding and similar-image search over HTTP (uvicorn)"),
+    "embed": ("infomax.commands.embed", "encode a data set or an image folder into vectors, ids and sources"),
+    "index": ("infomax.commands.index", "build a FAISS index folder from embeddings (`infomax index build`)"),
+    "eval": ("infomax.commands.evaluate", "k-NN, 1-NN and linear-probe accuracy of an encoder, beside raw pixels"),
+    "knn-grid": ("infomax.commands.knn_grid", "a PNG of query images beside their nearest neighbours"),
+    "duplicates": ("infomax.commands.duplicates", "groups of near-identical images in an index folder (CSV or JSON)"),
+    "search": ("infomax.commands.search", "the nearest items of an image or an item in an index folder, optionally filtered"),
+    "serve": ("service.serve", "serve encoding and similar-image search over HTTP (uvicorn)"),
     "up": ("training.up", "from a folder of images to a running search: train, embed, index, serve (incremental)"),
 }
 

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import argparse
 
+from infomax.commands.flags import argparse_flags, flag_names
 from infomax.errors import SettingError
 from infomax.validate import positive_int
-from training.flags import argparse_flags, flag_names
 
 
 def parser() -> argparse.ArgumentParser:

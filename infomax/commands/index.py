@@ -15,8 +15,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from infomax.commands.flags import argparse_flags, flag_names
 from infomax.errors import DataError, SettingError
-from training.flags import argparse_flags, flag_names
 
 
 def parser() -> argparse.ArgumentParser:

@@ -3,7 +3,7 @@
 A :class:`~infomax.errors.UserError` names the setting it is about as the library spells it
 (``batch_size``, ``model.lr``). Each command's ``main`` is wrapped by :func:`flag_names`, which
 spells those settings as the command's flags (``--batch-size``, ``--model.lr``) before the error
-leaves it; ``infomax`` (training/cli.py) then prints it as one line.
+leaves it; ``infomax`` (infomax/cli.py) then prints it as one line.
 """
 
 from __future__ import annotations

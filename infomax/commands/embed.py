@@ -17,8 +17,8 @@ import signal
 import sys
 from pathlib import Path
 
+from infomax.commands.flags import argparse_flags, flag_names
 from infomax.validate import non_negative_int
-from training.flags import argparse_flags, flag_names
 
 
 def parser() -> argparse.ArgumentParser:

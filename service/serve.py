@@ -92,12 +92,12 @@ def main(argv: list[str]) -> int:
         log_config["loggers"][logger] = {"handlers": ["default"], "level": settings.log_level.upper(), "propagate": False}
     # A client that wrongly puts the key (or any token) in the URL must not get it written to the
     # access log: both handlers mask credential-like query values and the configured key.
-    log_config.setdefault("filters", {})["redact"] = {"()": "training.serve.RedactSecrets"}
+    log_config.setdefault("filters", {})["redact"] = {"()": "service.serve.RedactSecrets"}
     for handler in log_config["handlers"].values():
         handler.setdefault("filters", []).append("redact")
     # A damaged file found while the app loads is a user's error, not a bug: the app's one line, without
     # Starlette's traceback (which uvicorn prints as the startup failure). --log-level debug keeps it.
-    log_config["filters"]["startup"] = {"()": "training.serve.OneLineStartupErrors",
+    log_config["filters"]["startup"] = {"()": "service.serve.OneLineStartupErrors",
                                         "keep_tracebacks": settings.log_level == "debug"}
     log_config["handlers"]["default"]["filters"].insert(0, "startup")
     uvicorn.run(
