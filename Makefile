@@ -29,10 +29,12 @@ browser:
 	  echo "installing Debian's chromium and chromium-driver for the browser test"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null; }
 
-# Lint and types first: a finding fails the run before the tests start. mypy checks the modules
-# listed in pyproject.toml ([tool.mypy] files: the ones that type-check clean today).
+# Lint, format and types first: a finding fails the run before the tests start (`ruff format .`
+# fixes the format). mypy checks the modules listed in pyproject.toml ([tool.mypy] files: the ones
+# that type-check clean today).
 test: install browser
 	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 	$(PY) -m mypy
 	$(PY) -m pytest -q
 

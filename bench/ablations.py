@@ -35,15 +35,20 @@ PUSH = ["--data.batch_size", "128", "--model.lr_schedule", "cosine"]
 GLOBAL = ["--model.alpha", "1", "--model.beta", "0"]  # global term only, weight 1
 
 
-def two_views(augment: str, width: int, global_width: int | None = None, terms: list[str] = GLOBAL,
-              pool: str | None = None) -> list[str]:
+def two_views(
+    augment: str, width: int, global_width: int | None = None, terms: list[str] = GLOBAL, pool: str | None = None
+) -> list[str]:
     """The push recipes: two views, InfoNCE over all pairs, cosine critic, batch 128, cosine lr, an
     encoder of base width ``width`` (and global blocks of ``global_width`` channels, and the code
     head's ``pool``)."""
-    arch = {"base_width": width, **({"global_width": global_width} if global_width else {}),
-            **({"pool": pool} if pool else {})}
-    return (terms + INFONCE + ALL_COS + PUSH + ["--model.views", "2", "--model.augment", augment,
-                                                "--model.arch_kwargs", json.dumps(arch)])
+    arch = {"base_width": width, **({"global_width": global_width} if global_width else {}), **({"pool": pool} if pool else {})}
+    return (
+        terms
+        + INFONCE
+        + ALL_COS
+        + PUSH
+        + ["--model.views", "2", "--model.augment", augment, "--model.arch_kwargs", json.dumps(arch)]
+    )
 
 
 # name -> (what it changes against the reference recipe, extra `infomax train` arguments)
@@ -53,43 +58,66 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "local_only": ("local term only (alpha 0)", ["--model.alpha", "0"]),
     "no_prior": ("prior off (gamma 0)", ["--model.gamma", "0"]),
     "infonce": ("InfoNCE for both terms (one negative)", INFONCE),
-    "dv": ("Donsker-Varadhan for both terms (one negative)",
-           ["--model.global_estimator", "dv", "--model.local_estimator", "dv"]),
+    "dv": ("Donsker-Varadhan for both terms (one negative)", ["--model.global_estimator", "dv", "--model.local_estimator", "dv"]),
     "dot_one": ("dot critic, JSD, one negative", ["--model.critic", "dot"]),
     "dot_all": ("dot critic, JSD, all-pairs negatives", ALL_DOT),
     "dim_l": ("DIM(L): local only, InfoNCE, all-pairs, dot critic", DIM_L + INFONCE + ALL_DOT),
     "dim_l_cos": ("DIM(L) with the cosine critic (T 0.1)", DIM_L + INFONCE + ALL_COS),
-    "views_global_cos": ("two crop+flip views, global only, InfoNCE all-pairs, cosine critic (SimCLR-like)",
-                         GLOBAL + INFONCE + ALL_COS + VIEWS),
-    "views_both_cos": ("two crop+flip views, global + local across views, InfoNCE all-pairs, cosine (AMDIM-like)",
-                       ["--model.alpha", "1", "--model.beta", "1"] + INFONCE + ALL_COS + VIEWS),
-    "views_local_cos": ("two crop+flip views, local across views only, InfoNCE all-pairs, cosine",
-                        DIM_L + INFONCE + ALL_COS + VIEWS),
+    "views_global_cos": (
+        "two crop+flip views, global only, InfoNCE all-pairs, cosine critic (SimCLR-like)",
+        GLOBAL + INFONCE + ALL_COS + VIEWS,
+    ),
+    "views_both_cos": (
+        "two crop+flip views, global + local across views, InfoNCE all-pairs, cosine (AMDIM-like)",
+        ["--model.alpha", "1", "--model.beta", "1"] + INFONCE + ALL_COS + VIEWS,
+    ),
+    "views_local_cos": (
+        "two crop+flip views, local across views only, InfoNCE all-pairs, cosine",
+        DIM_L + INFONCE + ALL_COS + VIEWS,
+    ),
     # The push for a CPU budget: narrower encoders buy more epochs (images in 3 minutes on cpu2, two
     # views: base width 64 60k, 32 159k, 16 327k), the cosine schedule anneals within the time budget.
     "push_w32": ("SimCLR-like (views_global_cos), base width 32, batch 128, cosine lr", two_views("crop_flip", 32)),
     "push_w16": ("SimCLR-like (views_global_cos), base width 16, batch 128, cosine lr", two_views("crop_flip", 16)),
     "push_w16_jitter": ("push_w16 with brightness/contrast jitter (augment simclr)", two_views("simclr", 16)),
     "push_w16_b256": ("push_w16 with batch 256", two_views("crop_flip", 16) + ["--data.batch_size", "256"]),
-    "push_dim_l_w32": ("DIM(L) (dim_l), base width 32, batch 128, cosine lr",
-                       DIM_L + INFONCE + ALL_DOT + PUSH + ["--model.arch_kwargs", '{"base_width": 32}']),
-    "push_dim_l_w16": ("DIM(L) (dim_l), base width 16, batch 128, cosine lr",
-                       DIM_L + INFONCE + ALL_DOT + PUSH + ["--model.arch_kwargs", '{"base_width": 16}']),
-    "push_w16_jitter_noprior": ("push_w16_jitter without the prior (gamma 0)",
-                                two_views("simclr", 16, terms=GLOBAL + ["--model.gamma", "0"])),
+    "push_dim_l_w32": (
+        "DIM(L) (dim_l), base width 32, batch 128, cosine lr",
+        DIM_L + INFONCE + ALL_DOT + PUSH + ["--model.arch_kwargs", '{"base_width": 32}'],
+    ),
+    "push_dim_l_w16": (
+        "DIM(L) (dim_l), base width 16, batch 128, cosine lr",
+        DIM_L + INFONCE + ALL_DOT + PUSH + ["--model.arch_kwargs", '{"base_width": 16}'],
+    ),
+    "push_w16_jitter_noprior": (
+        "push_w16_jitter without the prior (gamma 0)",
+        two_views("simclr", 16, terms=GLOBAL + ["--model.gamma", "0"]),
+    ),
     "push_w32_jitter": ("push_w16_jitter with base width 32", two_views("simclr", 32)),
-    "push_w16_jitter_both": ("push_w16_jitter plus the local term across views (alpha 1, beta 1)",
-                             two_views("simclr", 16, terms=["--model.alpha", "1", "--model.beta", "1"])),
-    "push_w16_jitter_g128": ("push_w16_jitter with 128-channel global blocks (a 128-d pooled vector instead of 64-d)",
-                             two_views("simclr", 16, 128)),
-    "push_w16_jitter_g256": ("push_w16_jitter with 256-channel global blocks (a 256-d pooled vector)",
-                             two_views("simclr", 16, 256)),
-    "push_w16_jitter_g128_avg": ("push_w16_jitter_g128 with global average pooling instead of max",
-                                 two_views("simclr", 16, 128, pool="avg")),
-    "push_w16_jitter_g128_flat": ("push_w16_jitter_g128 with the flattened 4x4x128 map as the head's input "
-                                  "(keeps where features fire)", two_views("simclr", 16, 128, pool="flatten")),
-    "push_w16_jitter_t02": ("push_w16_jitter with critic temperature 0.2",
-                            two_views("simclr", 16) + ["--model.critic_temperature", "0.2"]),
+    "push_w16_jitter_both": (
+        "push_w16_jitter plus the local term across views (alpha 1, beta 1)",
+        two_views("simclr", 16, terms=["--model.alpha", "1", "--model.beta", "1"]),
+    ),
+    "push_w16_jitter_g128": (
+        "push_w16_jitter with 128-channel global blocks (a 128-d pooled vector instead of 64-d)",
+        two_views("simclr", 16, 128),
+    ),
+    "push_w16_jitter_g256": (
+        "push_w16_jitter with 256-channel global blocks (a 256-d pooled vector)",
+        two_views("simclr", 16, 256),
+    ),
+    "push_w16_jitter_g128_avg": (
+        "push_w16_jitter_g128 with global average pooling instead of max",
+        two_views("simclr", 16, 128, pool="avg"),
+    ),
+    "push_w16_jitter_g128_flat": (
+        "push_w16_jitter_g128 with the flattened 4x4x128 map as the head's input (keeps where features fire)",
+        two_views("simclr", 16, 128, pool="flatten"),
+    ),
+    "push_w16_jitter_t02": (
+        "push_w16_jitter with critic temperature 0.2",
+        two_views("simclr", 16) + ["--model.critic_temperature", "0.2"],
+    ),
 }
 
 CONFIGS = {"cifar10": "training/configs/cifar10.yaml", "fmnist": "training/configs/fmnist.yaml"}
@@ -125,15 +153,40 @@ def run_variant(name: str, data: str, minutes: float, out: Path, probe: bool, ex
     folder.mkdir(parents=True, exist_ok=True)
     budget = time.strftime("%H:%M:%S", time.gmtime(minutes * 60))
     train = [
-        sys.executable, "-m", "infomax.cli", "train", "--config", CONFIGS[data],
-        "--trainer.max_time", f"00:{budget}", "--trainer.max_epochs", "1000",
-        "--trainer.default_root_dir", str(folder / "runs"), "--trainer.enable_progress_bar", "false",
-        "--export.dirpath", str(folder / "artifact"), *VARIANTS[name][1], *extra,
+        sys.executable,
+        "-m",
+        "infomax.cli",
+        "train",
+        "--config",
+        CONFIGS[data],
+        "--trainer.max_time",
+        f"00:{budget}",
+        "--trainer.max_epochs",
+        "1000",
+        "--trainer.default_root_dir",
+        str(folder / "runs"),
+        "--trainer.enable_progress_bar",
+        "false",
+        "--export.dirpath",
+        str(folder / "artifact"),
+        *VARIANTS[name][1],
+        *extra,
     ]
     train_s = _run(train, folder / "train.log")
     report = folder / "eval.json"
-    evaluate = [sys.executable, "-m", "infomax.cli", "eval", "--model", str(folder / "artifact"), "--data", data,
-                "--no-pixels", "--json", str(report)] + ([] if probe else ["--no-probe"])
+    evaluate = [
+        sys.executable,
+        "-m",
+        "infomax.cli",
+        "eval",
+        "--model",
+        str(folder / "artifact"),
+        "--data",
+        data,
+        "--no-pixels",
+        "--json",
+        str(report),
+    ] + ([] if probe else ["--no-probe"])
     _run(evaluate, folder / "eval.log")
     rep = json.loads(report.read_text())
     return {
@@ -156,8 +209,9 @@ def markdown_table(results: dict) -> str:
             lines.append(f"| `{name}` | {row['what']} | failed: {row.get('error', '?')} | | | |")
             continue
         probe = "-" if ev.get("probe_top1") is None else f"{ev['probe_top1']:.4f}"
-        lines.append(f"| `{name}` | {row['what']} | {row.get('steps', '?'):,} | {ev['knn_top1']:.4f} "
-                     f"| {ev['nn1_top1']:.4f} | {probe} |")
+        lines.append(
+            f"| `{name}` | {row['what']} | {row.get('steps', '?'):,} | {ev['knn_top1']:.4f} | {ev['nn1_top1']:.4f} | {probe} |"
+        )
     return "\n".join(lines)
 
 
@@ -171,8 +225,12 @@ def main() -> int:
     p.add_argument("--redo", action="store_true", help="rerun variants already in the results file")
     p.add_argument("--list", action="store_true", help="list the variants and exit")
     p.add_argument("--table", action="store_true", help="print the results file as a markdown table and exit")
-    p.add_argument("--extra", nargs=argparse.REMAINDER, default=[],
-                   help="more `infomax train` arguments for every variant (last on the line)")
+    p.add_argument(
+        "--extra",
+        nargs=argparse.REMAINDER,
+        default=[],
+        help="more `infomax train` arguments for every variant (last on the line)",
+    )
     args = p.parse_args()
     if args.list:
         for name, (what, targs) in VARIANTS.items():
@@ -202,8 +260,10 @@ def main() -> int:
         args.out.mkdir(parents=True, exist_ok=True)
         results_file.write_text(json.dumps(results, indent=2))
         ev = row.get("eval", {})
-        print(f"{name}: knn {ev.get('knn_top1')} 1-nn {ev.get('nn1_top1')} probe {ev.get('probe_top1')} "
-              f"steps {row.get('steps')}", flush=True)
+        print(
+            f"{name}: knn {ev.get('knn_top1')} 1-nn {ev.get('nn1_top1')} probe {ev.get('probe_top1')} steps {row.get('steps')}",
+            flush=True,
+        )
     print(f"results: {results_file}")
     return 0
 

@@ -90,7 +90,7 @@ def cifar_near_duplicates(test: torch.Tensor, train: torch.Tensor) -> tuple[list
     found, near = [], set()
     for other_name, other, of in (("train", b, train.reshape(len(train), -1).float().numpy()), ("test", a, tf)):
         for s in range(0, len(a), 1000):
-            S = a[s:s + 1000] @ other.T
+            S = a[s : s + 1000] @ other.T
             if other_name == "test":
                 S[np.arange(len(S)), np.arange(s, s + len(S))] = 0
             for i, j in zip(*np.nonzero(S >= 0.97)):
@@ -122,7 +122,7 @@ def count_pairs(x: np.ndarray, thresholds: list, *, hamming: bool, block: int = 
     counts = {t: 0 for t in thresholds}
     x = x.astype(np.float32)
     for s in range(0, len(x), block):
-        part = x[s:s + block]
+        part = x[s : s + block]
         m = part @ (1 - x).T + (1 - part) @ x.T if hamming else part @ x.T
         upper = np.arange(len(x))[None, :] > np.arange(s, s + len(part))[:, None]
         for t in thresholds:
@@ -138,7 +138,7 @@ def band_picture(test: torch.Tensor, codes: np.ndarray, bands: list, path: Path,
     for lo, hi in bands:
         found = []
         for s in range(0, len(codes), 1000):
-            sim = codes[s:s + 1000] @ codes.T
+            sim = codes[s : s + 1000] @ codes.T
             for i, j in zip(*np.nonzero((sim >= lo) & (sim < hi))):
                 if j > i + s:
                     found.append((int(i) + s, int(j)))
@@ -171,8 +171,9 @@ def main() -> int:
     ap.add_argument("--negatives", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None, help="write every figure here")
-    ap.add_argument("--pairs-png", default="out/duplicates-pairs.png",
-                    help="pairs of the clean test set by cosine band, to judge by eye")
+    ap.add_argument(
+        "--pairs-png", default="out/duplicates-pairs.png", help="pairs of the clean test set by cosine band, to judge by eye"
+    )
     args = ap.parse_args()
     t_start = time.perf_counter()
 
@@ -214,17 +215,23 @@ def main() -> int:
         put(pil(test[i]), g, "original")
         put(pil(train[j] if other == "train" else test[j]), g, f"cifar-{other}")
         g += 1
-    for i in pool[args.originals: args.originals + args.negatives].tolist():
+    for i in pool[args.originals : args.originals + args.negatives].tolist():
         put(pil(test[i]), -1 - i, "negative")
     group_a, kind_a = np.array(group), np.array(kind)
     n = len(images)
     iu = np.triu_indices(n, 1)
-    truth = (group_a[iu[0]] == group_a[iu[1]])
-    by_kind = {k: (kind_a[iu[0]] == "original") & (kind_a[iu[1]] == k) & truth
-               for k in (*KINDS, "cifar-train", "cifar-test") if np.any((kind_a[iu[1]] == k) & truth)}
-    print(f"set: {n} images: {len(originals)} originals x {len(KINDS)} copies, {len(cifar_pairs)} CIFAR-10 "
-          f"near-duplicate pairs ({t_cifar:.1f} s to find), {args.negatives} negatives; "
-          f"{int(truth.sum())} true pairs of {len(truth)}", flush=True)
+    truth = group_a[iu[0]] == group_a[iu[1]]
+    by_kind = {
+        k: (kind_a[iu[0]] == "original") & (kind_a[iu[1]] == k) & truth
+        for k in (*KINDS, "cifar-train", "cifar-test")
+        if np.any((kind_a[iu[1]] == k) & truth)
+    }
+    print(
+        f"set: {n} images: {len(originals)} originals x {len(KINDS)} copies, {len(cifar_pairs)} CIFAR-10 "
+        f"near-duplicate pairs ({t_cifar:.1f} s to find), {args.negatives} negatives; "
+        f"{int(truth.sum())} true pairs of {len(truth)}",
+        flush=True,
+    )
 
     # ---------------------------------------------------------------- methods
     results: dict[str, dict] = {}
@@ -233,7 +240,7 @@ def main() -> int:
     enc = load_encoder(args.model)
 
     def embed(pixels: torch.Tensor) -> np.ndarray:
-        c = torch.cat([enc.embed(pixels[s:s + 512]) for s in range(0, len(pixels), 512)]).numpy().astype(np.float32)
+        c = torch.cat([enc.embed(pixels[s : s + 512]) for s in range(0, len(pixels), 512)]).numpy().astype(np.float32)
         return c / np.linalg.norm(c, axis=1, keepdims=True)
 
     codes = embed(torch.from_numpy(np.stack([np.asarray(im) for im in images])).permute(0, 3, 1, 2).contiguous())
@@ -247,8 +254,11 @@ def main() -> int:
     shown = band_picture(test, clean_codes, bands, Path(args.pairs_png))
     clean_images = [pil(t) for t in test]
     cos = (codes @ codes.T)[iu]
-    results["infomax cosine"] = {"kind": "cosine >=", "sweep": {t: scores(cos >= t, truth) for t in COSINE_SWEEP},
-                                 "per_kind": lambda t: {k: float(np.mean(cos[m] >= t)) for k, m in by_kind.items()}}
+    results["infomax cosine"] = {
+        "kind": "cosine >=",
+        "sweep": {t: scores(cos >= t, truth) for t in COSINE_SWEEP},
+        "per_kind": lambda t: {k: float(np.mean(cos[m] >= t)) for k, m in by_kind.items()},
+    }
 
     hashers = {
         "imagededup PHash": lambda ims: hex_bits([PHash(verbose=False).encode_image(image_array=np.asarray(im)) for im in ims]),
@@ -264,8 +274,11 @@ def main() -> int:
         timings[name] = time.perf_counter() - t0
         clean[name] = count_pairs(make(clean_images), HAMMING_SWEEP, hamming=True)
         ham = hamming_matrix(bits)[iu]
-        results[name] = {"kind": "Hamming <=", "sweep": {d: scores(ham <= d, truth) for d in HAMMING_SWEEP},
-                         "per_kind": (lambda h: lambda d: {k: float(np.mean(h[m] <= d)) for k, m in by_kind.items()})(ham)}
+        results[name] = {
+            "kind": "Hamming <=",
+            "sweep": {d: scores(ham <= d, truth) for d in HAMMING_SWEEP},
+            "per_kind": (lambda h: lambda d: {k: float(np.mean(h[m] <= d)) for k, m in by_kind.items()})(ham),
+        }
         print(f"{name}: {bits.shape[1]}-bit hashes in {timings[name]:.1f} s", flush=True)
 
     # ---------------------------------------------------------------- report
@@ -291,13 +304,17 @@ def main() -> int:
         t = float(row["threshold"].split()[-1])
         row["clean_pairs"] = clean[row["method"]][t if row["method"] == "infomax cosine" else int(t)]
     kinds = list(by_kind)
-    print("\n| method | threshold | precision | recall | F1 | " + " | ".join(f"R {k}" for k in kinds)
-          + " | pairs flagged in the clean 10k |")
+    print(
+        "\n| method | threshold | precision | recall | F1 | "
+        + " | ".join(f"R {k}" for k in kinds)
+        + " | pairs flagged in the clean 10k |"
+    )
     print("|---|---|---|---|---|" + "---|" * len(kinds) + "---|")
     for row in rows:
-        print(f"| {row['method']} | {row['threshold']} ({row['why']}) | {row['precision']:.3f} | {row['recall']:.3f} | "
-              f"{row['f1']:.3f} | " + " | ".join(f"{row['recall_by_kind'][k]:.2f}" for k in kinds)
-              + f" | {row['clean_pairs']} |")
+        print(
+            f"| {row['method']} | {row['threshold']} ({row['why']}) | {row['precision']:.3f} | {row['recall']:.3f} | "
+            f"{row['f1']:.3f} | " + " | ".join(f"{row['recall_by_kind'][k]:.2f}" for k in kinds) + f" | {row['clean_pairs']} |"
+        )
     print("\npairs flagged among the 10,000 clean test images, by threshold:")
     for name, counts in clean.items():
         print(f"  {name}: " + ", ".join(f"{t}: {c}" for t, c in counts.items()))
@@ -316,18 +333,34 @@ def main() -> int:
         lib[a * n - a * (a + 1) // 2 + (b - a - 1)] = True
     matrix = cos >= chosen
     disagree = int(np.count_nonzero(lib != matrix))
-    print(f"\nlibrary (duplicate_pairs over a Flat EmbeddingIndex) at {chosen}: {len(pairs)} pairs in {lib_time:.1f} s, "
-          f"{disagree} differing from the matrix; {scores(lib, truth)}")
+    print(
+        f"\nlibrary (duplicate_pairs over a Flat EmbeddingIndex) at {chosen}: {len(pairs)} pairs in {lib_time:.1f} s, "
+        f"{disagree} differing from the matrix; {scores(lib, truth)}"
+    )
     wall = time.perf_counter() - t_start
     print(f"timings (s): {json.dumps({k: round(v, 1) for k, v in timings.items()})}; wall {wall:.0f} s")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "command": " ".join(sys.argv),
-            "images": n, "true_pairs": int(truth.sum()), "cifar_pairs": cifar_pairs, "chosen": chosen,
-            "sweeps": {k: {str(t): s for t, s in r["sweep"].items()} for k, r in results.items()},
-            "rows": rows, "timings_s": timings, "clean_pairs": {k: {str(t): c for t, c in v.items()} for k, v in clean.items()},
-            "band_pairs": shown, "library_disagreements": disagree, "wall_s": wall}, indent=1))
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                    "command": " ".join(sys.argv),
+                    "images": n,
+                    "true_pairs": int(truth.sum()),
+                    "cifar_pairs": cifar_pairs,
+                    "chosen": chosen,
+                    "sweeps": {k: {str(t): s for t, s in r["sweep"].items()} for k, r in results.items()},
+                    "rows": rows,
+                    "timings_s": timings,
+                    "clean_pairs": {k: {str(t): c for t, c in v.items()} for k, v in clean.items()},
+                    "band_pairs": shown,
+                    "library_disagreements": disagree,
+                    "wall_s": wall,
+                },
+                indent=1,
+            )
+        )
     return 1 if disagree else 0
 
 

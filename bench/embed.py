@@ -49,8 +49,9 @@ def embed_path(encoder, source, batch_size: int, device: str, workdir: Path) -> 
     out = prepare_output(workdir / "emb", overwrite=True)
     sync(device)
     t0 = time.perf_counter()
-    manifest = embed_source(encoder, source, out, batch_size=batch_size, devices=1,
-                            accelerator="gpu" if device == "cuda" else "cpu", progress=False)
+    manifest = embed_source(
+        encoder, source, out, batch_size=batch_size, devices=1, accelerator="gpu" if device == "cuda" else "cpu", progress=False
+    )
     sync(device)
     seconds = time.perf_counter() - t0
     assert manifest["count"] == len(source)
@@ -85,10 +86,12 @@ def main() -> None:
             stats = DATASET_STATS[canonical_dataset_name(args.data)]
             torch.manual_seed(0)
             model = DeepInfoMax(z_dim=256, in_channels=stats["channels"], input_size=stats["size"]).export(
-                workdir / "artifact", dataset=args.data)
+                workdir / "artifact", dataset=args.data
+            )
         encoder = load_encoder(model, args.device)
-        source = resolve_source(args.data, args.split, channels=encoder.in_channels, size=encoder.input_size,
-                                data_dir=args.data_dir, limit=args.limit)
+        source = resolve_source(
+            args.data, args.split, channels=encoder.in_channels, size=encoder.input_size, data_dir=args.data_dir, limit=args.limit
+        )
         images = source.images
         # warm-up (allocator, cuDNN autotune, lazy imports) outside the timings
         plain_loop(encoder, images[: 2 * args.batch_size], args.batch_size, args.device)
@@ -97,9 +100,11 @@ def main() -> None:
             plain.append(plain_loop(encoder, images, args.batch_size, args.device))
             ours.append(embed_path(encoder, source, args.batch_size, args.device, workdir))
     name = torch.cuda.get_device_name() if args.device == "cuda" else cpu_name()
-    print(f"\nmachine: {name}, torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}, "
-          f"{len(images)} {args.data}:{args.split} images, batch {args.batch_size}, "
-          f"encoder {encoder.config['arch']} z_dim {encoder.z_dim}")
+    print(
+        f"\nmachine: {name}, torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}, "
+        f"{len(images)} {args.data}:{args.split} images, batch {args.batch_size}, "
+        f"encoder {encoder.config['arch']} z_dim {encoder.z_dim}"
+    )
     print(f"| path | images/s (best of {args.repeats}) | all runs |")
     print("|---|---|---|")
     print(f"| plain torch.no_grad() loop | {max(plain):.0f} | {', '.join(f'{v:.0f}' for v in plain)} |")

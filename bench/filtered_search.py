@@ -79,8 +79,9 @@ def timed(fn, *args, **kwargs) -> tuple[float, Any]:
     return (time.perf_counter() - t0) * 1e3, out
 
 
-def run_index(name: str, index: EmbeddingIndex, x: np.ndarray, ids: np.ndarray, queries: np.ndarray, k: int,
-              cold_queries: int) -> list[dict]:
+def run_index(
+    name: str, index: EmbeddingIndex, x: np.ndarray, ids: np.ndarray, queries: np.ndarray, k: int, cold_queries: int
+) -> list[dict]:
     n = len(index)
     ef = index.search_params.get("efSearch")
     rows = []
@@ -121,9 +122,20 @@ def run_index(name: str, index: EmbeddingIndex, x: np.ndarray, ids: np.ndarray, 
             hits += len(set(truth.tolist()) & set(got.tolist()))
         return round(hits / (k * len(queries)), 4)
 
-    rows.append({"index": name, "filter": "none", "matching": n, "path": "unfiltered", "warm_ms": round(b, 3),
-                 "warm_ratio": 1.0, "cold_ms": round(cb, 3), "cold_ratio": 1.0, "recall_at_10": recall(ids, base_results),
-                 "rows_with_k": sum(int((r >= 0).sum() == k) for r in base_results)})
+    rows.append(
+        {
+            "index": name,
+            "filter": "none",
+            "matching": n,
+            "path": "unfiltered",
+            "warm_ms": round(b, 3),
+            "warm_ratio": 1.0,
+            "cold_ms": round(cb, 3),
+            "cold_ratio": 1.0,
+            "recall_at_10": recall(ids, base_results),
+            "rows_with_k": sum(int((r >= 0).sum() == k) for r in base_results),
+        }
+    )
     for fname, flt in FILTERS:
         allowed = index.matching_ids(flt)
         m = len(allowed)
@@ -134,9 +146,20 @@ def run_index(name: str, index: EmbeddingIndex, x: np.ndarray, ids: np.ndarray, 
         else:
             path = f"graph walk, efSearch {min(max(4096, n), -(-max(int(ef or 16), k) * n // m))}"
         w, c = statistics.median(warm[fname]), statistics.median(cold[fname])
-        rows.append({"index": name, "filter": fname, "matching": m, "path": path, "warm_ms": round(w, 3),
-                     "warm_ratio": round(w / b, 2), "cold_ms": round(c, 3), "cold_ratio": round(c / cb, 2),
-                     "recall_at_10": recall(allowed, results[fname]), "rows_with_k": full[fname]})
+        rows.append(
+            {
+                "index": name,
+                "filter": fname,
+                "matching": m,
+                "path": path,
+                "warm_ms": round(w, 3),
+                "warm_ratio": round(w / b, 2),
+                "cold_ms": round(c, 3),
+                "cold_ratio": round(c / cb, 2),
+                "recall_at_10": recall(allowed, results[fname]),
+                "rows_with_k": full[fname],
+            }
+        )
     return rows
 
 
@@ -155,12 +178,14 @@ def main(argv: list[str] | None = None) -> int:
     rng = np.random.default_rng(a.seed + 1)
     # the queries: more points of the same centres, not indexed, none of centres 0-149
     both, centre = vectors(a.n + 2 * a.queries, a.dim, a.seed)
-    x, centre_x = both[:a.n], centre[:a.n]
-    queries = both[a.n:][centre[a.n:] >= 150][:a.queries]
+    x, centre_x = both[: a.n], centre[: a.n]
+    queries = both[a.n :][centre[a.n :] >= 150][: a.queries]
     labels = rng.integers(0, 100, a.n)
     ids = np.arange(a.n, dtype=np.int64)
-    metadata = [{"label": int(lab), "bucket": int(lab), "centre": int(c), "source": f"c{c:04d}/{i}.png"}
-                for i, (lab, c) in enumerate(zip(labels, centre_x))]
+    metadata = [
+        {"label": int(lab), "bucket": int(lab), "centre": int(c), "source": f"c{c:04d}/{i}.png"}
+        for i, (lab, c) in enumerate(zip(labels, centre_x))
+    ]
     default = choose_factory(a.n, a.dim, 4 * 1000**3)
     rows = []
     for name in dict.fromkeys(["Flat", default]):  # one Flat when the default is Flat too (n < 50k)
@@ -171,18 +196,30 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{label}: built in {built:.1f} s", file=sys.stderr)
         rows += run_index(label, index, x, ids, queries, a.k, a.cold_queries)
         index.close()
-    out = {"date": time.strftime("%Y-%m-%d"), "machine": cpu_name(), "n": a.n, "dim": a.dim, "k": a.k,
-           "queries": a.queries, "command": "python bench/filtered_search.py " + " ".join(argv or sys.argv[1:]),
-           "seconds": round(time.perf_counter() - t_start, 1), "rows": rows}
-    print(f"{a.n} vectors, dim {a.dim}, k {a.k}, {a.queries} queries (cold: {a.cold_queries}), {out['machine']}, "
-          f"{out['date']}, {out['seconds']} s\n")
+    out = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": cpu_name(),
+        "n": a.n,
+        "dim": a.dim,
+        "k": a.k,
+        "queries": a.queries,
+        "command": "python bench/filtered_search.py " + " ".join(argv or sys.argv[1:]),
+        "seconds": round(time.perf_counter() - t_start, 1),
+        "rows": rows,
+    }
+    print(
+        f"{a.n} vectors, dim {a.dim}, k {a.k}, {a.queries} queries (cold: {a.cold_queries}), {out['machine']}, "
+        f"{out['date']}, {out['seconds']} s\n"
+    )
     print("| index | filter | matching | path | warm ms | x unfiltered | cold ms | x unfiltered | recall@10 | rows with k |")
     print("|---|---|---:|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         rec = "" if r["recall_at_10"] is None else f"{r['recall_at_10']:.3f}"
-        print(f"| {r['index']} | {r['filter']} | {r['matching']:,} | {r['path']} | {r['warm_ms']:.2f} | "
-              f"{r['warm_ratio']:.2f} | {r['cold_ms']:.2f} | {r['cold_ratio']:.2f} | {rec} | "
-              f"{r['rows_with_k']}/{a.queries} |")
+        print(
+            f"| {r['index']} | {r['filter']} | {r['matching']:,} | {r['path']} | {r['warm_ms']:.2f} | "
+            f"{r['warm_ratio']:.2f} | {r['cold_ms']:.2f} | {r['cold_ratio']:.2f} | {rec} | "
+            f"{r['rows_with_k']}/{a.queries} |"
+        )
     if a.json:
         a.json.write_text(json.dumps(out, indent=1))
     return 0

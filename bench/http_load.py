@@ -94,11 +94,10 @@ def ensure_index(artifact: Path, items: int, cache: Path, data_dir: str | None) 
     images, labels = images[:items], labels[:items]
     model = ServingModel(encoder)  # the service's own fast path
     t0 = time.perf_counter()
-    codes = np.concatenate([model.encode(images[i:i + 256]) for i in range(0, len(images), 256)])
+    codes = np.concatenate([model.encode(images[i : i + 256]) for i in range(0, len(images), 256)])
     print(f"encoded {len(codes)} images in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     metadata = [{"source": f"cifar10:train:{i}", "label": int(labels[i])} for i in range(len(codes))]
-    EmbeddingIndex.build(codes, metadata=metadata, artifact={"id": encoder.id, "path": str(artifact)},
-                         path=folder).close()
+    EmbeddingIndex.build(codes, metadata=metadata, artifact={"id": encoder.id, "path": str(artifact)}, path=folder).close()
     del torch
     return folder
 
@@ -116,9 +115,14 @@ def query_bodies(data_dir: str | None, n: int = 256) -> list[bytes]:
         Image.fromarray(t.permute(1, 2, 0).numpy()).save(buf, "PNG")
         png = buf.getvalue()
         bodies.append(
-            (f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"k\"\r\n\r\n10\r\n"
-             f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"q.png\"\r\n"
-             f"Content-Type: image/png\r\n\r\n").encode() + png + f"\r\n--{BOUNDARY}--\r\n".encode())
+            (
+                f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="k"\r\n\r\n10\r\n'
+                f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="q.png"\r\n'
+                f"Content-Type: image/png\r\n\r\n"
+            ).encode()
+            + png
+            + f"\r\n--{BOUNDARY}--\r\n".encode()
+        )
     return bodies
 
 
@@ -129,9 +133,25 @@ class Server:
     def __init__(self, artifact: Path, index: Path, extra: list[str], log: Path) -> None:
         self.port = free_port()
         self.url = f"http://{HOST}:{self.port}"
-        cmd = [sys.executable, "-m", "infomax.cli", "serve", "--model", str(artifact), "--index", str(index),
-               "--host", HOST, "--port", str(self.port), "--read-only", "--no-access-log", "--log-level", "warning",
-               *extra]
+        cmd = [
+            sys.executable,
+            "-m",
+            "infomax.cli",
+            "serve",
+            "--model",
+            str(artifact),
+            "--index",
+            str(index),
+            "--host",
+            HOST,
+            "--port",
+            str(self.port),
+            "--read-only",
+            "--no-access-log",
+            "--log-level",
+            "warning",
+            *extra,
+        ]
         self._log = open(log, "ab")
         self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT)
 
@@ -213,7 +233,7 @@ class RawConnection:
         status = int(head[9:12])
         lower = head.lower()
         at = lower.find(b"content-length:")
-        length = int(lower[at + 15:lower.find(b"\r\n", at)]) if at >= 0 else 0
+        length = int(lower[at + 15 : lower.find(b"\r\n", at)]) if at >= 0 else 0
         await self.reader.readexactly(length)
         if b"connection: close" in lower:
             self.close()
@@ -225,20 +245,28 @@ class RawConnection:
         self.reader = self.writer = None
 
 
-async def run_load(url: str, bodies: list[bytes], concurrency: int, seconds: float, max_requests: int,
-                   warmup: float, client_kind: str = "raw") -> dict:
+async def run_load(
+    url: str, bodies: list[bytes], concurrency: int, seconds: float, max_requests: int, warmup: float, client_kind: str = "raw"
+) -> dict:
     import httpx
 
     headers = {"content-type": f"multipart/form-data; boundary={BOUNDARY}"}
     port = int(url.rsplit(":", 1)[1])
-    raws = [(f"POST /v1/search HTTP/1.1\r\nHost: {HOST}:{port}\r\nContent-Type: {headers['content-type']}\r\n"
-             f"Content-Length: {len(b)}\r\n\r\n").encode() + b for b in bodies]
+    raws = [
+        (
+            f"POST /v1/search HTTP/1.1\r\nHost: {HOST}:{port}\r\nContent-Type: {headers['content-type']}\r\n"
+            f"Content-Length: {len(b)}\r\n\r\n"
+        ).encode()
+        + b
+        for b in bodies
+    ]
     latencies: list[float] = []
     errors = 0
     counter = 0
 
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as client:
+
         async def send(conn: RawConnection, i: int) -> bool:
             if client_kind == "httpx":
                 r = await client.post("/v1/search", content=bodies[i], headers=headers)
@@ -278,9 +306,16 @@ async def run_load(url: str, bodies: list[bytes], concurrency: int, seconds: flo
     def pct(p: float) -> float:
         return latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000 if latencies else float("nan")
 
-    return {"concurrency": concurrency, "requests": len(latencies), "errors": errors, "seconds": round(elapsed, 2),
-            "issued": counter,  # warm-up included
-            "rps": len(latencies) / elapsed, "p50_ms": pct(0.50), "p99_ms": pct(0.99)}
+    return {
+        "concurrency": concurrency,
+        "requests": len(latencies),
+        "errors": errors,
+        "seconds": round(elapsed, 2),
+        "issued": counter,  # warm-up included
+        "rps": len(latencies) / elapsed,
+        "p50_ms": pct(0.50),
+        "p99_ms": pct(0.99),
+    }
 
 
 def batch_stats(url: str) -> tuple[float, float]:
@@ -307,11 +342,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-requests", type=int, default=20_000, help="most requests per cell")
     p.add_argument("--warmup", type=float, default=2.0)
     p.add_argument("--serve-args", default="", help="extra `infomax serve` flags, e.g. '--torch-threads 1'")
-    p.add_argument("--client", default="raw", choices=["raw", "httpx"],
-                   help="raw: prebuilt HTTP/1.1 requests on asyncio streams (default; ~0.4 ms CPU per request); "
-                        "httpx: httpx.AsyncClient (~3-5 ms CPU per request, taken from the server on a small machine)")
+    p.add_argument(
+        "--client",
+        default="raw",
+        choices=["raw", "httpx"],
+        help="raw: prebuilt HTTP/1.1 requests on asyncio streams (default; ~0.4 ms CPU per request); "
+        "httpx: httpx.AsyncClient (~3-5 ms CPU per request, taken from the server on a small machine)",
+    )
     p.add_argument("--no-memory", action="store_true", help="skip the --workers 2 memory measurement")
-    p.add_argument("--cache", default=str(Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "infomax" / "http_load"))
+    p.add_argument(
+        "--cache", default=str(Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "infomax" / "http_load")
+    )
     p.add_argument("--data-dir", default=None, help="data sets folder (default $INFOMAX_DATA_DIR)")
     p.add_argument("--json", help="also write the rows to this file")
     args = p.parse_args(argv)
@@ -359,9 +400,12 @@ def main(argv: list[str] | None = None) -> int:
                 row["mode"] = mode
                 row["requests_per_batch"] = (b1[1] - b0[1]) / max(1.0, b1[0] - b0[0])
                 rows.append(row)
-                print(f"batching {mode:3} c={c:<3} {row['rps']:7.1f} req/s  p50 {row['p50_ms']:6.1f} ms  "
-                      f"p99 {row['p99_ms']:6.1f} ms  errors {row['errors']}  server CPU "
-                      f"{row['server_cpu_ms']:.1f} ms/req", file=sys.stderr)
+                print(
+                    f"batching {mode:3} c={c:<3} {row['rps']:7.1f} req/s  p50 {row['p50_ms']:6.1f} ms  "
+                    f"p99 {row['p99_ms']:6.1f} ms  errors {row['errors']}  server CPU "
+                    f"{row['server_cpu_ms']:.1f} ms/req",
+                    file=sys.stderr,
+                )
             single.append((mode, *memory_kib(srv.proc.pid)))
         finally:
             srv.stop()
@@ -386,18 +430,24 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(f"Machine: {cpu_name()}, {os.cpu_count()} CPUs; load average {load_before} before, {loadavg()} after")
     if info:
-        print(f"Model {info['model'][:12]} (z_dim {info['z_dim']}, {'optimised' if info['optimized'] else 'plain'}), "
-              f"index {info['index_factory']} of {info['items']} items; k=10; 32x32 PNG uploads; "
-              f"{args.seconds:g} s per cell after {args.warmup:g} s warm-up; {args.client} client; "
-              f"serve flags: {' '.join(extra) or '(defaults)'}")
+        print(
+            f"Model {info['model'][:12]} (z_dim {info['z_dim']}, {'optimised' if info['optimized'] else 'plain'}), "
+            f"index {info['index_factory']} of {info['items']} items; k=10; 32x32 PNG uploads; "
+            f"{args.seconds:g} s per cell after {args.warmup:g} s warm-up; {args.client} client; "
+            f"serve flags: {' '.join(extra) or '(defaults)'}"
+        )
     print()
-    print("| batching | concurrency | requests | req/s | p50 ms | p99 ms | errors | requests per batch "
-          "| server CPU ms/request | client CPU ms/request |")
+    print(
+        "| batching | concurrency | requests | req/s | p50 ms | p99 ms | errors | requests per batch "
+        "| server CPU ms/request | client CPU ms/request |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['mode']} | {r['concurrency']} | {r['requests']} | {r['rps']:.0f} | {r['p50_ms']:.1f} | "
-              f"{r['p99_ms']:.1f} | {r['errors']} | {r['requests_per_batch']:.1f} | {r['server_cpu_ms']:.1f} | "
-              f"{r['client_cpu_ms']:.2f} |")
+        print(
+            f"| {r['mode']} | {r['concurrency']} | {r['requests']} | {r['rps']:.0f} | {r['p50_ms']:.1f} | "
+            f"{r['p99_ms']:.1f} | {r['errors']} | {r['requests_per_batch']:.1f} | {r['server_cpu_ms']:.1f} | "
+            f"{r['client_cpu_ms']:.2f} |"
+        )
     print()
     print("| process | RSS MiB | PSS MiB |")
     print("|---|---:|---:|")
@@ -406,9 +456,11 @@ def main(argv: list[str] | None = None) -> int:
     for i, (rss, pss) in enumerate(workers):
         print(f"| `--workers 2`: worker {i + 1} (idle) | {rss / 1024:.0f} | {pss / 1024:.0f} |")
     if args.json:
-        Path(args.json).write_text(json.dumps({"rows": rows, "single_kib": single, "workers_kib": workers,
-                                               "machine": cpu_name(),
-                                               "info": info}, indent=2))
+        Path(args.json).write_text(
+            json.dumps(
+                {"rows": rows, "single_kib": single, "workers_kib": workers, "machine": cpu_name(), "info": info}, indent=2
+            )
+        )
     return 0
 
 

@@ -31,20 +31,29 @@ if TYPE_CHECKING:  # matplotlib itself is imported when a figure is drawn
 
 # (panel title, [(column, label, colour, dashed)])
 PANELS = [
-    ("loss: -alpha MI_global - beta MI_local + gamma KL", [
-        ("train/loss", "train", "#1f77b4", False),
-        ("val/loss", "validation", "#1f77b4", True),
-    ]),
-    ("MI estimates and prior KL", [
-        ("train/global_mi", "global MI, train", "#d62728", False),
-        ("val/global_mi", "global MI, val", "#d62728", True),
-        ("train/local_mi", "local MI, train", "#2ca02c", False),
-        ("val/local_mi", "local MI, val", "#2ca02c", True),
-        ("train/prior", "prior KL, train", "#9467bd", False),
-    ]),
-    ("online weighted k-NN top-1 (validation)", [
-        ("val/knn_top1", "k-NN top-1", "#ff7f0e", False),
-    ]),
+    (
+        "loss: -alpha MI_global - beta MI_local + gamma KL",
+        [
+            ("train/loss", "train", "#1f77b4", False),
+            ("val/loss", "validation", "#1f77b4", True),
+        ],
+    ),
+    (
+        "MI estimates and prior KL",
+        [
+            ("train/global_mi", "global MI, train", "#d62728", False),
+            ("val/global_mi", "global MI, val", "#d62728", True),
+            ("train/local_mi", "local MI, train", "#2ca02c", False),
+            ("val/local_mi", "local MI, val", "#2ca02c", True),
+            ("train/prior", "prior KL, train", "#9467bd", False),
+        ],
+    ),
+    (
+        "online weighted k-NN top-1 (validation)",
+        [
+            ("val/knn_top1", "k-NN top-1", "#ff7f0e", False),
+        ],
+    ),
 ]
 
 
@@ -104,9 +113,16 @@ def draw(curves: dict[str, dict[int, float]], title: str, out: Path) -> list[Lin
                 continue
             for c, label, colour, dashed in present:
                 epochs, values = zip(*sorted(curves[c].items()))
-                (line,) = ax.plot(epochs, values, color=colour, linewidth=1.5, linestyle="--" if dashed else "-",
-                                  marker="o" if len(epochs) == 1 else None, label=label,
-                                  gid="curve-" + c.replace("/", "-"))  # the SVG's <g id="curve-train-loss">
+                (line,) = ax.plot(
+                    epochs,
+                    values,
+                    color=colour,
+                    linewidth=1.5,
+                    linestyle="--" if dashed else "-",
+                    marker="o" if len(epochs) == 1 else None,
+                    label=label,
+                    gid="curve-" + c.replace("/", "-"),
+                )  # the SVG's <g id="curve-train-loss">
                 drawn.append(line)
             ax.set_xlabel("epoch")
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -119,8 +135,9 @@ def draw(curves: dict[str, dict[int, float]], title: str, out: Path) -> list[Lin
 
 
 def table(curves: dict[str, dict[int, float]], every: int) -> str:
-    columns = [c for c in ("train/loss", "train/global_mi", "train/local_mi", "train/prior", "val/loss",
-                           "val/knn_top1") if c in curves]
+    columns = [
+        c for c in ("train/loss", "train/global_mi", "train/local_mi", "train/prior", "val/loss", "val/knn_top1") if c in curves
+    ]
     epochs = sorted({e for c in columns for e in curves[c]})
     shown = [e for e in epochs if e % every == every - 1 or e == epochs[0] or e == epochs[-1]]
     lines = ["| epoch | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]

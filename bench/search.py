@@ -121,8 +121,9 @@ def run_case(n: int, factory: str, dim: int, nq: int, vectors: str | None, secon
     rss0 = rss_bytes()
     tmp = Path(tempfile.mkdtemp(prefix="bench-index-"))
     t0 = time.perf_counter()
-    idx = EmbeddingIndex.build(x, factory=factory, path=tmp / "ix", recall_target=0.95,
-                               tune_queries=min(1000, max(100, n // 100)))
+    idx = EmbeddingIndex.build(
+        x, factory=factory, path=tmp / "ix", recall_target=0.95, tune_queries=min(1000, max(100, n // 100))
+    )
     build_s = time.perf_counter() - t0
     gc.collect()
     rss1 = rss_bytes()
@@ -213,8 +214,10 @@ def run_case(n: int, factory: str, dim: int, nq: int, vectors: str | None, secon
 
 def fmt_table(rows: list[dict], chosen: dict[int, str]) -> str:
     mb = 1e6
-    head = ("| N | index | chooser (4GB) | params | build s | index MB | sqlite MB | RSS Δ MB | recall@10 held-out "
-            "| recall@10 tuning | QPS 1-by-1 | QPS batch 256 | raw FAISS QPS 1-by-1 / batch | overhead 1-by-1 | overhead batch |")
+    head = (
+        "| N | index | chooser (4GB) | params | build s | index MB | sqlite MB | RSS Δ MB | recall@10 held-out "
+        "| recall@10 tuning | QPS 1-by-1 | QPS batch 256 | raw FAISS QPS 1-by-1 / batch | overhead 1-by-1 | overhead batch |"
+    )
     sep = "|" + "|".join(["---"] * (head.count("|") - 1)) + "|"
     lines = [head, sep]
     for r in rows:
@@ -261,9 +264,11 @@ def main(argv: list[str] | None = None) -> int:
         dim = int(np.load(args.vectors, mmap_mode="r").shape[1])
     rows: list[dict] = []
     chosen: dict[int, str] = {}
-    print(f"# infomax index benchmark\n\nCPU: {cpu_name()} ({os.cpu_count()} logical CPUs), "
-          f"data: {'file ' + args.vectors if args.vectors else 'synthetic clustered'}, dim {dim}, {nq} held-out queries\n",
-          flush=True)
+    print(
+        f"# infomax index benchmark\n\nCPU: {cpu_name()} ({os.cpu_count()} logical CPUs), "
+        f"data: {'file ' + args.vectors if args.vectors else 'synthetic clustered'}, dim {dim}, {nq} held-out queries\n",
+        flush=True,
+    )
     for n in sizes:
         chosen[n] = choose_factory(n, dim, parse_memory("4GB"))
         facs = families(n, dim)
@@ -272,8 +277,19 @@ def main(argv: list[str] | None = None) -> int:
             facs = [f for f in facs if family_key(f) in wanted]
         for fac in facs:
             t = time.perf_counter()
-            cmd = [sys.executable, str(Path(__file__).resolve()), "--_case", str(n), fac, "--dim", str(dim),
-                   "--queries", str(nq), "--seconds", str(seconds)]
+            cmd = [
+                sys.executable,
+                str(Path(__file__).resolve()),
+                "--_case",
+                str(n),
+                fac,
+                "--dim",
+                str(dim),
+                "--queries",
+                str(nq),
+                "--seconds",
+                str(seconds),
+            ]
             if args.vectors:
                 cmd += ["--vectors", args.vectors]
             p = subprocess.run(cmd, capture_output=True, text=True)
@@ -283,12 +299,14 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append({"n": n, "factory": fac, "error": err})
                 print(f"  N={n:,} {fac}: FAILED ({err})", file=sys.stderr, flush=True)
                 continue
-            row = json.loads(found[-1][len("BENCH_ROW "):])
+            row = json.loads(found[-1][len("BENCH_ROW ") :])
             rows.append(row)
             print(f"  N={n:,} {fac}: done in {time.perf_counter() - t:.0f}s", file=sys.stderr, flush=True)
     print(fmt_table(rows, chosen))
     print("\nchooser (4GB budget): " + ", ".join(f"N={n:,} -> {f}" for n, f in chosen.items()))
-    print("overhead = wrapper time / raw FAISS time - 1 (raw side: copy + faiss.normalize_L2 + index.search with the same params)")
+    print(
+        "overhead = wrapper time / raw FAISS time - 1 (raw side: copy + faiss.normalize_L2 + index.search with the same params)"
+    )
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
     return 0

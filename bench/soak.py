@@ -137,10 +137,18 @@ class Stats:
 class Workload:
     def __init__(self, port: int, key: str | None, pngs: list[bytes], codes: np.ndarray, ids: list[int]) -> None:
         self.port, self.key = port, key
-        self.search_image = [request("POST", "/v1/search", multipart([("file", "q.png", p), ("k", None, b"10")]),
-                                     f"multipart/form-data; boundary={BOUNDARY}") for p in pngs]
-        self.search_vector = [request("POST", "/v1/search", json.dumps({"vector": c.tolist(), "k": 10}).encode(),
-                                      "application/json") for c in codes]
+        self.search_image = [
+            request(
+                "POST",
+                "/v1/search",
+                multipart([("file", "q.png", p), ("k", None, b"10")]),
+                f"multipart/form-data; boundary={BOUNDARY}",
+            )
+            for p in pngs
+        ]
+        self.search_vector = [
+            request("POST", "/v1/search", json.dumps({"vector": c.tolist(), "k": 10}).encode(), "application/json") for c in codes
+        ]
         self.ids = ids
         self.added = 0
         self.seq = itertools_count()
@@ -153,12 +161,17 @@ class Workload:
         if kind == "search_vector":
             return rng.choice(self.search_vector), None
         if kind == "search_id":
-            return request("POST", "/v1/search", json.dumps({"id": rng.choice(self.ids), "k": 10}).encode(),
-                           "application/json"), None
+            return request(
+                "POST", "/v1/search", json.dumps({"id": rng.choice(self.ids), "k": 10}).encode(), "application/json"
+            ), None
         if kind == "add":
             n = next(self.seq)
-            body = multipart([("file", f"soak-{n}.png", png_noise(5_000_000 + n)),
-                              ("metadata", None, json.dumps({"source": f"soak:{n}", "label": n % 10}).encode())])
+            body = multipart(
+                [
+                    ("file", f"soak-{n}.png", png_noise(5_000_000 + n)),
+                    ("metadata", None, json.dumps({"source": f"soak:{n}", "label": n % 10}).encode()),
+                ]
+            )
             return request("POST", "/v1/items", body, f"multipart/form-data; boundary={BOUNDARY}", self.key), None
         return request("GET", f"/v1/items/{rng.choice(self.ids)}"), None
 
@@ -178,8 +191,9 @@ def mix(add_share: float) -> list[tuple[str, float]]:
     return [(k, add_share if k == "add" else p * (1 - add_share) / rest) for k, p in MIX]
 
 
-async def client(w: Workload, stats: Stats, until: float, rng: random.Random, record_after: float,
-                 weights_by_kind: list[tuple[str, float]]) -> None:
+async def client(
+    w: Workload, stats: Stats, until: float, rng: random.Random, record_after: float, weights_by_kind: list[tuple[str, float]]
+) -> None:
     conn = Conn(w.port)
     kinds = [k for k, _ in weights_by_kind]
     weights = [p for _, p in weights_by_kind]
@@ -216,8 +230,19 @@ def rss_kb(pid: int) -> int | None:
     return proc_status_kb(pid, "VmRSS")
 
 
-async def run_load(port: int, pid: int | None, key: str | None, w: Workload, *, clients: int, seconds: float,
-                   warmup: float, seed: int, add_share: float = 0.2, log=print) -> dict:
+async def run_load(
+    port: int,
+    pid: int | None,
+    key: str | None,
+    w: Workload,
+    *,
+    clients: int,
+    seconds: float,
+    warmup: float,
+    seed: int,
+    add_share: float = 0.2,
+    log=print,
+) -> dict:
     stats = Stats()
     rss: list[tuple[float, int]] = []
     t_start = time.monotonic()
@@ -225,8 +250,9 @@ async def run_load(port: int, pid: int | None, key: str | None, w: Workload, *, 
     until = record_after + seconds
     rng = random.Random(seed)
     weights = mix(add_share)
-    tasks = [asyncio.create_task(client(w, stats, until, random.Random(rng.random()), record_after, weights))
-             for _ in range(clients)]
+    tasks = [
+        asyncio.create_task(client(w, stats, until, random.Random(rng.random()), record_after, weights)) for _ in range(clients)
+    ]
     rss_start = None
     last_report, last_count = time.monotonic(), 0
     while any(not t.done() for t in tasks):
@@ -240,9 +266,11 @@ async def run_load(port: int, pid: int | None, key: str | None, w: Workload, *, 
         if now - last_report >= 60 or (seconds <= 60 and now - last_report >= 10):
             done = stats.count - last_count
             lat = [x for v in stats.latencies.values() for x in v[-2000:]]
-            log(f"  t={now - t_start:5.0f}s  {done / (now - last_report):6.1f} req/s  "
+            log(
+                f"  t={now - t_start:5.0f}s  {done / (now - last_report):6.1f} req/s  "
                 f"p50 {1000 * _pct(lat, 50):6.1f} ms  p99 {1000 * _pct(lat, 99):6.1f} ms  "
-                f"errors {sum(stats.errors.values())}  rss {r / 1024 if r else float('nan'):.0f} MB")
+                f"errors {sum(stats.errors.values())}  rss {r / 1024 if r else float('nan'):.0f} MB"
+            )
             last_report, last_count = now, stats.count
     await asyncio.gather(*tasks)
     elapsed = time.monotonic() - record_after
@@ -260,8 +288,10 @@ async def run_load(port: int, pid: int | None, key: str | None, w: Workload, *, 
         "errors": sum(stats.errors.values()),
         "errors_by_kind": stats.errors,
         "error_examples": stats.error_examples,
-        "by_kind": {k: {"n": len(v), "p50_ms": round(1000 * _pct(v, 50), 1), "p99_ms": round(1000 * _pct(v, 99), 1)}
-                    for k, v in sorted(stats.latencies.items())},
+        "by_kind": {
+            k: {"n": len(v), "p50_ms": round(1000 * _pct(v, 50), 1), "p99_ms": round(1000 * _pct(v, 99), 1)}
+            for k, v in sorted(stats.latencies.items())
+        },
         "rss_mb_start": round(rss_start / 1024, 1) if rss_start else None,
         "rss_mb_end": round(rss_end / 1024, 1) if rss_end else None,
         "rss_growth": round(rss_end / rss_start - 1, 4) if rss_start and rss_end else None,
@@ -288,7 +318,7 @@ def prepare(port: int, key: str | None, n_queries: int = 256) -> Workload:
                 keep.append(i)
         codes = []
         for a in range(0, len(pngs), 32):
-            files = [("file", (f"{j}.png", p, "image/png")) for j, p in enumerate(pngs[a:a + 32])]
+            files = [("file", (f"{j}.png", p, "image/png")) for j, p in enumerate(pngs[a : a + 32])]
             codes += c.post("/v1/embed", files=files).json()["codes"]
     return Workload(port, key, pngs, np.asarray(codes, np.float32), keep)
 
@@ -337,10 +367,24 @@ def main(argv: list[str] | None = None) -> int:
         try:
             rss_ready = rss_kb(pid) if pid else None
             w = prepare(port, key)
-            log(f"soak: {a.clients} clients, {a.minutes:g} min after {a.warmup_s:g} s of warm-up, mix "
-                + ", ".join(f"{k} {100 * p_:.0f}%" for k, p_ in mix(a.add_share)))
-            fig = asyncio.run(run_load(port, pid, key, w, clients=a.clients, seconds=60 * a.minutes,
-                                       warmup=a.warmup_s, seed=a.seed, add_share=a.add_share, log=log))
+            log(
+                f"soak: {a.clients} clients, {a.minutes:g} min after {a.warmup_s:g} s of warm-up, mix "
+                + ", ".join(f"{k} {100 * p_:.0f}%" for k, p_ in mix(a.add_share))
+            )
+            fig = asyncio.run(
+                run_load(
+                    port,
+                    pid,
+                    key,
+                    w,
+                    clients=a.clients,
+                    seconds=60 * a.minutes,
+                    warmup=a.warmup_s,
+                    seed=a.seed,
+                    add_share=a.add_share,
+                    log=log,
+                )
+            )
             fig["rss_mb_at_ready"] = round(rss_ready / 1024, 1) if rss_ready else None
             fig["items_added"] = fig["by_kind"].get("add", {}).get("n", 0)
             fig["machine"] = machine()
@@ -354,11 +398,15 @@ def main(argv: list[str] | None = None) -> int:
             if srv is not None and srv.alive():
                 srv.kill9()
     log(json.dumps({k: v for k, v in fig.items() if k != "rss_series_mb"}, indent=1))
-    log(f"\n| clients | minutes | req/s | p50 ms | p99 ms | errors | RSS start MB | RSS end MB | growth |\n"
+    log(
+        f"\n| clients | minutes | req/s | p50 ms | p99 ms | errors | RSS start MB | RSS end MB | growth |\n"
         f"|---|---|---|---|---|---|---|---|---|\n"
         f"| {fig['clients']} | {fig['seconds'] / 60:.1f} | {fig['requests_per_s']} | {fig['p50_ms']} | {fig['p99_ms']} "
         f"| {fig['errors']} | {fig['rss_mb_start']} | {fig['rss_mb_end']} | "
-        f"{100 * fig['rss_growth']:.1f}% |" if fig["rss_growth"] is not None else "")
+        f"{100 * fig['rss_growth']:.1f}% |"
+        if fig["rss_growth"] is not None
+        else ""
+    )
     if a.json:
         a.json.parent.mkdir(parents=True, exist_ok=True)
         a.json.write_text(json.dumps(fig, indent=1))

@@ -31,8 +31,14 @@ def loader(images: torch.Tensor, batch_size: int, device: str, on_device: bool =
     labels = torch.zeros(len(images), dtype=torch.long)
     if on_device:
         return DeviceBatches(images, labels, batch_size, device)
-    return DataLoader(InMemoryDataset(images, labels), batch_size=batch_size, shuffle=True, drop_last=True,
-                      collate_fn=collate_batch, pin_memory=device == "cuda")
+    return DataLoader(
+        InMemoryDataset(images, labels),
+        batch_size=batch_size,
+        shuffle=True,
+        drop_last=True,
+        collate_fn=collate_batch,
+        pin_memory=device == "cuda",
+    )
 
 
 def sync(device: str) -> None:
@@ -41,8 +47,9 @@ def sync(device: str) -> None:
 
 
 def make_model(args) -> DeepInfoMax:
-    return DeepInfoMax(arch=args.arch, channels_last=args.channels_last, compile=args.compile,
-                       augment=args.augment, views=args.views)
+    return DeepInfoMax(
+        arch=args.arch, channels_last=args.channels_last, compile=args.compile, augment=args.augment, views=args.views
+    )
 
 
 def plain_loop(images, args) -> float:
@@ -50,8 +57,7 @@ def plain_loop(images, args) -> float:
     model = make_model(args).to(args.device)  # the same modules; trained without Lightning
     model.setup("fit")
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    autocast = (torch.autocast(args.device, dtype=torch.bfloat16) if args.precision == "bf16-mixed"
-                else contextlib.nullcontext())
+    autocast = torch.autocast(args.device, dtype=torch.bfloat16) if args.precision == "bf16-mixed" else contextlib.nullcontext()
     step, t0 = 0, None
     batches = loader(images, args.batch_size, args.device, args.on_device)
     while True:
@@ -92,9 +98,17 @@ def lightning_loop(images, args) -> float:
     model = make_model(args)
     timer = _Timer(args.warmup, args.steps, args.device)
     trainer = pl.Trainer(
-        max_steps=args.warmup + args.steps, accelerator="gpu" if args.device == "cuda" else "cpu", devices=1,
-        precision=args.precision, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, callbacks=[timer], num_sanity_val_steps=0, limit_val_batches=0,
+        max_steps=args.warmup + args.steps,
+        accelerator="gpu" if args.device == "cuda" else "cpu",
+        devices=1,
+        precision=args.precision,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[timer],
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
     )
     trainer.fit(model, train_dataloaders=loader(images, args.batch_size, args.device, args.on_device))
     return args.steps * args.batch_size / (timer.t1 - timer.t0)
@@ -129,10 +143,12 @@ def main() -> None:
     if args.skip_plain:
         plain = [float("nan")]
     name = torch.cuda.get_device_name() if args.device == "cuda" else cpu_name()
-    print(f"\nmachine: {name}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
-          f"batch {args.batch_size}, {args.steps} timed steps after {args.warmup}, precision {args.precision}, "
-          f"arch {args.arch}, on_device {args.on_device}, channels_last {args.channels_last}, compile {args.compile}, "
-          f"augment {args.augment}, views {args.views}")
+    print(
+        f"\nmachine: {name}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
+        f"batch {args.batch_size}, {args.steps} timed steps after {args.warmup}, precision {args.precision}, "
+        f"arch {args.arch}, on_device {args.on_device}, channels_last {args.channels_last}, compile {args.compile}, "
+        f"augment {args.augment}, views {args.views}"
+    )
     print(f"| loop | images/s (best of {args.repeats}) | all runs |")
     print("|---|---|---|")
     print(f"| plain PyTorch | {max(plain):.0f} | {', '.join(f'{v:.0f}' for v in plain)} |")

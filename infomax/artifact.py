@@ -61,8 +61,20 @@ class ArtifactNotFoundError(ArtifactError, FileNotFoundError):
 
 # What save_artifact derives from the encoder and its arguments: never taken from ``extra`` (a copy
 # of another artifact's config must not override them; training/export.py drops them).
-DERIVED_KEYS = frozenset({"format_version", "arch", "arch_kwargs", "output", "dim", "input_size", "in_channels",
-                          "normalization", "weights_sha256", "created_at"})
+DERIVED_KEYS = frozenset(
+    {
+        "format_version",
+        "arch",
+        "arch_kwargs",
+        "output",
+        "dim",
+        "input_size",
+        "in_channels",
+        "normalization",
+        "weights_sha256",
+        "created_at",
+    }
+)
 # What older artifacts recorded under a name save_artifact no longer writes (``z_dim``: now ``dim``):
 # refused as extra keys too, and dropped when another artifact's config is copied.
 RENAMED_KEYS = frozenset({"z_dim"})
@@ -122,8 +134,11 @@ def read_config(path: str | Path, *, setting: str | None = None) -> dict:
     cfg_path = path / CONFIG
     if not path.is_dir():
         where = f"{setting} {path}" if setting else str(path)
-        raise ArtifactNotFoundError(f"{where}: no artifact folder there; give the folder written by `infomax train` or "
-                                    f"`infomax export` ({CONFIG} + {WEIGHTS})", setting=setting)
+        raise ArtifactNotFoundError(
+            f"{where}: no artifact folder there; give the folder written by `infomax train` or "
+            f"`infomax export` ({CONFIG} + {WEIGHTS})",
+            setting=setting,
+        )
     if not cfg_path.is_file():
         raise ArtifactError(f"{cfg_path} is missing: {path} is not an infomax artifact folder")
     try:
@@ -157,12 +172,16 @@ def record_eval(path: str | Path, report: dict) -> Path:
             f"({artifact_id(config)[:12]}); evaluate this artifact to record its figures"
         )
     summary = {
-        key: {m: row.get(m) for m in ("knn_top1", "nn1_top1", "probe_top1", "dim")}
-        for key, row in report["results"].items()
+        key: {m: row.get(m) for m in ("knn_top1", "nn1_top1", "probe_top1", "dim")} for key, row in report["results"].items()
     }
-    entry = {"k": report["k"], "temperature": report["temperature"], "n_train": report["n_train"],
-             "n_test": report["n_test"], "results": summary,
-             "measured_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    entry = {
+        "k": report["k"],
+        "temperature": report["temperature"],
+        "n_train": report["n_train"],
+        "n_test": report["n_test"],
+        "results": summary,
+        "measured_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
     config.setdefault("eval", {})[report["data"]] = entry
     atomic_write_json(path / CONFIG, config)
     return path / CONFIG
@@ -298,8 +317,10 @@ def load_encoder(path: str | Path, device: str | torch.device = "cpu", *, settin
     served = output_dim(encoder, config.get("output", "mu"), config["arch_kwargs"].get("z_dim", 0))
     for key in ("dim", *RENAMED_KEYS):  # the length it records, under either name, is the encoder's
         if key in config and int(config[key]) != served:
-            raise ArtifactError(f"{path / CONFIG} says {key} {config[key]}, but its encoder's "
-                                f"{config.get('output', 'mu')} has {served} values: the file was edited; re-export it")
+            raise ArtifactError(
+                f"{path / CONFIG} says {key} {config[key]}, but its encoder's "
+                f"{config.get('output', 'mu')} has {served} values: the file was edited; re-export it"
+            )
     model = InferenceEncoder(config, encoder).to(device)
     model.eval()
     return model

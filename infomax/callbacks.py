@@ -42,8 +42,12 @@ class KNNMonitor(Callback):
         features: str = "mu",
     ) -> None:
         check_vectors("features", features)
-        for setting, value in (("bank_size", bank_size), ("max_queries", max_queries), ("batch_size", batch_size),
-                               ("every_n_epochs", every_n_epochs)):
+        for setting, value in (
+            ("bank_size", bank_size),
+            ("max_queries", max_queries),
+            ("batch_size", batch_size),
+            ("every_n_epochs", every_n_epochs),
+        ):
             positive_int(setting, value)
         self.k, self.temperature = k, temperature
         self.bank_size, self.max_queries = bank_size, max_queries
@@ -94,8 +98,13 @@ class KNNMonitor(Callback):
         bank = self._encode(trainer, pl_module, dm.train_images[bank_idx])
         queries = self._encode(trainer, pl_module, dm.val_images[query_idx])
         acc = knn_accuracy(
-            queries, dm.val_labels[query_idx], bank, dm.train_labels[bank_idx],
-            num_classes=dm.num_classes, k=self.k, temperature=self.temperature,
+            queries,
+            dm.val_labels[query_idx],
+            bank,
+            dm.train_labels[bank_idx],
+            num_classes=dm.num_classes,
+            k=self.k,
+            temperature=self.temperature,
         )
         # Every rank holds the same figure; sync_dist only keeps Lightning's DDP bookkeeping quiet.
         pl_module.log("val/knn_top1", acc, prog_bar=True, sync_dist=True)
@@ -108,8 +117,7 @@ class ExportArtifact(Callback):
     or ``"local"`` (the flattened local feature map C(x)). ``overwrite``: ``infomax train`` refuses, before training, a ``dirpath``
     that already holds files unless it is set (``--overwrite``), as ``embed`` and ``index build`` do."""
 
-    def __init__(self, dirpath: str | None = None, use_best: bool = True, output: str = "mu",
-                 overwrite: bool = False) -> None:
+    def __init__(self, dirpath: str | None = None, use_best: bool = True, output: str = "mu", overwrite: bool = False) -> None:
         check_vectors("output", output)
         self.dirpath = dirpath
         self.overwrite = overwrite
@@ -149,8 +157,7 @@ class ExportArtifact(Callback):
                 info["metrics"][ckpt.monitor] = float(ckpt.best_model_score)
         dm = trainer.datamodule
         self.path = pl_module.export(
-            target, state_dict=state, dataset=getattr(dm, "name", None), command=self.command,
-            output=self.output, **info
+            target, state_dict=state, dataset=getattr(dm, "name", None), command=self.command, output=self.output, **info
         )
         log.info("serving artifact written to %s", self.path)
         print(f"infomax: serving artifact written to {self.path}", file=sys.stderr)

@@ -22,9 +22,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "up": ("training.up", "from a folder of images to a running search: train, embed, index, serve (incremental)"),
 }
 
-USAGE = "usage: infomax COMMAND [ARGS...]\n\ncommands:\n" + "\n".join(
-    f"  {name:<10} {help_}" for name, (_, help_) in COMMANDS.items()
-) + "\n\n`infomax COMMAND --help` describes a command's arguments."
+USAGE = (
+    "usage: infomax COMMAND [ARGS...]\n\ncommands:\n"
+    + "\n".join(f"  {name:<10} {help_}" for name, (_, help_) in COMMANDS.items())
+    + "\n\n`infomax COMMAND --help` describes a command's arguments."
+)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,8 +31,8 @@ import numpy as np
 from infomax.errors import SettingError
 
 DEFAULT_THRESHOLD = 0.93
-_K = 16          # neighbours asked per item at first; doubled for rows still above the threshold
-_BATCH = 1024    # queries per search call
+_K = 16  # neighbours asked per item at first; doubled for rows still above the threshold
+_BATCH = 1024  # queries per search call
 
 
 @dataclass
@@ -47,7 +47,7 @@ class Member:
 @dataclass
 class Group:
     representative: int
-    members: list[Member]                                   # representative first, then by similarity
+    members: list[Member]  # representative first, then by similarity
     pairs: list[tuple[int, int, float]] = field(default_factory=list)  # (a < b, similarity >= threshold)
 
     @property
@@ -63,8 +63,9 @@ class Group:
             "representative": self.representative,
             "size": self.size,
             "min_similarity": round(self.min_similarity, 6),
-            "members": [{"id": m.id, "source": m.source, "label": m.label, "similarity": round(m.similarity, 6)}
-                        for m in self.members],
+            "members": [
+                {"id": m.id, "source": m.source, "label": m.label, "similarity": round(m.similarity, 6)} for m in self.members
+            ],
             "pairs": [{"a": a, "b": b, "similarity": round(s, 6)} for a, b, s in self.pairs],
         }
 
@@ -90,8 +91,9 @@ def stored_vectors(index, ids: np.ndarray) -> np.ndarray:
     return out
 
 
-def neighbours_above(index, queries: np.ndarray, threshold: float, *, k: int = _K, batch: int = _BATCH,
-                     max_k: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+def neighbours_above(
+    index, queries: np.ndarray, threshold: float, *, k: int = _K, batch: int = _BATCH, max_k: int | None = None
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """For each query vector: (ids, scores) of every indexed item with score >= threshold (the
     query's own item included when indexed). A row whose last score is still >= threshold is
     searched again with twice the k, up to the size of the index (or ``max_k``: then a row may
@@ -115,8 +117,9 @@ def neighbours_above(index, queries: np.ndarray, threshold: float, *, k: int = _
     return out
 
 
-def duplicate_pairs(index, threshold: float = DEFAULT_THRESHOLD, *, k: int = _K,
-                    batch: int = _BATCH) -> tuple[np.ndarray, np.ndarray]:
+def duplicate_pairs(
+    index, threshold: float = DEFAULT_THRESHOLD, *, k: int = _K, batch: int = _BATCH
+) -> tuple[np.ndarray, np.ndarray]:
     """Every pair of distinct items with cosine similarity >= threshold: ``(pairs, scores)``,
     (m, 2) int64 with a < b, sorted, and (m,) float32 (the larger score where the two directions
     differ)."""
@@ -124,7 +127,7 @@ def duplicate_pairs(index, threshold: float = DEFAULT_THRESHOLD, *, k: int = _K,
     ids = index.ids()
     found: dict[tuple[int, int], float] = {}
     for start in range(0, len(ids), batch):
-        part = ids[start:start + batch]
+        part = ids[start : start + batch]
         vecs = stored_vectors(index, part)
         for a, (nb, sc) in zip(part.tolist(), neighbours_above(index, vecs, threshold, k=k, batch=batch)):
             for b, s in zip(nb.tolist(), sc.tolist()):
@@ -161,8 +164,9 @@ def connected_groups(pairs: np.ndarray) -> list[list[int]]:
     return sorted(groups, key=lambda g: (-len(g), g[0]))
 
 
-def describe_group(index, member_ids: list[int], pairs: list[tuple[int, int, float]] | None = None,
-                   *, similar_to: int | None = None) -> Group:
+def describe_group(
+    index, member_ids: list[int], pairs: list[tuple[int, int, float]] | None = None, *, similar_to: int | None = None
+) -> Group:
     """A :class:`Group` of these ids: the representative (medoid; ``similar_to`` instead when
     given), each member's similarity to it, sources and labels from the metadata store."""
     ids = np.asarray(sorted(member_ids), dtype=np.int64)
@@ -177,14 +181,20 @@ def describe_group(index, member_ids: list[int], pairs: list[tuple[int, int, flo
     sims[rep_row] = 1.0
     order = sorted(range(len(ids)), key=lambda r: (r != rep_row, -float(sims[r]), int(ids[r])))
     meta = index.get_many(ids[order])
-    members = [Member(id=int(ids[r]), source=(m or {}).get("source"), label=(m or {}).get("label"),
-                      similarity=float(min(1.0, sims[r])), meta=(m or {}).get("meta") or {})
-               for r, m in zip(order, meta)]
+    members = [
+        Member(
+            id=int(ids[r]),
+            source=(m or {}).get("source"),
+            label=(m or {}).get("label"),
+            similarity=float(min(1.0, sims[r])),
+            meta=(m or {}).get("meta") or {},
+        )
+        for r, m in zip(order, meta)
+    ]
     return Group(representative=int(ids[rep_row]), members=members, pairs=sorted(pairs or []))
 
 
-def find_duplicates(index, threshold: float = DEFAULT_THRESHOLD, *, k: int = _K,
-                    batch: int = _BATCH) -> list[Group]:
+def find_duplicates(index, threshold: float = DEFAULT_THRESHOLD, *, k: int = _K, batch: int = _BATCH) -> list[Group]:
     """Every group of near-duplicates of the index (2+ members), biggest first."""
     pairs, scores = duplicate_pairs(index, threshold, k=k, batch=batch)
     by_root: dict[int, list[tuple[int, int, float]]] = {}
@@ -195,8 +205,9 @@ def find_duplicates(index, threshold: float = DEFAULT_THRESHOLD, *, k: int = _K,
     return [describe_group(index, g, by_root.get(g[0])) for g in groups]
 
 
-def duplicates_of(index, item_id: int, threshold: float = DEFAULT_THRESHOLD, *, max_members: int = 100,
-                  k: int = _K) -> tuple[Group, bool]:
+def duplicates_of(
+    index, item_id: int, threshold: float = DEFAULT_THRESHOLD, *, max_members: int = 100, k: int = _K
+) -> tuple[Group, bool]:
     """The group of ``item_id`` (the same component :func:`find_duplicates` puts it in), grown
     from the item by searching each member's neighbours; ``(group, truncated)``: at most
     ``max_members`` members, ``truncated`` when more were reachable. The group of an item without
@@ -226,8 +237,7 @@ def duplicates_of(index, item_id: int, threshold: float = DEFAULT_THRESHOLD, *, 
                 key = (a, b) if a < b else (b, a)
                 pairs[key] = max(s, pairs.get(key, -math.inf))
         frontier = nxt
-    return describe_group(index, sorted(seen), [(a, b, s) for (a, b), s in pairs.items()],
-                          similar_to=item_id), truncated
+    return describe_group(index, sorted(seen), [(a, b, s) for (a, b), s in pairs.items()], similar_to=item_id), truncated
 
 
 CSV_FIELDS = ("group", "size", "representative", "id", "source", "label", "similarity")
@@ -241,6 +251,15 @@ def groups_csv(groups: list[Group]) -> str:
     w.writerow(CSV_FIELDS)
     for n, g in enumerate(groups, 1):
         for m in g.members:
-            w.writerow([n, g.size, g.representative, m.id, "" if m.source is None else m.source,
-                        "" if m.label is None else m.label, f"{m.similarity:.6f}"])
+            w.writerow(
+                [
+                    n,
+                    g.size,
+                    g.representative,
+                    m.id,
+                    "" if m.source is None else m.source,
+                    "" if m.label is None else m.label,
+                    f"{m.similarity:.6f}",
+                ]
+            )
     return buf.getvalue()

@@ -79,8 +79,15 @@ def make_loader(source: ImageSource, batch_size: int, num_workers: int = 0, pin_
     """The images in id order, ``batch_size`` at a time: ``(uint8 (B, C, S, S), int64 ids (B,))``,
     and for a folder's files a third item, the errors (one str per image, "" for a good one).
     Lightning replaces its sampler with a distributed one under DDP."""
-    return DataLoader(source.dataset(), batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                      collate_fn=collate_batch, pin_memory=pin_memory, persistent_workers=False)
+    return DataLoader(
+        source.dataset(),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=collate_batch,
+        pin_memory=pin_memory,
+        persistent_workers=False,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -126,8 +133,7 @@ class ShardWriter(BasePredictionWriter):
         self.vectors: list[torch.Tensor] = []
         self.skipped: list[tuple[int, str]] = []
 
-    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx,
-                           dataloader_idx) -> None:
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx) -> None:
         if len(prediction["ids"]):
             self.ids.append(prediction["ids"])
             self.vectors.append(prediction["vectors"])
@@ -154,8 +160,15 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
         np.save(f, array)
 
 
-def write_shard(out: Path, rank: int, world_size: int, ids: np.ndarray, vectors: np.ndarray,
-                source: ImageSource, skipped: Sequence[tuple[int, str]] = ()) -> Path:
+def write_shard(
+    out: Path,
+    rank: int,
+    world_size: int,
+    ids: np.ndarray,
+    vectors: np.ndarray,
+    source: ImageSource,
+    skipped: Sequence[tuple[int, str]] = (),
+) -> Path:
     """Writes one rank's shard: vectors (n, z_dim) float32 and ids (n,) int64, sorted by id, their
     sources and labels, and ``shard.json`` last (a shard without it is incomplete)."""
     order = np.argsort(ids, kind="stable")
@@ -168,11 +181,15 @@ def write_shard(out: Path, rank: int, world_size: int, ids: np.ndarray, vectors:
     lines = []
     for id_ in ids.tolist():
         pos = source.position(id_)
-        lines.append(json.dumps({"id": id_, "source": source.sources[pos], "label": source.label_or_none(pos)},
-                                ensure_ascii=False))
+        lines.append(
+            json.dumps({"id": id_, "source": source.sources[pos], "label": source.label_or_none(pos)}, ensure_ascii=False)
+        )
     atomic_write_text(folder / META, "".join(line + "\n" for line in lines))
     info = {
-        "rank": rank, "world_size": world_size, "count": int(len(ids)), "z_dim": int(vectors.shape[1]),
+        "rank": rank,
+        "world_size": world_size,
+        "count": int(len(ids)),
+        "z_dim": int(vectors.shape[1]),
         "skipped": [{"source": source.sources[source.position(i)], "reason": r} for i, r in skipped],
     }
     atomic_write_json(folder / SHARD_INFO, info)
@@ -188,14 +205,22 @@ def prepare_output(out: str | Path, overwrite: bool = False) -> Path:
         raise SettingError(f"out {out} is a file: give a folder for the embeddings", setting="out")
     if out.is_dir() and any(out.iterdir()):
         if not overwrite:
-            raise SettingError(f"--out {out} is not empty: pass --overwrite to replace the embeddings there, "
-                               f"or choose another folder", setting="out")
-        ours = [p for p in out.iterdir() if p.name == MANIFEST or (p.is_dir() and p.name.startswith(SHARD_PREFIX))
-                or (p.name.startswith(f".{MANIFEST}.tmp-"))]
+            raise SettingError(
+                f"--out {out} is not empty: pass --overwrite to replace the embeddings there, or choose another folder",
+                setting="out",
+            )
+        ours = [
+            p
+            for p in out.iterdir()
+            if p.name == MANIFEST or (p.is_dir() and p.name.startswith(SHARD_PREFIX)) or (p.name.startswith(f".{MANIFEST}.tmp-"))
+        ]
         others = sorted(p.name for p in out.iterdir() if p not in ours)
         if others:
-            raise SettingError(f"out {out} holds files that are not embeddings ({', '.join(others[:5])}): "
-                               f"refusing to overwrite it; choose another folder", setting="out")
+            raise SettingError(
+                f"out {out} holds files that are not embeddings ({', '.join(others[:5])}): "
+                f"refusing to overwrite it; choose another folder",
+                setting="out",
+            )
         (out / MANIFEST).unlink(missing_ok=True)
         for p in ours:
             if p.is_dir():
@@ -206,8 +231,17 @@ def prepare_output(out: str | Path, overwrite: bool = False) -> Path:
     return out
 
 
-def write_manifest(out: Path, source: ImageSource, encoder, *, world_size: int, batch_size: int,
-                   seconds: float, model_path: str | Path | None = None, command: str | None = None) -> dict:
+def write_manifest(
+    out: Path,
+    source: ImageSource,
+    encoder,
+    *,
+    world_size: int,
+    batch_size: int,
+    seconds: float,
+    model_path: str | Path | None = None,
+    command: str | None = None,
+) -> dict:
     """Checks that the ``world_size`` shards together hold every image once, then writes
     ``embeddings.json`` atomically. Called by rank 0 after every rank wrote its shard."""
     shards, skipped, total, seen = [], [], 0, 0
@@ -216,7 +250,9 @@ def write_manifest(out: Path, source: ImageSource, encoder, *, world_size: int, 
         if not (folder / SHARD_INFO).is_file():
             raise MissingFileError(
                 f"{folder / SHARD_INFO} is missing after every rank finished: `out` must be on a file system "
-                f"that all nodes share", setting="out")
+                f"that all nodes share",
+                setting="out",
+            )
         info = json.loads((folder / SHARD_INFO).read_text())
         shards.append({"name": folder.name, "count": int(info["count"])})
         skipped.extend(info["skipped"])
@@ -266,16 +302,27 @@ def _check_devices(accelerator: str, devices: int, num_nodes: int) -> None:
     if accelerator in ("gpu", "cuda"):
         available = torch.cuda.device_count()
         if available == 0:
-            raise SettingError(f"accelerator {accelerator}: no CUDA GPU is visible here; use `accelerator` cpu or auto",
-                               setting="accelerator")
+            raise SettingError(
+                f"accelerator {accelerator}: no CUDA GPU is visible here; use `accelerator` cpu or auto", setting="accelerator"
+            )
         if devices > available:
             raise SettingError(f"devices {devices}: only {available} GPU(s) visible on this node", setting="devices")
 
 
-def embed_source(encoder, source: ImageSource, out: str | Path, *, batch_size: int = 256, devices: int = 1,
-                 accelerator: str = "auto", num_nodes: int = 1, num_workers: int | None = None,
-                 progress: bool = True, model_path: str | Path | None = None,
-                 command: str | None = None) -> dict | None:
+def embed_source(
+    encoder,
+    source: ImageSource,
+    out: str | Path,
+    *,
+    batch_size: int = 256,
+    devices: int = 1,
+    accelerator: str = "auto",
+    num_nodes: int = 1,
+    num_workers: int | None = None,
+    progress: bool = True,
+    model_path: str | Path | None = None,
+    command: str | None = None,
+) -> dict | None:
     """Encodes ``source`` with ``encoder`` through ``Trainer.predict`` into the (prepared) folder
     ``out``. Returns the manifest on global rank 0, None on the other ranks."""
     positive_int("batch_size", batch_size, sep=" ")
@@ -287,12 +334,20 @@ def embed_source(encoder, source: ImageSource, out: str | Path, *, batch_size: i
     distributed = devices * num_nodes > 1
     if devices * num_nodes > len(source):
         # A rank without images would skip the prediction loop and never reach the shard barrier.
-        raise SettingError(f"{devices * num_nodes} processes (`devices` x `num_nodes`) for {len(source)} images: "
-                           f"use fewer devices", setting="devices")
+        raise SettingError(
+            f"{devices * num_nodes} processes (`devices` x `num_nodes`) for {len(source)} images: use fewer devices",
+            setting="devices",
+        )
     trainer = pl.Trainer(
-        accelerator="gpu" if accelerator == "cuda" else accelerator, devices=devices, num_nodes=num_nodes,
-        strategy="ddp" if distributed else "auto", logger=False, enable_checkpointing=False,
-        enable_model_summary=False, enable_progress_bar=progress, callbacks=[ShardWriter(out, source, encoder.dim)],
+        accelerator="gpu" if accelerator == "cuda" else accelerator,
+        devices=devices,
+        num_nodes=num_nodes,
+        strategy="ddp" if distributed else "auto",
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=progress,
+        callbacks=[ShardWriter(out, source, encoder.dim)],
     )
     loader = make_loader(source, batch_size, num_workers, pin_memory=isinstance(trainer.accelerator, CUDAAccelerator))
     t0 = time.perf_counter()
@@ -303,14 +358,35 @@ def embed_source(encoder, source: ImageSource, out: str | Path, *, batch_size: i
     seconds = time.perf_counter() - t0
     if not trainer.is_global_zero:
         return None
-    return write_manifest(out, source, encoder, world_size=trainer.world_size, batch_size=batch_size,
-                          seconds=seconds, model_path=model_path, command=command)
+    return write_manifest(
+        out,
+        source,
+        encoder,
+        world_size=trainer.world_size,
+        batch_size=batch_size,
+        seconds=seconds,
+        model_path=model_path,
+        command=command,
+    )
 
 
-def embed(model: str | Path, data: str, out: str | Path, *, split: str = "test", batch_size: int = 256,
-          devices: int = 1, accelerator: str = "auto", num_nodes: int = 1, overwrite: bool = False,
-          limit: int | None = None, data_dir: str | Path | None = None, num_workers: int | None = None,
-          progress: bool = True, command: str | None = None) -> dict | None:
+def embed(
+    model: str | Path,
+    data: str,
+    out: str | Path,
+    *,
+    split: str = "test",
+    batch_size: int = 256,
+    devices: int = 1,
+    accelerator: str = "auto",
+    num_nodes: int = 1,
+    overwrite: bool = False,
+    limit: int | None = None,
+    data_dir: str | Path | None = None,
+    num_workers: int | None = None,
+    progress: bool = True,
+    command: str | None = None,
+) -> dict | None:
     """``infomax embed``: loads the artifact ``model``, resolves ``data`` (data set name or folder),
     checks ``out`` and writes the embeddings folder. Every argument is checked before any work
     starts (and before other ranks are launched). Returns the manifest on rank 0."""
@@ -319,12 +395,23 @@ def embed(model: str | Path, data: str, out: str | Path, *, split: str = "test",
     _check_devices(accelerator, devices, num_nodes)
     positive_int("batch_size", batch_size, sep=" ")
     encoder = load_encoder(model, "cpu", setting="model")
-    source = resolve_source(data, split, channels=encoder.in_channels, size=encoder.input_size, data_dir=data_dir,
-                            limit=limit, model=model)
+    source = resolve_source(
+        data, split, channels=encoder.in_channels, size=encoder.input_size, data_dir=data_dir, limit=limit, model=model
+    )
     out = prepare_output(out, overwrite)
-    return embed_source(encoder, source, out, batch_size=batch_size, devices=devices, accelerator=accelerator,
-                        num_nodes=num_nodes, num_workers=num_workers, progress=progress, model_path=model,
-                        command=command)
+    return embed_source(
+        encoder,
+        source,
+        out,
+        batch_size=batch_size,
+        devices=devices,
+        accelerator=accelerator,
+        num_nodes=num_nodes,
+        num_workers=num_workers,
+        progress=progress,
+        model_path=model,
+        command=command,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -356,38 +443,47 @@ def read_embeddings(folder: str | Path) -> Embeddings:
     manifest_path = folder / MANIFEST
     if not manifest_path.is_file():
         if any(p.name.startswith(SHARD_PREFIX) for p in folder.iterdir()):
-            raise DataError(f"{folder} has shards but no {MANIFEST}: the `infomax embed` run did not finish; "
-                            f"run it again with --overwrite")
-        raise MissingFileError(f"{manifest_path} is missing: {folder} is not an embeddings folder "
-                               f"(write one with `infomax embed --out {folder}`)")
+            raise DataError(
+                f"{folder} has shards but no {MANIFEST}: the `infomax embed` run did not finish; run it again with --overwrite"
+            )
+        raise MissingFileError(
+            f"{manifest_path} is missing: {folder} is not an embeddings folder (write one with `infomax embed --out {folder}`)"
+        )
     try:
         manifest = json.loads(manifest_path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise DataError(f"{manifest_path} is not valid JSON ({e}); run `infomax embed` again") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise DataError(f"{manifest_path} is not an infomax embeddings manifest (no \"format\": \"{FORMAT}\")")
+        raise DataError(f'{manifest_path} is not an infomax embeddings manifest (no "format": "{FORMAT}")')
     if manifest.get("format_version", 1) > FORMAT_VERSION:
-        raise DataError(f"{manifest_path} has format_version {manifest['format_version']}, newer than this "
-                        f"infomax reads ({FORMAT_VERSION}); upgrade infomax")
+        raise DataError(
+            f"{manifest_path} has format_version {manifest['format_version']}, newer than this "
+            f"infomax reads ({FORMAT_VERSION}); upgrade infomax"
+        )
     z_dim = int(manifest["z_dim"])
     vectors, ids, sources, labels = [], [], [], []
     for shard in manifest["shards"]:
         sdir = folder / shard["name"]
         for name in (VECTORS, IDS, META):
             if not (sdir / name).is_file():
-                raise MissingFileError(f"{sdir / name} is missing: the embeddings folder is damaged; "
-                                       f"run `infomax embed` again with --overwrite")
+                raise MissingFileError(
+                    f"{sdir / name} is missing: the embeddings folder is damaged; run `infomax embed` again with --overwrite"
+                )
         try:
             v = np.load(sdir / VECTORS, allow_pickle=False)
             i = np.load(sdir / IDS, allow_pickle=False)
         except (ValueError, OSError, EOFError) as e:
             raise DataError(f"{sdir}: unreadable shard ({e}); run `infomax embed` again with --overwrite") from None
         if v.ndim != 2 or v.shape[1] != z_dim:
-            raise DataError(f"{sdir / VECTORS} holds vectors of shape {v.shape} but {MANIFEST} says z_dim {z_dim}: "
-                            f"mismatched dimensions across shards; embed everything again with one artifact")
+            raise DataError(
+                f"{sdir / VECTORS} holds vectors of shape {v.shape} but {MANIFEST} says z_dim {z_dim}: "
+                f"mismatched dimensions across shards; embed everything again with one artifact"
+            )
         if len(v) != shard["count"] or i.shape != (len(v),):
-            raise DataError(f"{sdir}: {len(v)} vectors and {len(i)} ids where {MANIFEST} says {shard['count']}: "
-                            f"the shard is damaged; run `infomax embed` again with --overwrite")
+            raise DataError(
+                f"{sdir}: {len(v)} vectors and {len(i)} ids where {MANIFEST} says {shard['count']}: "
+                f"the shard is damaged; run `infomax embed` again with --overwrite"
+            )
         rows = [json.loads(line) for line in (sdir / META).read_text().splitlines() if line.strip()]
         if len(rows) != len(i) or any(r["id"] != x for r, x in zip(rows, i.tolist())):
             raise DataError(f"{sdir / META} does not list the ids of {sdir / IDS} in order: the shard is damaged")
@@ -405,6 +501,9 @@ def read_embeddings(folder: str | Path) -> Embeddings:
         dup = all_ids[1:][all_ids[1:] == all_ids[:-1]][:5].tolist()
         raise DataError(f"{folder}: ids {dup} appear in more than one shard; run `infomax embed` again with --overwrite")
     return Embeddings(
-        vectors=np.ascontiguousarray(all_vectors[order]), ids=all_ids,
-        sources=[sources[k] for k in order.tolist()], labels=[labels[k] for k in order.tolist()], manifest=manifest,
+        vectors=np.ascontiguousarray(all_vectors[order]),
+        ids=all_ids,
+        sources=[sources[k] for k in order.tolist()],
+        labels=[labels[k] for k in order.tolist()],
+        manifest=manifest,
     )

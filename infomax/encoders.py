@@ -36,9 +36,13 @@ class EncoderOutput(NamedTuple):
 
     def rows(self, index: slice) -> EncoderOutput:
         """The same outputs for a slice of the batch (every tensor, the maps too)."""
-        return EncoderOutput(self.local[index], self.mu[index], self.logvar[index],
-                             tuple(m[index] for m in self.maps),
-                             None if self.pooled is None else self.pooled[index])
+        return EncoderOutput(
+            self.local[index],
+            self.mu[index],
+            self.logvar[index],
+            tuple(m[index] for m in self.maps),
+            None if self.pooled is None else self.pooled[index],
+        )
 
     def vectors(self, kind: str) -> torch.Tensor:
         """The vectors an artifact can serve and search: ``"mu"`` (B, z_dim); ``"pooled"``, the
@@ -123,7 +127,8 @@ class ConvEncoder(nn.Module):
         if input_size / 2**n_blocks < 1:
             raise SettingError(
                 f"input_size={input_size} is too small for n_blocks={n_blocks} "
-                f"(each block halves the image); use fewer blocks or larger images", setting="input_size"
+                f"(each block halves the image); use fewer blocks or larger images",
+                setting="input_size",
             )
         non_negative_int("n_global_blocks", n_global_blocks)
         positive_int("base_width", base_width)
@@ -137,9 +142,7 @@ class ConvEncoder(nn.Module):
         self.local_net = nn.Sequential(*blocks)
         self.local_channels = c
         g = (global_width or c) if n_global_blocks else c  # channels of the pooled vector
-        self.global_net = nn.Sequential(
-            *[_conv_block(c if i == 0 else g, g, pool=False) for i in range(n_global_blocks)]
-        )
+        self.global_net = nn.Sequential(*[_conv_block(c if i == 0 else g, g, pool=False) for i in range(n_global_blocks)])
         # Names of the maps forward(x, maps=...) can return: the output of each block.
         self._local_names = [f"block{i + 1}" for i in range(n_blocks)]
         self._global_names = [f"global{i + 1}" for i in range(n_global_blocks)]
@@ -177,14 +180,13 @@ class ResNet18Encoder(nn.Module):
 
     _STAGES = ("layer1", "layer2", "layer3", "layer4")
 
-    def __init__(
-        self, in_channels: int = 3, input_size: int = 32, z_dim: int = 256, local_stage: str = "layer3"
-    ) -> None:
+    def __init__(self, in_channels: int = 3, input_size: int = 32, z_dim: int = 256, local_stage: str = "layer3") -> None:
         super().__init__()
         _check_common(in_channels, input_size, z_dim)
         if input_size < 16:
-            raise SettingError(f"input_size={input_size}: the resnet18 encoder needs images of at least 16 px",
-                               setting="input_size")
+            raise SettingError(
+                f"input_size={input_size}: the resnet18 encoder needs images of at least 16 px", setting="input_size"
+            )
         if local_stage not in self._STAGES[:-1]:
             raise SettingError(f"local_stage={local_stage!r}: choose one of {self._STAGES[:-1]}", setting="local_stage")
         from torchvision.models import resnet18  # imported lazily: torchvision is slow to import
@@ -193,9 +195,7 @@ class ResNet18Encoder(nn.Module):
         net.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
         net.maxpool = nn.Identity()
         cut = self._STAGES.index(local_stage) + 1
-        self.local_net = nn.Sequential(
-            net.conv1, net.bn1, net.relu, *[getattr(net, s) for s in self._STAGES[:cut]]
-        )
+        self.local_net = nn.Sequential(net.conv1, net.bn1, net.relu, *[getattr(net, s) for s in self._STAGES[:cut]])
         self.global_net = nn.Sequential(*[getattr(net, s) for s in self._STAGES[cut:]])
         self.local_channels = {"layer1": 64, "layer2": 128, "layer3": 256}[local_stage]
         self.local_size = _map_size(input_size, cut - 1)
@@ -237,11 +237,15 @@ def check_maps(encoder: nn.Module, names) -> list[int]:
     names = list(names)
     for name in names:
         if name not in known:
-            raise SettingError(f"extra_local_maps={names!r}: {name!r} is not a map of this encoder; "
-                               f"choose among {sorted(known)}", setting="extra_local_maps")
+            raise SettingError(
+                f"extra_local_maps={names!r}: {name!r} is not a map of this encoder; choose among {sorted(known)}",
+                setting="extra_local_maps",
+            )
         if name == encoder.local_map:
-            raise SettingError(f"extra_local_maps={names!r}: {name!r} is the local map C(x) itself, "
-                               f"already in the local term", setting="extra_local_maps")
+            raise SettingError(
+                f"extra_local_maps={names!r}: {name!r} is the local map C(x) itself, already in the local term",
+                setting="extra_local_maps",
+            )
     if len(set(names)) != len(names):
         raise SettingError(f"extra_local_maps={names!r}: a map is named twice", setting="extra_local_maps")
     return [known[n] for n in names]
@@ -263,8 +267,9 @@ def _run_named(x: torch.Tensor, encoder: nn.Module, maps: tuple[str, ...]):
             found[name] = h
     missing = [m for m in maps if m not in found]
     if missing:
-        raise SettingError(f"maps={maps!r}: {missing} not maps of this encoder; choose among "
-                           f"{sorted(encoder.map_channels)}", setting="maps")
+        raise SettingError(
+            f"maps={maps!r}: {missing} not maps of this encoder; choose among {sorted(encoder.map_channels)}", setting="maps"
+        )
     return local, h, tuple(found[m] for m in maps)
 
 

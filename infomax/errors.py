@@ -41,10 +41,10 @@ class UserError(InfomaxError):
             return
         message = _QUOTED.sub(lambda m: spell(m.group(1)) or m.group(0), self.args[0])
         lead = self.setting
-        if lead and message.startswith(lead) and message[len(lead):len(lead) + 1] in ("", " ", "=", ":", ","):
+        if lead and message.startswith(lead) and message[len(lead) : len(lead) + 1] in ("", " ", "=", ":", ","):
             flag = spell(lead)
             if flag:
-                message = flag + message[len(lead):]
+                message = flag + message[len(lead) :]
         self.args = (message, *self.args[1:])
 
 

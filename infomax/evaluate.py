@@ -55,8 +55,17 @@ def _as_labels(y: Any, n: int, what: str) -> torch.Tensor:
     return t
 
 
-def knn_eval(train_x: Any, train_y: Any, test_x: Any, test_y: Any, *, k: int = 200, temperature: float = 0.1,
-             num_classes: int | None = None, chunk: int = 512) -> dict:
+def knn_eval(
+    train_x: Any,
+    train_y: Any,
+    test_x: Any,
+    test_y: Any,
+    *,
+    k: int = 200,
+    temperature: float = 0.1,
+    num_classes: int | None = None,
+    chunk: int = 512,
+) -> dict:
     """Weighted k-NN and 1-NN top-1 of ``test_x`` (m, d) against the bank ``train_x`` (n, d).
 
     One pass: the cosine similarities of a chunk of queries to the whole bank (chunk x n floats)
@@ -84,8 +93,9 @@ def pixel_features(train_images: torch.Tensor, test_images: torch.Tensor) -> tup
     """The raw-pixel baseline's features: uint8 (N, C, H, W) -> float32 (N, C*H*W) in [0, 1],
     centred on the mean image of the train split (so cosine compares deviations from it)."""
     if train_images.shape[1:] != test_images.shape[1:]:
-        raise ValueError(f"train images {tuple(train_images.shape[1:])} and test images "
-                         f"{tuple(test_images.shape[1:])} differ in shape")
+        raise ValueError(
+            f"train images {tuple(train_images.shape[1:])} and test images {tuple(test_images.shape[1:])} differ in shape"
+        )
     train = train_images.reshape(len(train_images), -1).float().div_(255.0)
     test = test_images.reshape(len(test_images), -1).float().div_(255.0)
     mean = train.mean(0, dtype=torch.float64).float()
@@ -98,8 +108,9 @@ def _standardise(train: torch.Tensor, *others: torch.Tensor) -> list[torch.Tenso
     return [(x - mean) / std for x in (train, *others)]
 
 
-def _objective(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, b: torch.Tensor, weight_decay: float
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _objective(
+    x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, b: torch.Tensor, weight_decay: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Mean cross-entropy + weight_decay/2 * |W|^2 of the probe, and its gradients (dW, db).
 
     Gradients are written out by hand: autograd would compute dW as ``x.T @ G``, a product with a
@@ -115,16 +126,28 @@ def _objective(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, b: torch.Tenso
     return loss, grad_w, g.sum(0)
 
 
-def _fit_softmax(x: torch.Tensor, y: torch.Tensor, num_classes: int, weight_decay: float,
-                 init: tuple[torch.Tensor, torch.Tensor] | None = None, max_iter: int = 100
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+def _fit_softmax(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    num_classes: int,
+    weight_decay: float,
+    init: tuple[torch.Tensor, torch.Tensor] | None = None,
+    max_iter: int = 100,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Multinomial logistic regression: minimises :func:`_objective` with full-batch L-BFGS
     (strong Wolfe line search). Returns W (d, C), b (C,)."""
     d = x.shape[1]
     w = init[0].clone() if init else torch.zeros(d, num_classes)
     b = init[1].clone() if init else torch.zeros(num_classes)
-    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe",
-                            tolerance_grad=1e-6, tolerance_change=1e-10)
+    opt = torch.optim.LBFGS(
+        [w, b],
+        lr=1.0,
+        max_iter=max_iter,
+        history_size=20,
+        line_search_fn="strong_wolfe",
+        tolerance_grad=1e-6,
+        tolerance_change=1e-10,
+    )
 
     def closure() -> torch.Tensor:
         loss, w.grad, b.grad = _objective(x, y, w, b, weight_decay)
@@ -135,8 +158,7 @@ def _fit_softmax(x: torch.Tensor, y: torch.Tensor, num_classes: int, weight_deca
     return w, b
 
 
-def probe_objective_grad(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, b: torch.Tensor,
-                         weight_decay: float) -> float:
+def probe_objective_grad(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, b: torch.Tensor, weight_decay: float) -> float:
     """Norm of the gradient of the probe's objective at (w, b), by autograd (independent of the
     hand-written gradient the fit uses): ~0 at the optimum."""
     w = w.clone().requires_grad_(True)
@@ -151,9 +173,19 @@ def _accuracy(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, b: torch.Tensor
     return float(((x @ w + b).argmax(1) == y).float().mean())
 
 
-def linear_probe(train_x: Any, train_y: Any, test_x: Any, test_y: Any, *, num_classes: int | None = None,
-                 weight_decays: Sequence[float] = DEFAULT_WEIGHT_DECAYS, val_fraction: float = 0.1,
-                 max_iter: int = 100, sweep_iter: int = 40, seed: int = 0) -> dict:
+def linear_probe(
+    train_x: Any,
+    train_y: Any,
+    test_x: Any,
+    test_y: Any,
+    *,
+    num_classes: int | None = None,
+    weight_decays: Sequence[float] = DEFAULT_WEIGHT_DECAYS,
+    val_fraction: float = 0.1,
+    max_iter: int = 100,
+    sweep_iter: int = 40,
+    seed: int = 0,
+) -> dict:
     """Top-1 of a linear classifier on frozen features (see the module docstring for the protocol).
 
     Cost is bounded by iterations, not by convergence (on 3072 correlated pixels L-BFGS would take
@@ -223,28 +255,48 @@ def score_spread(bank: Any, queries: Any, *, k: int = 200, max_queries: int = 20
         kth.append(top[:, -1])
     partners = bank[torch.randint(len(bank), (len(queries),), generator=g)]
     random_pairs = _quantiles((queries * partners).sum(1))
-    return {"nearest": _quantiles(torch.cat(nearest)), "kth": _quantiles(torch.cat(kth)), "k": k,
-            "random_pairs": random_pairs, "collapsed": random_pairs["median"] >= COLLAPSED_SCORE}
+    return {
+        "nearest": _quantiles(torch.cat(nearest)),
+        "kth": _quantiles(torch.cat(kth)),
+        "k": k,
+        "random_pairs": random_pairs,
+        "collapsed": random_pairs["median"] >= COLLAPSED_SCORE,
+    }
 
 
-def evaluate_codes(train_codes: Any, train_labels: Any, test_codes: Any, test_labels: Any, *, k: int = 200,
-                   temperature: float = 0.1, probe: bool = True, num_classes: int | None = None,
-                   seed: int = 0) -> dict:
+def evaluate_codes(
+    train_codes: Any,
+    train_labels: Any,
+    test_codes: Any,
+    test_labels: Any,
+    *,
+    k: int = 200,
+    temperature: float = 0.1,
+    probe: bool = True,
+    num_classes: int | None = None,
+    seed: int = 0,
+) -> dict:
     """The whole protocol on one kind of features (codes or pixels): train (n, d) is the bank and
     the probe's training set, test (m, d) the queries. Returns ``{"knn_top1", "nn1_top1",
     "probe_top1" (None without probe), "probe" (details or None), "k", "temperature", "dim",
     "n_train", "n_test", "seconds": {"knn", "probe"}}``."""
     t0 = time.perf_counter()
-    result: dict[str, Any] = knn_eval(train_codes, train_labels, test_codes, test_labels, k=k,
-                                      temperature=temperature, num_classes=num_classes)
+    result: dict[str, Any] = knn_eval(
+        train_codes, train_labels, test_codes, test_labels, k=k, temperature=temperature, num_classes=num_classes
+    )
     t_knn = time.perf_counter() - t0
     details = None
     if probe:
         details = linear_probe(train_codes, train_labels, test_codes, test_labels, num_classes=num_classes, seed=seed)
     result.update(
-        probe_top1=details["probe_top1"] if details else None, probe=details, k=k, temperature=temperature,
+        probe_top1=details["probe_top1"] if details else None,
+        probe=details,
+        k=k,
+        temperature=temperature,
         scores=score_spread(train_codes, test_codes, k=k, seed=seed),
-        dim=int(torch.as_tensor(train_codes).shape[1]), n_train=len(train_codes), n_test=len(test_codes),
+        dim=int(torch.as_tensor(train_codes).shape[1]),
+        n_train=len(train_codes),
+        n_test=len(test_codes),
         seconds={"knn": round(t_knn, 2), "probe": details["seconds"] if details else None},
     )
     return result
@@ -270,12 +322,16 @@ def _labelled_folder(path: Any, setting: str, size: int, channels: int) -> tuple
 
     folder = Path(path).expanduser()
     if not folder.is_dir():
-        raise SettingError(f"{setting} {path}: no folder there; give a folder of images with one subfolder per class",
-                           setting=setting)
+        raise SettingError(
+            f"{setting} {path}: no folder there; give a folder of images with one subfolder per class", setting=setting
+        )
     data = load_image_folder(folder, size, channels)
     if not data.classes:
-        raise SettingError(f"{setting} {path}: its images are not sorted into class subfolders, and accuracy needs classes; "
-                           f"put them in one subfolder per class (two or more)", setting=setting)
+        raise SettingError(
+            f"{setting} {path}: its images are not sorted into class subfolders, and accuracy needs classes; "
+            f"put them in one subfolder per class (two or more)",
+            setting=setting,
+        )
     keep = data.labels >= 0
     return data.images[keep], data.labels[keep], data.classes
 
@@ -301,16 +357,21 @@ def _bank_and_query_folders(bank: Any, queries: Any, size: int, channels: int) -
     q_img, q_lab, q_cls = _labelled_folder(queries, "queries", size, channels)
     classes = sorted(set(b_cls) | set(q_cls))
     if not set(b_cls) & set(q_cls):
-        raise SettingError(f"bank {bank} and `queries` {queries} have no class subfolder name in common "
-                           f"({', '.join(b_cls[:5])} / {', '.join(q_cls[:5])}): name the classes alike in both",
-                           setting="bank")
+        raise SettingError(
+            f"bank {bank} and `queries` {queries} have no class subfolder name in common "
+            f"({', '.join(b_cls[:5])} / {', '.join(q_cls[:5])}): name the classes alike in both",
+            setting="bank",
+        )
     b_lab = torch.tensor([classes.index(b_cls[i]) for i in b_lab.tolist()], dtype=torch.int64)
     q_lab = torch.tensor([classes.index(q_cls[i]) for i in q_lab.tolist()], dtype=torch.int64)
     missing = sorted(set(q_cls) - set(b_cls))
     if missing:
         keep = torch.tensor([classes[i] not in missing for i in q_lab.tolist()])
-        warnings.warn(f"{int((~keep).sum())} queries of classes the bank lacks ({', '.join(missing[:5])}) are left "
-                      f"out: they could never be right", stacklevel=3)
+        warnings.warn(
+            f"{int((~keep).sum())} queries of classes the bank lacks ({', '.join(missing[:5])}) are left "
+            f"out: they could never be right",
+            stacklevel=3,
+        )
         q_img, q_lab = q_img[keep], q_lab[keep]
     return EvalImages(f"{bank} (bank) / {queries} (queries)", None, b_img, b_lab, q_img, q_lab, classes)
 
@@ -319,15 +380,34 @@ def _split_folder(data: Any, size: int, channels: int, test_fraction: float, see
     images, labels, classes = _labelled_folder(data, "data", size, channels)
     bank, queries = _held_out(labels, test_fraction, seed)
     if len(bank) == 0 or len(queries) == 0:
-        raise SettingError(f"data {data}: {len(labels)} images with a class are too few to hold some out as queries; "
-                           f"give at least two per class", setting="data")
-    return EvalImages(str(data), f"{test_fraction:.0%} of every class held out as queries (seed {seed})",
-                      images[bank], labels[bank], images[queries], labels[queries], classes)
+        raise SettingError(
+            f"data {data}: {len(labels)} images with a class are too few to hold some out as queries; "
+            f"give at least two per class",
+            setting="data",
+        )
+    return EvalImages(
+        str(data),
+        f"{test_fraction:.0%} of every class held out as queries (seed {seed})",
+        images[bank],
+        labels[bank],
+        images[queries],
+        labels[queries],
+        classes,
+    )
 
 
-def eval_images(data: str | None, *, bank: Any = None, queries: Any = None, data_dir: Any = None,
-                size: int = 32, channels: int = 3, test_fraction: float = 0.2, seed: int = 0,
-                fits: Callable[[str], None] = lambda name: None) -> EvalImages:
+def eval_images(
+    data: str | None,
+    *,
+    bank: Any = None,
+    queries: Any = None,
+    data_dir: Any = None,
+    size: int = 32,
+    channels: int = 3,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    fits: Callable[[str], None] = lambda name: None,
+) -> EvalImages:
     """The images an evaluation uses: a standard data set (train split = bank, test split =
     queries), a folder whose subfolders are classes (a held-out part of every class = queries), or
     ``bank`` and ``queries`` folders. Folders are decoded at ``size`` and ``channels`` (the
@@ -338,25 +418,27 @@ def eval_images(data: str | None, *, bank: Any = None, queries: Any = None, data
         raise SettingError(f"test_fraction {test_fraction!r}: must be between 0 and 1 (e.g. 0.2)", setting="test_fraction")
     if bank is not None or queries is not None:
         if data is not None:
-            raise SettingError("`data` and `bank`/`queries` are two ways to name the images: give one of them",
-                               setting="data")
+            raise SettingError("`data` and `bank`/`queries` are two ways to name the images: give one of them", setting="data")
         if bank is None or queries is None:
-            raise SettingError("`bank` and `queries` go together: the folder searched and the folder of queries",
-                               setting="bank")
+            raise SettingError("`bank` and `queries` go together: the folder searched and the folder of queries", setting="bank")
         return _bank_and_query_folders(bank, queries, size, channels)
     if data is None:
-        raise SettingError("give `data` (cifar10, fmnist, mnist or a folder with one subfolder per class), or "
-                           "`bank` and `queries` folders", setting="data")
+        raise SettingError(
+            "give `data` (cifar10, fmnist, mnist or a folder with one subfolder per class), or `bank` and `queries` folders",
+            setting="data",
+        )
     if is_dataset_name(data):
         name = canonical_dataset_name(data)
         fits(name)
         train_images, train_labels = load_dataset(name, data_dir, "train")
         test_images, test_labels = load_dataset(name, data_dir, "test")
-        return EvalImages(name, None, train_images, train_labels,
-                          test_images, test_labels, CLASS_NAMES[name])
+        return EvalImages(name, None, train_images, train_labels, test_images, test_labels, CLASS_NAMES[name])
     if not Path(data).expanduser().is_dir():
-        raise SettingError(f"unknown dataset {data!r} and no folder there: give cifar10, fmnist or mnist, or a folder "
-                           f"of images with one subfolder per class", setting="data")
+        raise SettingError(
+            f"unknown dataset {data!r} and no folder there: give cifar10, fmnist or mnist, or a folder "
+            f"of images with one subfolder per class",
+            setting="data",
+        )
     return _split_folder(data, size, channels, test_fraction, seed)
 
 
@@ -366,16 +448,32 @@ def _load_model(model: Any) -> Any:
     if isinstance(model, InferenceEncoder):
         return model
     if model is None:
-        raise SettingError("model: no artifact folder given; give the folder written by `infomax train` or "
-                           "`infomax export`", setting="model")
+        raise SettingError(
+            "model: no artifact folder given; give the folder written by `infomax train` or `infomax export`", setting="model"
+        )
     return load_encoder(model, "cuda" if torch.cuda.is_available() else "cpu", setting="model")
 
 
-def evaluate_encoder(model: Any, data: str | None = None, *, data_dir: Any = None, limit_train: int | None = None,
-                     limit_test: int | None = None, probe: bool = True, pixels: bool = True,
-                     encoder: bool = True, batch_size: int = 256, k: int = 200, temperature: float = 0.1,
-                     seed: int = 0, local: bool = False, bank: Any = None, queries: Any = None,
-                     test_fraction: float = 0.2, pooled: bool = False) -> dict:
+def evaluate_encoder(
+    model: Any,
+    data: str | None = None,
+    *,
+    data_dir: Any = None,
+    limit_train: int | None = None,
+    limit_test: int | None = None,
+    probe: bool = True,
+    pixels: bool = True,
+    encoder: bool = True,
+    batch_size: int = 256,
+    k: int = 200,
+    temperature: float = 0.1,
+    seed: int = 0,
+    local: bool = False,
+    bank: Any = None,
+    queries: Any = None,
+    test_fraction: float = 0.2,
+    pooled: bool = False,
+) -> dict:
     """``infomax eval``: the protocol on the vectors the artifact ``model`` (a folder or a loaded
     InferenceEncoder) serves (its ``output``: the code mu, or the local map) and on raw pixels, for a
     standard data set (train = bank, test = queries), a folder whose subfolders are classes (a
@@ -396,14 +494,21 @@ def evaluate_encoder(model: Any, data: str | None = None, *, data_dir: Any = Non
     if local and not encoder:
         raise SettingError("--local evaluates the encoder's local feature map: it needs the encoder (drop --no-encoder)")
     if pooled and not encoder:
-        raise SettingError("--pooled evaluates the vector the encoder's heads read: it needs the encoder "
-                           "(drop --no-encoder)")
+        raise SettingError("--pooled evaluates the vector the encoder's heads read: it needs the encoder (drop --no-encoder)")
     enc = _load_model(model) if encoder else None
     shape = (enc.in_channels, enc.input_size) if enc is not None else (3, 32)
     shown = None if isinstance(model, InferenceEncoder) else model
-    images = eval_images(data, bank=bank, queries=queries, data_dir=data_dir, size=shape[1], channels=shape[0],
-                         test_fraction=test_fraction, seed=seed,
-                         fits=(lambda name: check_fits(shape, name, shown)) if enc is not None else (lambda name: None))
+    images = eval_images(
+        data,
+        bank=bank,
+        queries=queries,
+        data_dir=data_dir,
+        size=shape[1],
+        channels=shape[0],
+        test_fraction=test_fraction,
+        seed=seed,
+        fits=(lambda name: check_fits(shape, name, shown)) if enc is not None else (lambda name: None),
+    )
     train_images, train_labels = images.train_images[:limit_train], images.train_labels[:limit_train]
     test_images, test_labels = images.test_images[:limit_test], images.test_labels[:limit_test]
     num_classes = len(images.classes)
@@ -420,12 +525,30 @@ def evaluate_encoder(model: Any, data: str | None = None, *, data_dir: Any = Non
         test_feats = enc.embed_features(test_images, batch_size, tuple(kinds.values()))
         timing["embed"] = round(time.perf_counter() - t, 2)
         for row, kind in kinds.items():
-            rows[row] = evaluate_codes(train_feats.pop(kind), train_labels, test_feats.pop(kind), test_labels, k=k,
-                                       temperature=temperature, probe=probe, num_classes=num_classes, seed=seed)
+            rows[row] = evaluate_codes(
+                train_feats.pop(kind),
+                train_labels,
+                test_feats.pop(kind),
+                test_labels,
+                k=k,
+                temperature=temperature,
+                probe=probe,
+                num_classes=num_classes,
+                seed=seed,
+            )
     if pixels:
         train_px, test_px = pixel_features(train_images, test_images)
-        rows["pixels"] = evaluate_codes(train_px, train_labels, test_px, test_labels, k=k, temperature=temperature,
-                                        probe=probe, num_classes=num_classes, seed=seed)
+        rows["pixels"] = evaluate_codes(
+            train_px,
+            train_labels,
+            test_px,
+            test_labels,
+            k=k,
+            temperature=temperature,
+            probe=probe,
+            num_classes=num_classes,
+            seed=seed,
+        )
         del train_px, test_px
     timing["total"] = round(time.perf_counter() - t0, 2)
     return {
@@ -436,10 +559,16 @@ def evaluate_encoder(model: Any, data: str | None = None, *, data_dir: Any = Non
         "n_test": len(test_images),
         "k": k,
         "temperature": temperature,
-        "artifact": None if enc is None else {"id": enc.id, "z_dim": enc.dim, "output": enc.output,
-                                              "arch": enc.config.get("arch"),
-                                              "dataset": enc.config.get("dataset"),
-                                              "path": None if isinstance(model, InferenceEncoder) else str(model)},
+        "artifact": None
+        if enc is None
+        else {
+            "id": enc.id,
+            "z_dim": enc.dim,
+            "output": enc.output,
+            "arch": enc.config.get("arch"),
+            "dataset": enc.config.get("dataset"),
+            "path": None if isinstance(model, InferenceEncoder) else str(model),
+        },
         "results": rows,
         "seconds": timing,
         "threads": torch.get_num_threads(),
@@ -454,22 +583,27 @@ def format_report(report: dict) -> str:
     """The report as a markdown table: one row per kind of features."""
     art = report.get("artifact")
     served = {"mu": "mu", "pooled": "pooled", "local": "local map C(x)"}.get((art or {}).get("output", "mu"), "mu")
-    names = {"encoder": f"encoder ({served})", "pooled": "pooled vector (the heads' input)",
-             "local": "local feature map C(x)", "pixels": "raw pixels"}
+    names = {
+        "encoder": f"encoder ({served})",
+        "pooled": "pooled vector (the heads' input)",
+        "local": "local feature map C(x)",
+        "pixels": "raw pixels",
+    }
     lines = [
         f"{report['data']}: {report['n_train']} train (bank) / {report['n_test']} test (queries)"
         + (f", {report['split']}" if report.get("split") else "")
         + (f", artifact {art['id'][:12]} ({art['arch']}, z_dim {art['z_dim']})" if art else ""),
         "",
-        f"| features | dim | weighted {report['k']}-NN top-1 (T={report['temperature']}) | 1-NN top-1 "
-        f"| linear probe top-1 |",
+        f"| features | dim | weighted {report['k']}-NN top-1 (T={report['temperature']}) | 1-NN top-1 | linear probe top-1 |",
         "|---|---|---|---|---|",
     ]
     for key, row in report["results"].items():
         probe = row["probe"]
         wd = f" (wd {probe['weight_decay']:g})" if probe else ""
-        lines.append(f"| {names.get(key, key)} | {row['dim']} | {_fmt(row['knn_top1'])} | {_fmt(row['nn1_top1'])} "
-                     f"| {_fmt(row['probe_top1'])}{wd} |")
+        lines.append(
+            f"| {names.get(key, key)} | {row['dim']} | {_fmt(row['knn_top1'])} | {_fmt(row['nn1_top1'])} "
+            f"| {_fmt(row['probe_top1'])}{wd} |"
+        )
     lines.append("")
     lines.extend(_spread_lines(report, names))
     lines.append(f"wall time {report['seconds']['total']:.1f} s on {report['threads']} threads")
@@ -484,14 +618,18 @@ def _spread_lines(report: dict, names: dict[str, str]) -> list[str]:
         if not sc:
             continue
         near, kth, rand = sc["nearest"], sc["kth"], sc["random_pairs"]
-        lines.append(f"scores of {names.get(key, key)}: nearest neighbour {near['median']:.3f} (median; 5-95 %: "
-                     f"{near['p05']:.3f} to {near['p95']:.3f}), {sc['k']}th {kth['median']:.3f}, random pairs "
-                     f"{rand['median']:.3f} ({rand['p05']:.3f} to {rand['p95']:.3f})")
+        lines.append(
+            f"scores of {names.get(key, key)}: nearest neighbour {near['median']:.3f} (median; 5-95 %: "
+            f"{near['p05']:.3f} to {near['p95']:.3f}), {sc['k']}th {kth['median']:.3f}, random pairs "
+            f"{rand['median']:.3f} ({rand['p05']:.3f} to {rand['p95']:.3f})"
+        )
         if sc["collapsed"] and key != "pixels":
-            lines.append(f"WARNING: the {names.get(key, key)} vectors collapsed: two random images score "
-                         f"{rand['median']:.3f} (median), so every search shows scores near 1 that mean little "
-                         f"(a random-init encoder does the same; whatever ranking is left shows in the k-NN "
-                         f"figures above); train longer, or look at the loss curves of the run")
+            lines.append(
+                f"WARNING: the {names.get(key, key)} vectors collapsed: two random images score "
+                f"{rand['median']:.3f} (median), so every search shows scores near 1 that mean little "
+                f"(a random-init encoder does the same; whatever ranking is left shows in the k-NN "
+                f"figures above); train longer, or look at the loss curves of the run"
+            )
     if lines:
         lines.append("")
     return lines

@@ -44,8 +44,17 @@ class ExplainUnavailable(UserError, ValueError):
     """The artifact cannot explain matches: it carries no local critic, or one that is not its own."""
 
 
-def save_local_critic(critic: nn.Module, path: str | Path, *, kind: str, x_dim: int, y_dim: int, hidden: int,
-                      temperature: float, encoder_sha256: str) -> Path:
+def save_local_critic(
+    critic: nn.Module,
+    path: str | Path,
+    *,
+    kind: str,
+    x_dim: int,
+    y_dim: int,
+    hidden: int,
+    temperature: float,
+    encoder_sha256: str,
+) -> Path:
     """Writes ``critic`` (the objective's local critic: x = code of ``x_dim``, y = a local feature
     vector of ``y_dim``) into the artifact folder ``path``, weights first, each file through a
     temporary file and a rename. Returns the JSON's path."""
@@ -56,9 +65,16 @@ def save_local_critic(critic: nn.Module, path: str | Path, *, kind: str, x_dim: 
     path = Path(path)
     blob = save({k: v.detach().to("cpu").contiguous() for k, v in critic.state_dict().items()})
     atomic_write_bytes(path / CRITIC_WEIGHTS, blob)
-    config = {"format_version": CRITIC_FORMAT, "kind": kind, "x_dim": int(x_dim), "y_dim": int(y_dim),
-              "hidden": int(hidden), "temperature": float(temperature),
-              "weights_sha256": hashlib.sha256(blob).hexdigest(), "encoder_sha256": encoder_sha256}
+    config = {
+        "format_version": CRITIC_FORMAT,
+        "kind": kind,
+        "x_dim": int(x_dim),
+        "y_dim": int(y_dim),
+        "hidden": int(hidden),
+        "temperature": float(temperature),
+        "weights_sha256": hashlib.sha256(blob).hexdigest(),
+        "encoder_sha256": encoder_sha256,
+    }
     atomic_write_json(path / CRITIC_CONFIG, config)
     return path / CRITIC_CONFIG
 
@@ -80,7 +96,8 @@ def load_local_critic(path: str | Path, encoder_sha256: str) -> nn.Module:
         raise ExplainUnavailable(
             f"{path} carries no local critic ({CRITIC_CONFIG}): the encoder was trained with the local term off "
             f"(beta 0) or exported before critics were saved, so it cannot say why two images match; train "
-            f"with the local term on (model.beta > 0) to get one")
+            f"with the local term on (model.beta > 0) to get one"
+        )
     try:
         config: dict[str, Any] = json.loads(cfg_path.read_text())
         kind, x_dim, y_dim = config["kind"], int(config["x_dim"]), int(config["y_dim"])
@@ -88,12 +105,15 @@ def load_local_critic(path: str | Path, encoder_sha256: str) -> nn.Module:
     except (ValueError, KeyError, TypeError) as e:
         raise ExplainUnavailable(f"{cfg_path} is not a readable critic record ({e}); export the artifact again") from e
     if config.get("format_version") != CRITIC_FORMAT:
-        raise ExplainUnavailable(f"{cfg_path} has format_version {config.get('format_version')!r}; this infomax "
-                                 f"reads {CRITIC_FORMAT}")
+        raise ExplainUnavailable(
+            f"{cfg_path} has format_version {config.get('format_version')!r}; this infomax reads {CRITIC_FORMAT}"
+        )
     if config.get("encoder_sha256") != encoder_sha256:
-        raise ExplainUnavailable(f"{cfg_path} belongs to other encoder weights ({str(config.get('encoder_sha256'))[:12]}, "
-                                 f"this artifact's are {encoder_sha256[:12]}): a critic only explains the encoder "
-                                 f"it was trained with")
+        raise ExplainUnavailable(
+            f"{cfg_path} belongs to other encoder weights ({str(config.get('encoder_sha256'))[:12]}, "
+            f"this artifact's are {encoder_sha256[:12]}): a critic only explains the encoder "
+            f"it was trained with"
+        )
     if not weights.is_file():
         raise ExplainUnavailable(f"{weights} is missing: the critic is incomplete; export the artifact again")
     blob = weights.read_bytes()
@@ -125,8 +145,10 @@ class Explainer(nn.Module):
         x_dim, y_dim = _critic_dims(critic)
         local_c = int(getattr(encoder.encoder, "local_channels"))  # noqa: B009 (an nn.Module attribute)
         if (x_dim, y_dim) != (z_dim, local_c):
-            raise ExplainUnavailable(f"the critic scores codes of {x_dim} against features of {y_dim}; this "
-                                     f"encoder gives codes of {z_dim} and local features of {local_c}")
+            raise ExplainUnavailable(
+                f"the critic scores codes of {x_dim} against features of {y_dim}; this "
+                f"encoder gives codes of {z_dim} and local features of {local_c}"
+            )
 
     @classmethod
     def from_artifact(cls, encoder: InferenceEncoder, path: str | Path) -> Explainer:

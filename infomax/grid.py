@@ -37,12 +37,12 @@ def check_grid_args(k: int, metric: str, scale: int, queries: int = 1) -> None:
     for setting, value in (("k", k), ("queries", queries), ("scale", scale)):
         positive_int(setting, value)
     if metric not in METRICS:
-        raise SettingError(f"metric={metric!r}: use 'cos' (cosine similarity) or 'l2' (Euclidean distance)",
-                           setting="metric")
+        raise SettingError(f"metric={metric!r}: use 'cos' (cosine similarity) or 'l2' (Euclidean distance)", setting="metric")
 
 
-def nearest(queries: torch.Tensor, bank: torch.Tensor, k: int, metric: str = "cos",
-            exclude: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def nearest(
+    queries: torch.Tensor, bank: torch.Tensor, k: int, metric: str = "cos", exclude: Sequence[int] | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The k nearest bank rows (n, d) of each query (q, d), closest first.
 
     Returns (scores float32 (q, k), indices int64 (q, k)): cosine similarities (descending) or
@@ -90,8 +90,7 @@ class GridLayout:
 
     @property
     def tile_size(self) -> tuple[int, int]:
-        return (self.inner + 2 * self.border,
-                self.image_size * self.scale + 2 * self.border + self.caption)
+        return (self.inner + 2 * self.border, self.image_size * self.scale + 2 * self.border + self.caption)
 
     @property
     def size(self) -> tuple[int, int]:
@@ -134,9 +133,17 @@ def _fit(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> str:
     return text + "…"
 
 
-def render_grid(query_images: torch.Tensor, neighbour_images: torch.Tensor, scores: torch.Tensor, *,
-                query_labels: Sequence[int] | None = None, neighbour_labels: Sequence[Sequence[int]] | None = None,
-                class_names: Sequence[str] | None = None, metric: str = "cos", scale: int = 3) -> Image.Image:
+def render_grid(
+    query_images: torch.Tensor,
+    neighbour_images: torch.Tensor,
+    scores: torch.Tensor,
+    *,
+    query_labels: Sequence[int] | None = None,
+    neighbour_labels: Sequence[Sequence[int]] | None = None,
+    class_names: Sequence[str] | None = None,
+    metric: str = "cos",
+    scale: int = 3,
+) -> Image.Image:
     """Draws the grid. ``query_images`` uint8 (q, C, S, S), ``neighbour_images`` uint8
     (q, k, C, S, S), ``scores`` (q, k); labels are class indices, -1 (or None) where unknown."""
     q, k = neighbour_images.shape[:2]
@@ -171,15 +178,33 @@ def render_grid(query_images: torch.Tensor, neighbour_images: torch.Tensor, scor
             else:
                 colour = MATCH_BORDER if nl == ql else MISS_BORDER
             score = float(scores[row, j])
-            tile(row, j + 1, neighbour_images[row, j], colour, name(nl),
-                 f"cos {score:.4f}" if metric == "cos" else f"d {score:.3g}")
+            tile(
+                row,
+                j + 1,
+                neighbour_images[row, j],
+                colour,
+                name(nl),
+                f"cos {score:.4f}" if metric == "cos" else f"d {score:.3g}",
+            )
     return canvas
 
 
-def knn_grid(encoder, query_images: torch.Tensor, bank_images: torch.Tensor, *, query_labels: torch.Tensor | None = None,
-             bank_labels: torch.Tensor | None = None, class_names: Sequence[str] | None = None, queries: int = 10,
-             k: int = 10, metric: str = "cos", seed: int = 0, scale: int = 3, same_set: bool = False,
-             batch_size: int = 256) -> tuple[Image.Image, dict]:
+def knn_grid(
+    encoder,
+    query_images: torch.Tensor,
+    bank_images: torch.Tensor,
+    *,
+    query_labels: torch.Tensor | None = None,
+    bank_labels: torch.Tensor | None = None,
+    class_names: Sequence[str] | None = None,
+    queries: int = 10,
+    k: int = 10,
+    metric: str = "cos",
+    seed: int = 0,
+    scale: int = 3,
+    same_set: bool = False,
+    batch_size: int = 256,
+) -> tuple[Image.Image, dict]:
     """Picks ``queries`` random query images (seeded), encodes them and the bank with ``encoder``
     (an InferenceEncoder), finds the k nearest and draws the grid.
 
@@ -196,17 +221,33 @@ def knn_grid(encoder, query_images: torch.Tensor, bank_images: torch.Tensor, *, 
     bank_codes = encoder.embed(bank_images, batch_size)
     scores, idx = nearest(q_codes, bank_codes, k, metric, exclude=picked.tolist() if same_set else None)
     image = render_grid(
-        query_images[picked], bank_images[idx], scores,
+        query_images[picked],
+        bank_images[idx],
+        scores,
         query_labels=None if query_labels is None else query_labels[picked].tolist(),
         neighbour_labels=None if bank_labels is None else bank_labels[idx].tolist(),
-        class_names=class_names, metric=metric, scale=scale,
+        class_names=class_names,
+        metric=metric,
+        scale=scale,
     )
     return image, {"queries": picked.tolist(), "neighbours": idx.tolist(), "scores": scores.tolist()}
 
 
-def make_knn_grid(model: str, data: str, out: str, *, split: str = "test", queries: int = 10, k: int = 10,
-                  metric: str = "cos", seed: int = 0, scale: int = 3, bank_limit: int | None = None,
-                  batch_size: int = 256, data_dir: str | None = None) -> dict:
+def make_knn_grid(
+    model: str,
+    data: str,
+    out: str,
+    *,
+    split: str = "test",
+    queries: int = 10,
+    k: int = 10,
+    metric: str = "cos",
+    seed: int = 0,
+    scale: int = 3,
+    bank_limit: int | None = None,
+    batch_size: int = 256,
+    data_dir: str | None = None,
+) -> dict:
     """``infomax knn-grid``: loads the artifact and the data, draws the grid and writes the PNG
     (atomically). Data sets: queries from ``split``, bank = train split (its first ``bank_limit``
     images). Folders: queries and bank are the folder's images. Every argument is checked before
@@ -249,16 +290,30 @@ def make_knn_grid(model: str, data: str, out: str, *, split: str = "test", queri
     else:
         folder = Path(data).expanduser()
         if not folder.is_dir():
-            raise SettingError(f"data {data!r} is neither a data set name ({', '.join(sorted(CLASS_NAMES))}) "
-                               f"nor an existing folder: give one of those names or the path of a folder of images",
-                               setting="data")
+            raise SettingError(
+                f"data {data!r} is neither a data set name ({', '.join(sorted(CLASS_NAMES))}) "
+                f"nor an existing folder: give one of those names or the path of a folder of images",
+                setting="data",
+            )
         loaded = load_image_folder(folder, encoder.input_size, encoder.in_channels)
         bank_images, bank_labels = loaded.images[:bank_limit], loaded.labels[:bank_limit]
         query_images, query_labels, same_set = bank_images, bank_labels, True
         class_names = loaded.classes or None
-    image, info = knn_grid(encoder, query_images, bank_images, query_labels=query_labels, bank_labels=bank_labels,
-                           class_names=class_names, queries=queries, k=k, metric=metric, seed=seed, scale=scale,
-                           same_set=same_set, batch_size=batch_size)
+    image, info = knn_grid(
+        encoder,
+        query_images,
+        bank_images,
+        query_labels=query_labels,
+        bank_labels=bank_labels,
+        class_names=class_names,
+        queries=queries,
+        k=k,
+        metric=metric,
+        seed=seed,
+        scale=scale,
+        same_set=same_set,
+        batch_size=batch_size,
+    )
     target.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(target) as tmp:
         image.save(tmp, format="PNG")

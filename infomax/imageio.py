@@ -17,8 +17,7 @@ from PIL import Image, ImageOps
 from infomax.errors import SettingError
 from infomax.validate import positive_int
 
-__all__ = ["ImageSource", "ImageTooLargeError", "MAX_DECODED_PIXELS", "MAX_HEADER_PIXELS", "load_image",
-           "plan_decode"]
+__all__ = ["ImageSource", "ImageTooLargeError", "MAX_DECODED_PIXELS", "MAX_HEADER_PIXELS", "load_image", "plan_decode"]
 
 logger = logging.getLogger(__name__)
 
@@ -101,9 +100,7 @@ def _resize_center_crop(img: Image.Image, size: int) -> Image.Image:
         return img
     side = min(width, height)
     left, top = (width - side) / 2, (height - side) / 2
-    return img.resize(
-        (size, size), Image.Resampling.BICUBIC, box=(left, top, left + side, top + side), reducing_gap=3.0
-    )
+    return img.resize((size, size), Image.Resampling.BICUBIC, box=(left, top, left + side, top + side), reducing_gap=3.0)
 
 
 def _pil_to_tensor(img: Image.Image) -> torch.Tensor:
@@ -136,8 +133,10 @@ def plan_decode(img: Image.Image, size: int, channels: int, max_pixels: int = MA
     ``MAX_HEADER_PIXELS`` or the decoded image would hold more than ``max_pixels``."""
     width, height = img.size
     if width * height > MAX_HEADER_PIXELS:
-        raise ImageTooLargeError(f"{width}x{height} = {width * height} pixels, over the limit of "
-                                 f"{MAX_HEADER_PIXELS} for any image (refused before decoding)")
+        raise ImageTooLargeError(
+            f"{width}x{height} = {width * height} pixels, over the limit of "
+            f"{MAX_HEADER_PIXELS} for any image (refused before decoding)"
+        )
     if _reducible(img):
         # Much faster for large photos; the later bicubic resize hides the difference.
         img.draft("L" if channels == 1 else None, (size, size))
@@ -145,13 +144,13 @@ def plan_decode(img: Image.Image, size: int, channels: int, max_pixels: int = MA
     if dw * dh > max_pixels:
         reduced = f", decoded at {dw}x{dh}" if (dw, dh) != (width, height) else ""
         whole = "; a progressive JPEG is decoded whole" if img.format == "JPEG" and not _reducible(img) else ""
-        raise ImageTooLargeError(f"{width}x{height}{reduced} = {dw * dh} pixels, over the limit of {max_pixels} "
-                                 f"(refused before decoding{whole})")
+        raise ImageTooLargeError(
+            f"{width}x{height}{reduced} = {dw * dh} pixels, over the limit of {max_pixels} (refused before decoding{whole})"
+        )
     return dw, dh
 
 
-def load_image(source: ImageSource, size: int, channels: int = 3, *,
-               max_pixels: int = MAX_DECODED_PIXELS) -> torch.Tensor:
+def load_image(source: ImageSource, size: int, channels: int = 3, *, max_pixels: int = MAX_DECODED_PIXELS) -> torch.Tensor:
     """Load one image as uint8 [channels, size, size].
 
     ``source`` is a path, a binary file object, raw bytes or a PIL image. The image is

@@ -45,8 +45,9 @@ class ImageStore:
             if not read_only:
                 self._conn.execute("PRAGMA journal_mode=WAL")
                 self._conn.execute("PRAGMA synchronous=FULL")
-                self._conn.execute("CREATE TABLE IF NOT EXISTS images "
-                                   "(id INTEGER PRIMARY KEY, mime TEXT NOT NULL, data BLOB NOT NULL)")
+                self._conn.execute(
+                    "CREATE TABLE IF NOT EXISTS images (id INTEGER PRIMARY KEY, mime TEXT NOT NULL, data BLOB NOT NULL)"
+                )
             # Reads the header and the table's root page, so a damaged or foreign file is named
             # here, at open, rather than failing the first request that asks for a picture.
             self._conn.execute("SELECT 1 FROM images LIMIT 1").fetchall()

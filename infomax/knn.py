@@ -51,8 +51,7 @@ def knn_predict_with_nearest(
     return torch.cat(preds).cpu(), torch.cat(nearest).cpu()
 
 
-def knn_predict(queries: torch.Tensor, bank: torch.Tensor, bank_labels: torch.Tensor, num_classes: int,
-                **kwargs) -> torch.Tensor:
+def knn_predict(queries: torch.Tensor, bank: torch.Tensor, bank_labels: torch.Tensor, num_classes: int, **kwargs) -> torch.Tensor:
     """Predicted class (int64, shape (n,)) of each query: the k-NN vote of
     :func:`knn_predict_with_nearest` (same keyword arguments)."""
     return knn_predict_with_nearest(queries, bank, bank_labels, num_classes, **kwargs)[0]

@@ -116,19 +116,19 @@ class DeepInfoMax(pl.LightningModule):
         if delta > 0 and views != 2:
             raise SettingError(f"delta={delta}: the local-to-local term compares two views; set views=2", setting="delta")
         if not 0 <= lr_warmup < 1:  # also catches NaN
-            raise SettingError(f"lr_warmup={lr_warmup}: the fraction of the run spent warming up must be in [0, 1)",
-                               setting="lr_warmup")
+            raise SettingError(
+                f"lr_warmup={lr_warmup}: the fraction of the run spent warming up must be in [0, 1)", setting="lr_warmup"
+            )
         self.augment = Augment(augment)
         mean = tuple(mean) if mean is not None else (0.5,) * in_channels
         std = tuple(std) if std is not None else (0.5,) * in_channels
         if len(mean) != in_channels or len(std) != in_channels:
-            raise SettingError(f"mean={mean} and std={std} need one value per channel (in_channels={in_channels})",
-                               setting="mean")
+            raise SettingError(
+                f"mean={mean} and std={std} need one value per channel (in_channels={in_channels})", setting="mean"
+            )
         self.normalize = Normalize(mean, std)
         self._normalization = {"mean": list(mean), "std": list(std)}
-        self.encoder = build_encoder(
-            arch, in_channels=in_channels, input_size=input_size, z_dim=z_dim, **(arch_kwargs or {})
-        )
+        self.encoder = build_encoder(arch, in_channels=in_channels, input_size=input_size, z_dim=z_dim, **(arch_kwargs or {}))
         self.objective = DIMObjective(
             z_dim,
             self.encoder.local_channels,
@@ -187,7 +187,7 @@ class DeepInfoMax(pl.LightningModule):
         if state_dict is not None:
             encoder = copy.deepcopy(self.encoder)
             prefix = "encoder."
-            encoder.load_state_dict({k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)})
+            encoder.load_state_dict({k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)})
         saved = save_artifact(encoder, path, **self.encoder_config(), **info)
         self._export_local_critic(Path(saved), state_dict)
         return saved
@@ -205,11 +205,19 @@ class DeepInfoMax(pl.LightningModule):
         if state_dict is not None:
             critic = copy.deepcopy(critic)
             prefix = "objective.local_critic."
-            critic.load_state_dict({k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)})
+            critic.load_state_dict({k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)})
         hp = self.hparams
         sha = json.loads((folder / "encoder.json").read_text())["weights_sha256"]
-        save_local_critic(critic, folder, kind=hp.critic, x_dim=hp.z_dim, y_dim=self.encoder.local_channels,
-                          hidden=hp.critic_hidden, temperature=hp.critic_temperature, encoder_sha256=sha)
+        save_local_critic(
+            critic,
+            folder,
+            kind=hp.critic,
+            x_dim=hp.z_dim,
+            y_dim=self.encoder.local_channels,
+            hidden=hp.critic_hidden,
+            temperature=hp.critic_temperature,
+            encoder_sha256=sha,
+        )
 
     @classmethod
     def from_checkpoint_state(cls, state: dict) -> DeepInfoMax:
@@ -241,9 +249,7 @@ class DeepInfoMax(pl.LightningModule):
         losses = self._losses(batch)
         self._check_finite(losses.loss)
         self.log("train/loss", losses.loss, prog_bar=True)
-        self.log_dict(
-            {"train/global_mi": losses.global_mi, "train/local_mi": losses.local_mi, "train/prior": losses.prior}
-        )
+        self.log_dict({"train/global_mi": losses.global_mi, "train/local_mi": losses.local_mi, "train/prior": losses.prior})
         self.log_dict(_optional("train", losses))
         return losses.loss
 
@@ -309,8 +315,11 @@ class DeepInfoMax(pl.LightningModule):
 def _optional(stage: str, losses) -> dict:
     """The figures of the options that are on (logged only then, so that runs without them keep
     their columns)."""
-    return {f"{stage}/{k}": v for k, v in (("local_local_mi", losses.local_local_mi),
-                                            ("score_penalty", losses.score_penalty)) if v is not None}
+    return {
+        f"{stage}/{k}": v
+        for k, v in (("local_local_mi", losses.local_local_mi), ("score_penalty", losses.score_penalty))
+        if v is not None
+    }
 
 
 def run_progress(step: int, total_steps: int, timer=None) -> float:

@@ -92,8 +92,10 @@ class DIMObjective(nn.Module):
         if alpha == beta == delta == 0:
             raise SettingError("alpha=0, beta=0 and delta=0: at least one mutual-information term must be on", setting="alpha")
         if extra_channels and beta == 0:
-            raise SettingError(f"extra_channels={list(extra_channels)} with beta=0: the extra maps are part of "
-                               f"the local term; set beta > 0", setting="extra_channels")
+            raise SettingError(
+                f"extra_channels={list(extra_channels)} with beta=0: the extra maps are part of the local term; set beta > 0",
+                setting="extra_channels",
+            )
         if negatives not in NEGATIVES:
             raise SettingError(f"negatives={negatives!r}: choose one of {NEGATIVES}", setting="negatives")
         if prior not in PRIORS:
@@ -114,8 +116,7 @@ class DIMObjective(nn.Module):
         else:
             self.extra_critics = None
         self.local_local_critic = (
-            build_critic(critic, local_channels, local_channels, critic_hidden, critic_temperature)
-            if delta > 0 else None
+            build_critic(critic, local_channels, local_channels, critic_hidden, critic_temperature) if delta > 0 else None
         )
 
     def forward(self, out: EncoderOutput, other: EncoderOutput | None = None) -> Losses:
@@ -128,8 +129,9 @@ class DIMObjective(nn.Module):
         n_extra = 0 if self.extra_critics is None else len(self.extra_critics)
         for o in (out, other):
             if o is not None and n_extra and len(o.maps) != n_extra:
-                raise ValueError(f"the objective has critics for {n_extra} extra map(s); the encoder "
-                                 f"gave {len(o.maps)} (encoder(x, maps=...))")
+                raise ValueError(
+                    f"the objective has critics for {n_extra} extra map(s); the encoder gave {len(o.maps)} (encoder(x, maps=...))"
+                )
         if self.local_local_critic is not None and other is None:
             raise ValueError(f"delta={self.delta}: the local-to-local term compares two views; pass both")
         z = reparameterize(out.mu, out.logvar)
@@ -141,22 +143,24 @@ class DIMObjective(nn.Module):
             extra = [self._local(z, m, c) for m, c in zip(out.maps, self.extra_critics or ())]
         else:
             z2 = reparameterize(other.mu, other.logvar)
-            glob = (_both(self._global(z, z2), self._global(z2, z))
-                    if self.global_critic is not None else off)
-            local = (_both(self._local(z, other.local, self.local_critic),
-                           self._local(z2, out.local, self.local_critic))
-                     if self.local_critic is not None else off)
+            glob = _both(self._global(z, z2), self._global(z2, z)) if self.global_critic is not None else off
+            local = (
+                _both(self._local(z, other.local, self.local_critic), self._local(z2, out.local, self.local_critic))
+                if self.local_critic is not None
+                else off
+            )
             prior = 0.5 * (self._prior(z, out) + self._prior(z2, other))
-            extra = [_both(self._local(z, m2, c), self._local(z2, m1, c))
-                     for m1, m2, c in zip(out.maps, other.maps, self.extra_critics or ())]
+            extra = [
+                _both(self._local(z, m2, c), self._local(z2, m1, c))
+                for m1, m2, c in zip(out.maps, other.maps, self.extra_critics or ())
+            ]
         if extra:  # the local term over every scale: C(x)'s bound and each extra map's, averaged
             local = _mean([local, *extra])
         (global_mi, global_pen), (local_mi, local_pen) = glob, local
         loss = -self.alpha * global_mi - self.beta * local_mi + self.gamma * prior
         local_local_mi = penalty = None
         if self.local_local_critic is not None:
-            local_local_mi, ll_pen = _both(self._local_local(out.local, other.local),
-                                           self._local_local(other.local, out.local))
+            local_local_mi, ll_pen = _both(self._local_local(out.local, other.local), self._local_local(other.local, out.local))
             loss = loss - self.delta * local_local_mi
             local_local_mi = local_local_mi.detach()
         if self.score_penalty > 0:
@@ -175,8 +179,7 @@ class DIMObjective(nn.Module):
             return self.adversarial(z)
         return gaussian_kl(out.mu, out.logvar)
 
-    def _bound(self, bound, pos: torch.Tensor, neg: torch.Tensor, raw: tuple[torch.Tensor, ...],
-               clipped: bool = False):
+    def _bound(self, bound, pos: torch.Tensor, neg: torch.Tensor, raw: tuple[torch.Tensor, ...], clipped: bool = False):
         """``bound(pos, neg)`` and, with ``score_penalty`` on, mean(s^2) over ``raw`` (the raw
         scores, each once); with ``score_clip`` on, the bound sees clipped scores (``clipped``:
         ``pos`` and ``neg`` were cut from an already clipped score matrix)."""

@@ -50,8 +50,9 @@ def file_picture(path: Path, *, max_side: int = 256, max_bytes: int = 512 << 10)
         return buf.getvalue(), "image/jpeg"
 
 
-def item_pictures(manifest: dict, ids: Sequence[int], sources: Sequence[str], *,
-                  data_dir: str | Path | None = None, max_side: int = 256) -> Iterator[tuple[int, bytes, str]]:
+def item_pictures(
+    manifest: dict, ids: Sequence[int], sources: Sequence[str], *, data_dir: str | Path | None = None, max_side: int = 256
+) -> Iterator[tuple[int, bytes, str]]:
     """(id, bytes, mime) for every item of an embeddings folder (its ``manifest``, ids and sources).
     A folder's file that is gone or unreadable is skipped (its item then has no picture)."""
     if manifest.get("kind") == "dataset":
@@ -63,7 +64,7 @@ def item_pictures(manifest: dict, ids: Sequence[int], sources: Sequence[str], *,
         for id_, src in zip(ids, sources):
             if not src.startswith(prefix):
                 raise DataError(f"item {id_}: source {src!r} is not an image of {name} {split}")
-            yield int(id_), png_bytes(images[int(src[len(prefix):])].numpy()), "image/png"
+            yield int(id_), png_bytes(images[int(src[len(prefix) :])].numpy()), "image/png"
         return
     from infomax.data.folder import UNREADABLE_ERRORS  # what embedding skips, the picture skips too
 

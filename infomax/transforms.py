@@ -34,7 +34,5 @@ class Normalize(nn.Module):
         elif not x.is_floating_point():
             raise TypeError(f"expected uint8 or float images, got {x.dtype}")
         if x.dim() != 4 or x.shape[1] != self.mean.shape[1]:
-            raise ValueError(
-                f"expected images of shape (B, {self.mean.shape[1]}, H, W), got {tuple(x.shape)}"
-            )
+            raise ValueError(f"expected images of shape (B, {self.mean.shape[1]}, H, W), got {tuple(x.shape)}")
         return (x - self.mean) / self.std

@@ -44,11 +44,18 @@ class BatcherClosed(RuntimeError):
 class Batcher(Generic[P, R]):
     """Runs ``fn(payloads) -> results`` (one result per payload, same order) on one thread."""
 
-    def __init__(self, fn: Callable[[Sequence[P]], Sequence[R]], *, max_batch_size: int = 64,
-                 max_wait_ms: float = 1.0, enabled: bool = True, name: str = "batcher",
-                 on_batch: Callable[[int, int, float], None] | None = None,
-                 initializer: Callable[[], None] | None = None,
-                 pending: Callable[[], int] | None = None) -> None:
+    def __init__(
+        self,
+        fn: Callable[[Sequence[P]], Sequence[R]],
+        *,
+        max_batch_size: int = 64,
+        max_wait_ms: float = 1.0,
+        enabled: bool = True,
+        name: str = "batcher",
+        on_batch: Callable[[int, int, float], None] | None = None,
+        initializer: Callable[[], None] | None = None,
+        pending: Callable[[], int] | None = None,
+    ) -> None:
         self._fn = fn
         self._pending = pending  # jobs about to be submitted; None: always wait max_wait_ms
         self._initializer = initializer  # run once on the worker thread (per-thread settings)

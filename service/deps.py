@@ -44,8 +44,12 @@ def _check_key(request: Request, state: ServiceState) -> None:
     presented = _presented_key(request)
     # The key is never logged nor echoed; compare_digest takes the same time wherever they differ.
     if presented is None:
-        raise ApiError(401, "unauthorized", "API key required: send it as X-API-Key or Authorization: Bearer",
-                       headers={"WWW-Authenticate": "Bearer"})
+        raise ApiError(
+            401,
+            "unauthorized",
+            "API key required: send it as X-API-Key or Authorization: Bearer",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
     if not hmac.compare_digest(presented, expected):
         raise ApiError(401, "unauthorized", "wrong API key", headers={"WWW-Authenticate": "Bearer"})
 

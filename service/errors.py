@@ -24,8 +24,15 @@ ERROR_CODE_KEY = "infomax.error_code"  # scope key read by the metrics middlewar
 class ApiError(Exception):
     """A request the service refuses; ``message`` names the problem for the caller."""
 
-    def __init__(self, status: int, code: str, message: str, *, headers: dict[str, str] | None = None,
-                 errors: list[dict[str, Any]] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        headers: dict[str, str] | None = None,
+        errors: list[dict[str, Any]] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
@@ -54,13 +61,28 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     }.items()
 }
 
-_STATUS_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-                 405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type",
-                 422: "invalid_request", 503: "not_ready"}
+_STATUS_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "invalid_request",
+    503: "not_ready",
+}
 
 
-def error_response(request: Request | None, status: int, code: str, message: str, *,
-                   headers: dict[str, str] | None = None, errors: list | None = None) -> JSONResponse:
+def error_response(
+    request: Request | None,
+    status: int,
+    code: str,
+    message: str,
+    *,
+    headers: dict[str, str] | None = None,
+    errors: list | None = None,
+) -> JSONResponse:
     if request is not None:
         request.scope[ERROR_CODE_KEY] = code
     body = ErrorBody(detail=message, code=code, errors=errors).model_dump(exclude_none=True)
@@ -75,8 +97,9 @@ def _loc(loc: tuple) -> str:
 
 def describe_validation_errors(errors: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
     """Pydantic errors -> ("k: Input should be ...; vector.3: ...", JSON-safe list)."""
-    clean = [{"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
-             for e in errors]
+    clean = [
+        {"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))} for e in errors
+    ]
     message = "; ".join(f"{_loc(tuple(e['loc']))}: {e['msg']}" for e in clean[:5])
     if len(clean) > 5:
         message += f" (and {len(clean) - 5} more)"

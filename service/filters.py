@@ -14,8 +14,12 @@ _SCALAR = {"anyOf": [_TEXT, {"type": "number"}, {"type": "boolean"}]}
 
 
 def _in(items: dict[str, Any]) -> dict[str, Any]:
-    return {"type": "object", "required": ["in"], "additionalProperties": False,
-            "properties": {"in": {"type": "array", "items": items, "maxItems": MAX_IN_VALUES}}}
+    return {
+        "type": "object",
+        "required": ["in"],
+        "additionalProperties": False,
+        "properties": {"in": {"type": "array", "items": items, "maxItems": MAX_IN_VALUES}},
+    }
 
 
 _PREFIX = {"type": "object", "required": ["prefix"], "additionalProperties": False, "properties": {"prefix": _TEXT}}
@@ -28,7 +32,8 @@ DESCRIPTION = (
     '"meta.<key>" (nested by dots: "meta.exif.model"): a string, number or boolean, {"in": [...]} or '
     '{"prefix": "..."}. Values match their JSON type ("3" is not 3, true is not 1); an empty "in" list '
     f"matches nothing. At most {MAX_CONDITIONS} keys and {MAX_IN_VALUES} values per list; a bad "
-    "filter gets 422 invalid_filter naming the key. k results come back whenever k items match.")
+    "filter gets 422 invalid_filter naming the key. k results come back whenever k items match."
+)
 
 # The filter object as JSON Schema (OpenAPI 3.1): what the web page, clients and the fuzz run read.
 FILTER_SCHEMA: dict[str, Any] = {

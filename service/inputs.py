@@ -31,8 +31,11 @@ def body_kind(request: Request) -> Literal["json", "multipart"]:
         return "json"
     if ctype == "multipart/form-data":
         return "multipart"
-    raise ApiError(415, "unsupported_media_type",
-                   f"Content-Type {ctype or '(none)'} is not accepted: send application/json or multipart/form-data")
+    raise ApiError(
+        415,
+        "unsupported_media_type",
+        f"Content-Type {ctype or '(none)'} is not accepted: send application/json or multipart/form-data",
+    )
 
 
 _INLINE_JSON_BYTES = 64 << 10  # larger bodies are parsed in the thread pool
@@ -169,9 +172,16 @@ async def decode_images(state: ServiceState, blobs: list[tuple[str, bytes | str]
     model, s = state.model, state.settings
 
     def work() -> list[DecodedImage]:
-        return [decode_image(data if isinstance(data, bytes) else decode_base64(data, name=name), name=name,
-                             size=model.input_size, channels=model.in_channels, max_pixels=s.max_image_pixels)
-                for name, data in blobs]
+        return [
+            decode_image(
+                data if isinstance(data, bytes) else decode_base64(data, name=name),
+                name=name,
+                size=model.input_size,
+                channels=model.in_channels,
+                max_pixels=s.max_image_pixels,
+            )
+            for name, data in blobs
+        ]
 
     return await to_thread.run_sync(work, limiter=state.decode_limiter)
 

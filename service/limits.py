@@ -17,8 +17,12 @@ class BodyTooLarge(ApiError):
     def __init__(self, limit: int, seen: int | None = None) -> None:
         what = f"declares {seen} bytes" if seen is not None else "is larger"
         # Connection: close, or the server would go on reading (and discarding) the rest
-        super().__init__(413, "payload_too_large", f"request body {what}: the limit is {limit} bytes (max_upload_bytes)",
-                         headers={"Connection": "close"})
+        super().__init__(
+            413,
+            "payload_too_large",
+            f"request body {what}: the limit is {limit} bytes (max_upload_bytes)",
+            headers={"Connection": "close"},
+        )
 
 
 class BodySizeLimit:
@@ -76,10 +80,15 @@ class BodySizeLimit:
 async def _reply(scope: Scope, send: Send, status: int, code: str, message: str) -> None:
     scope[ERROR_CODE_KEY] = code
     body = ErrorBody(detail=message, code=code).model_dump_json(exclude_none=True).encode()
-    await send({
-        "type": "http.response.start",
-        "status": status,
-        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close")],
-    })
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})

@@ -18,18 +18,28 @@ _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
-        self.requests = Counter("infomax_http_requests_total", "HTTP requests by route template and status",
-                                ["method", "route", "status"], registry=r)
-        self.latency = Histogram("infomax_http_request_duration_seconds", "HTTP request latency by route template",
-                                 ["method", "route"], buckets=_LATENCY_BUCKETS, registry=r)
-        self.errors = Counter("infomax_http_errors_total", "error responses by route and error code",
-                              ["route", "code"], registry=r)
-        self.batch_images = Histogram("infomax_encode_batch_images", "images per encoder forward pass",
-                                      buckets=_BATCH_BUCKETS, registry=r)
-        self.batch_requests = Histogram("infomax_encode_batch_requests", "requests served by one forward pass",
-                                        buckets=_BATCH_BUCKETS, registry=r)
-        self.batch_seconds = Histogram("infomax_encode_batch_seconds", "time of one batch (encode + search)",
-                                       buckets=_LATENCY_BUCKETS, registry=r)
+        self.requests = Counter(
+            "infomax_http_requests_total", "HTTP requests by route template and status", ["method", "route", "status"], registry=r
+        )
+        self.latency = Histogram(
+            "infomax_http_request_duration_seconds",
+            "HTTP request latency by route template",
+            ["method", "route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.errors = Counter(
+            "infomax_http_errors_total", "error responses by route and error code", ["route", "code"], registry=r
+        )
+        self.batch_images = Histogram(
+            "infomax_encode_batch_images", "images per encoder forward pass", buckets=_BATCH_BUCKETS, registry=r
+        )
+        self.batch_requests = Histogram(
+            "infomax_encode_batch_requests", "requests served by one forward pass", buckets=_BATCH_BUCKETS, registry=r
+        )
+        self.batch_seconds = Histogram(
+            "infomax_encode_batch_seconds", "time of one batch (encode + search)", buckets=_LATENCY_BUCKETS, registry=r
+        )
         self.index_items = Gauge("infomax_index_items", "items in the index", registry=r)
         self.ready = Gauge("infomax_ready", "1 once model and index are loaded", registry=r)
 

@@ -68,8 +68,7 @@ class ServingModel:
             log.warning("encoder optimisation skipped: codes differ by %.2e (relative)", err)
             return
         self._net, self.optimized = net, True
-        log.info("encoder optimised: %d BatchNorm layers folded, channels-last (max relative difference %.1e)",
-                 folded, err)
+        log.info("encoder optimised: %d BatchNorm layers folded, channels-last (max relative difference %.1e)", folded, err)
 
     def encode(self, pixels: torch.Tensor) -> np.ndarray:
         """uint8 (B, C, S, S) -> float32 (B, z_dim): the artifact's output (mu or the local map)."""

@@ -27,13 +27,16 @@ _FIELD = {"model": "artifact"}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="infomax serve", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="infomax serve", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     # default=None everywhere: only flags actually given override the environment
     p.add_argument("--model", metavar="ARTIFACT", help="serving artifact folder (env INFOMAX_ARTIFACT)")
     p.add_argument("--index", metavar="INDEX_DIR", help="index folder (env INFOMAX_INDEX)")
-    p.add_argument("--create-index", action="store_true", default=None,
-                   help="start an empty index bound to the model if INDEX_DIR does not exist")
+    p.add_argument(
+        "--create-index",
+        action="store_true",
+        default=None,
+        help="start an empty index bound to the model if INDEX_DIR does not exist",
+    )
     p.add_argument("--read-only", action="store_true", default=None, help="refuse writes; open everything read-only")
     p.add_argument("--refresh-s", type=float, help="read-only: pick up the writer's new items this often (default 2)")
     p.add_argument("--host", help="interface to listen on (default 127.0.0.1)")
@@ -45,13 +48,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-upload-bytes", type=int, help="largest request body (default 24 MiB)")
     p.add_argument("--max-image-pixels", type=int, help="largest width*height of an upload (default 24M)")
     p.add_argument("--max-images-per-request", type=int, help="default 64")
-    p.add_argument("--batching", action=argparse.BooleanOptionalAction, default=None,
-                   help="gather concurrent requests into encoder batches (default on)")
+    p.add_argument(
+        "--batching",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="gather concurrent requests into encoder batches (default on)",
+    )
     p.add_argument("--max-batch-size", type=int, help="images per encoder batch (default 64)")
     p.add_argument("--max-wait-ms", type=float, help="how long a batch may wait for requests still decoding (default 5)")
     p.add_argument("--torch-threads", type=int, help="encoder and batched-search threads (default 0: half the CPUs, 1 to 4)")
-    p.add_argument("--background-load", action="store_true", default=None,
-                   help="accept connections at once and load meanwhile (/readyz answers 503 until loaded)")
+    p.add_argument(
+        "--background-load",
+        action="store_true",
+        default=None,
+        help="accept connections at once and load meanwhile (/readyz answers 503 until loaded)",
+    )
     p.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
     p.add_argument("--no-access-log", action="store_true", help="do not log every request")
     return p
@@ -75,8 +86,9 @@ def main(argv: list[str]) -> int:
         settings = Settings(**overrides)
     except ValidationError as e:
         # Only the messages: pydantic's own text quotes the input, which may hold the API key.
-        problems = "; ".join(f"{'.'.join(map(str, err['loc'])) or 'settings'}: {err['msg']}"
-                             for err in e.errors(include_input=False))
+        problems = "; ".join(
+            f"{'.'.join(map(str, err['loc'])) or 'settings'}: {err['msg']}" for err in e.errors(include_input=False)
+        )
         raise SettingError(f"invalid settings: {problems}") from None
     _preflight(settings)
     # Workers are separate processes that build their app from the environment: hand the
@@ -97,8 +109,10 @@ def main(argv: list[str]) -> int:
         handler.setdefault("filters", []).append("redact")
     # A damaged file found while the app loads is a user's error, not a bug: the app's one line, without
     # Starlette's traceback (which uvicorn prints as the startup failure). --log-level debug keeps it.
-    log_config["filters"]["startup"] = {"()": "service.serve.OneLineStartupErrors",
-                                        "keep_tracebacks": settings.log_level == "debug"}
+    log_config["filters"]["startup"] = {
+        "()": "service.serve.OneLineStartupErrors",
+        "keep_tracebacks": settings.log_level == "debug",
+    }
     log_config["handlers"]["default"]["filters"].insert(0, "startup")
     uvicorn.run(
         "service.app:create_app_from_env",
@@ -124,8 +138,9 @@ def _preflight(settings) -> None:
         raise SettingError("no index: give --index INDEX_DIR (or set INFOMAX_INDEX)")
     index = Path(settings.index)
     if not index.exists() and not settings.create_index:
-        raise MissingFileError(f"no index at {index}: build one (`infomax index build`) or pass --create-index "
-                               f"to start an empty one")
+        raise MissingFileError(
+            f"no index at {index}: build one (`infomax index build`) or pass --create-index to start an empty one"
+        )
     if not index.exists() and settings.read_only:
         raise SettingError(f"no index at {index}: --create-index cannot create one in --read-only mode")
     if index.exists() and not index.is_dir():
@@ -139,8 +154,9 @@ def _preflight(settings) -> None:
     artifact = Path(settings.artifact)
     for name in ("encoder.json", "encoder.safetensors"):
         if not (artifact / name).is_file():
-            raise MissingFileError(f"{artifact / name} is missing: --model must be a serving artifact folder "
-                                   f"(`infomax export` writes one)")
+            raise MissingFileError(
+                f"{artifact / name} is missing: --model must be a serving artifact folder (`infomax export` writes one)"
+            )
     _check_pairing(artifact, index)
 
 
@@ -159,12 +175,16 @@ def _check_pairing(artifact: Path, index: Path) -> None:
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return
     if built_with is not None and built_with != ours:
-        raise SettingError(f"artifact mismatch: the index at {index} was built with encoder artifact {str(built_with)[:12]}, "
-                           f"not with {artifact} ({ours[:12]}, output {config.get('output', 'mu')}); serve it with "
-                           f"the artifact that built it, or build a new index (`infomax embed` + `infomax index build`)")
+        raise SettingError(
+            f"artifact mismatch: the index at {index} was built with encoder artifact {str(built_with)[:12]}, "
+            f"not with {artifact} ({ours[:12]}, output {config.get('output', 'mu')}); serve it with "
+            f"the artifact that built it, or build a new index (`infomax embed` + `infomax index build`)"
+        )
     if dim != their_dim:
-        raise SettingError(f"dimension mismatch: {artifact} makes {dim}-dimensional vectors but the index at {index} "
-                           f"holds {their_dim}-dimensional ones; build a new index with this artifact")
+        raise SettingError(
+            f"dimension mismatch: {artifact} makes {dim}-dimensional vectors but the index at {index} "
+            f"holds {their_dim}-dimensional ones; build a new index with this artifact"
+        )
 
 
 if __name__ == "__main__":

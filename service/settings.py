@@ -21,7 +21,9 @@ class Settings(BaseSettings):
     artifact: Path | None = Field(None, description="serving artifact folder (encoder.safetensors + encoder.json)")
     index: Path | None = Field(None, description="index folder (index.faiss, index.json, metadata.sqlite, images.sqlite)")
     create_index: bool = Field(False, description="create an empty Flat index bound to the artifact if --index does not exist")
-    read_only: bool = Field(False, description="no writes: index and image store opened read-only; POST/DELETE /v1/items answer 403")
+    read_only: bool = Field(
+        False, description="no writes: index and image store opened read-only; POST/DELETE /v1/items answer 403"
+    )
     refresh_s: float = Field(
         2.0, ge=0, description="read-only instances pick up items written by the writer process this often (0: never)"
     )

@@ -121,9 +121,16 @@ class ServiceState:
             raise
         self.model, self.index, self.images = model, index, images
         self._load_explainer(model)
-        self.batcher = Batcher(self._run_batch, max_batch_size=s.max_batch_size, max_wait_ms=s.max_wait_ms,
-                               enabled=s.batching, name="infomax-encode", on_batch=self.metrics.observe_batch,
-                               initializer=self._init_batch_thread, pending=lambda: self._coming)
+        self.batcher = Batcher(
+            self._run_batch,
+            max_batch_size=s.max_batch_size,
+            max_wait_ms=s.max_wait_ms,
+            enabled=s.batching,
+            name="infomax-encode",
+            on_batch=self.metrics.observe_batch,
+            initializer=self._init_batch_thread,
+            pending=lambda: self._coming,
+        )
         self.metrics.track_index_size(lambda: len(self.index) if self.index is not None else 0)
         # torch, FastAPI and the loaded model leave a million long-lived objects behind; a full
         # cyclic-GC pass over them stalls every request for tens of ms (the p99 tail under load).
@@ -132,9 +139,16 @@ class ServiceState:
         gc.freeze()
         self.ready = True
         self.metrics.ready.set(1)
-        log.info("serving model %s (z_dim %d%s) with index %s: %d items, %s%s",
-                 model.id[:12], model.z_dim, ", optimised" if model.optimized else "", index.path, len(index),
-                 index.factory, ", read-only" if s.read_only else "")
+        log.info(
+            "serving model %s (z_dim %d%s) with index %s: %d items, %s%s",
+            model.id[:12],
+            model.z_dim,
+            ", optimised" if model.optimized else "",
+            index.path,
+            len(index),
+            index.factory,
+            ", read-only" if s.read_only else "",
+        )
 
     def _load_explainer(self, model: ServingModel) -> None:
         """The artifact's local critic, when it carries one. None is no error at startup: only a
@@ -176,7 +190,8 @@ class ServiceState:
             index.close()
             raise IndexMismatchError(
                 f"artifact mismatch: the index at {path} was built with encoder artifact {found!r} but the "
-                f"encoder in use is {model.id!r} (see {path / RECORD_FILE})")
+                f"encoder in use is {model.id!r} (see {path / RECORD_FILE})"
+            )
         return index
 
     def _open_images(self, index: EmbeddingIndex) -> ImageStore | None:
@@ -256,8 +271,10 @@ class ServiceState:
             ids = np.full((len(rows), kmax), -1, np.int64)
             # one FAISS search per distinct filter (most batches: one, unfiltered)
             filters = {f.key: f for f in (jobs[i].filter for i in want) if f is not None}
-            row_filter = np.array([jobs[i].filter.key if jobs[i].filter is not None else ""
-                                   for i in want for _ in range(len(results[i]))], dtype=object)
+            row_filter = np.array(
+                [jobs[i].filter.key if jobs[i].filter is not None else "" for i in want for _ in range(len(results[i]))],
+                dtype=object,
+            )
             for key in ["", *filters]:
                 rows_of = usable & (row_filter == key)
                 if rows_of.any():
@@ -267,13 +284,16 @@ class ServiceState:
             r = 0
             for i in want:
                 n, k = len(results[i]), jobs[i].k
-                if not usable[r:r + n].all():
-                    results[i] = ApiError(422, "unusable_code", "the encoder's code of this image is zero or not "
-                                                               "finite: it cannot be compared by cosine similarity")
+                if not usable[r : r + n].all():
+                    results[i] = ApiError(
+                        422,
+                        "unusable_code",
+                        "the encoder's code of this image is zero or not finite: it cannot be compared by cosine similarity",
+                    )
                 else:
-                    hit_ids = ids[r:r + n, :k]
+                    hit_ids = ids[r : r + n, :k]
                     metadata = [[found.get(j) for j in row] for row in hit_ids.tolist()]
-                    results[i] = Hits(results[i], scores[r:r + n, :k], hit_ids, metadata)
+                    results[i] = Hits(results[i], scores[r : r + n, :k], hit_ids, metadata)
                 r += n
         return results
 
@@ -287,8 +307,7 @@ class ServiceState:
         finally:
             self._coming -= 1
 
-    async def encode(self, pixels: torch.Tensor, k: int | None = None,
-                     filter: Filter | None = None) -> np.ndarray | Hits:  # noqa: A002
+    async def encode(self, pixels: torch.Tensor, k: int | None = None, filter: Filter | None = None) -> np.ndarray | Hits:  # noqa: A002
         result = await self.batcher.submit(EncodeJob(pixels, k, filter), size=len(pixels))
         if isinstance(result, ApiError):
             raise result
@@ -297,27 +316,25 @@ class ServiceState:
     def check_vector(self, vector: Sequence[float]) -> np.ndarray:
         v = np.asarray(vector, dtype=np.float64)
         if v.ndim != 1 or len(v) != self.model.z_dim:
-            raise ApiError(422, "invalid_vector",
-                           f"vector has dimension {v.size}, the index expects {self.model.z_dim}")
+            raise ApiError(422, "invalid_vector", f"vector has dimension {v.size}, the index expects {self.model.z_dim}")
         with np.errstate(over="ignore"):
             v32 = v.astype(np.float32)
         bad = np.flatnonzero(~np.isfinite(v32))
         if len(bad):
-            raise ApiError(422, "invalid_vector",
-                           f"vector holds NaN, inf or values beyond float32 at positions {bad[:10].tolist()}")
+            raise ApiError(
+                422, "invalid_vector", f"vector holds NaN, inf or values beyond float32 at positions {bad[:10].tolist()}"
+            )
         if not np.any(v32):
             raise ApiError(422, "invalid_vector", "vector is all zeros: cosine similarity is undefined")
         return v32
 
-    def search_vector(self, v: np.ndarray, k: int,
-                      flt: Filter | None = None) -> tuple[np.ndarray, np.ndarray, list[dict | None]]:
+    def search_vector(self, v: np.ndarray, k: int, flt: Filter | None = None) -> tuple[np.ndarray, np.ndarray, list[dict | None]]:
         """(scores, ids, metadata) of one query, all in one trip to the thread pool."""
         index = self.index
         scores, ids = index.search(v[None, :], k, filter=flt)
         return scores[0], ids[0], self.items(ids[0].tolist(), index)
 
-    def search_id(self, item_id: int, k: int,
-                  flt: Filter | None = None) -> tuple[np.ndarray, np.ndarray, list[dict | None]]:
+    def search_id(self, item_id: int, k: int, flt: Filter | None = None) -> tuple[np.ndarray, np.ndarray, list[dict | None]]:
         index = self.index
         try:
             scores, ids = index.search_by_id(item_id, k, filter=flt)
@@ -342,9 +359,11 @@ class ServiceState:
 
     def explain_refusal(self) -> ApiError:
         """The answer to a search asking for explain on a model that cannot give one."""
-        return ApiError(409, "explain_unavailable",
-                        f"this server cannot explain matches: {self.explain_unavailable}. Search without "
-                        f"explain, or serve such a model")
+        return ApiError(
+            409,
+            "explain_unavailable",
+            f"this server cannot explain matches: {self.explain_unavailable}. Search without explain, or serve such a model",
+        )
 
     def stored_pixels(self, item_id: int) -> torch.Tensor | None:
         """The item's stored picture decoded as an upload is, uint8 (C, S, S); None when it has none
@@ -354,14 +373,25 @@ class ServiceState:
             return None
         m, s = self.model, self.settings
         try:
-            return decode_image(found[0], name=f"the stored picture of item {item_id}", size=m.input_size,
-                                channels=m.in_channels, max_pixels=s.max_image_pixels).pixels
+            return decode_image(
+                found[0],
+                name=f"the stored picture of item {item_id}",
+                size=m.input_size,
+                channels=m.in_channels,
+                max_pixels=s.max_image_pixels,
+            ).pixels
         except ApiError as e:
             log.warning("cannot explain item %d: %s", item_id, e.message)
             return None
 
-    def explain(self, ids: Sequence[int], *, pixels: torch.Tensor | None = None, vector: np.ndarray | None = None,
-                item_id: int | None = None) -> list[dict | None]:
+    def explain(
+        self,
+        ids: Sequence[int],
+        *,
+        pixels: torch.Tensor | None = None,
+        vector: np.ndarray | None = None,
+        item_id: int | None = None,
+    ) -> list[dict | None]:
         """Thread pool: the query's code (mu of the image ``pixels``, the ``vector`` itself, or mu of
         item ``item_id``'s stored picture) against every position of each neighbour's local map,
         through the artifact's local critic: {h, w, scores (rows top to bottom), min, max} per id,
@@ -376,10 +406,13 @@ class ServiceState:
         else:
             own = self.stored_pixels(item_id)
             if own is None:
-                raise ApiError(409, "no_picture",
-                               f"item {item_id} has no stored picture (or it cannot be decoded), so its code "
-                               f"cannot be compared with the neighbours' pictures: search by its image instead, "
-                               f"or without explain")
+                raise ApiError(
+                    409,
+                    "no_picture",
+                    f"item {item_id} has no stored picture (or it cannot be decoded), so its code "
+                    f"cannot be compared with the neighbours' pictures: search by its image instead, "
+                    f"or without explain",
+                )
             code = explainer.codes(own[None])[0]
         pictures = [self.stored_pixels(i) for i in ids]
         have = [n for n, p in enumerate(pictures) if p is not None]
@@ -387,8 +420,13 @@ class ServiceState:
         if have:
             maps = explainer.heatmaps(code, torch.stack([pictures[n] for n in have])).numpy()
             for n, m in zip(have, maps):
-                out[n] = {"h": int(m.shape[0]), "w": int(m.shape[1]), "scores": m.tolist(), "min": float(m.min()),
-                          "max": float(m.max())}
+                out[n] = {
+                    "h": int(m.shape[0]),
+                    "w": int(m.shape[1]),
+                    "scores": m.tolist(),
+                    "min": float(m.min()),
+                    "max": float(m.max()),
+                }
         return out
 
     # ----------------------------------------------------------------- writes (one at a time)
@@ -401,8 +439,9 @@ class ServiceState:
         async with self._write_lock:
             yield
 
-    def add_items(self, codes: np.ndarray, images: Sequence[DecodedImage], ids: Sequence[int] | None,
-                  metadata: Sequence[dict]) -> list[int]:
+    def add_items(
+        self, codes: np.ndarray, images: Sequence[DecodedImage], ids: Sequence[int] | None, metadata: Sequence[dict]
+    ) -> list[int]:
         """Caller holds the writer lock. Returns the ids once image, vector and metadata are durable."""
         n = len(images)
         if ids is None:
@@ -417,7 +456,8 @@ class ServiceState:
         # Picture first, then vector; a refused add takes its pictures back out (infomax.index.collection).
         try:
             return Collection(self.index, self.images).add(
-                codes, ids, list(metadata), ((i, im.data, im.mime) for i, im in zip(ids, images)))
+                codes, ids, list(metadata), ((i, im.data, im.mime) for i, im in zip(ids, images))
+            )
         except ValueError as e:
             raise ApiError(422, "invalid_item", str(e)) from None
 

@@ -116,20 +116,20 @@ def png_with_chunk(base: bytes, kind: bytes, data: bytes) -> bytes:
 def png_bad_crc(base: bytes) -> bytes:
     """``base`` with the CRC of its first IDAT chunk wrong."""
     i = base.index(b"IDAT") - 4
-    n = struct.unpack(">I", base[i:i + 4])[0]
+    n = struct.unpack(">I", base[i : i + 4])[0]
     crc_at = i + 8 + n
-    return base[:crc_at] + bytes([base[crc_at] ^ 0xFF]) + base[crc_at + 1:]
+    return base[:crc_at] + bytes([base[crc_at] ^ 0xFF]) + base[crc_at + 1 :]
 
 
 def png_corrupt_idat(base: bytes) -> bytes:
     """``base`` with bytes in the middle of its compressed pixel data inverted (CRC fixed up, so
     only the zlib stream is broken)."""
     i = base.index(b"IDAT") - 4
-    n = struct.unpack(">I", base[i:i + 4])[0]
-    data = bytearray(base[i + 8:i + 8 + n])
+    n = struct.unpack(">I", base[i : i + 4])[0]
+    data = bytearray(base[i + 8 : i + 8 + n])
     for j in range(n // 2, min(n // 2 + 32, n)):
         data[j] ^= 0xFF
-    return base[:i] + _chunk(b"IDAT", bytes(data)) + base[i + 12 + n:]
+    return base[:i] + _chunk(b"IDAT", bytes(data)) + base[i + 12 + n :]
 
 
 def exif_block(size: int) -> bytes:
@@ -168,7 +168,7 @@ def jpeg_claiming(base: bytes, width: int, height: int) -> bytes:
     """``base`` (a baseline JPEG) with its SOF0 header claiming width x height: refused from the
     header, since the scan holds only the original few blocks."""
     i = base.index(b"\xff\xc0")
-    return base[: i + 5] + struct.pack(">HH", height, width) + base[i + 9:]
+    return base[: i + 5] + struct.pack(">HH", height, width) + base[i + 9 :]
 
 
 def gif_many_frames(frames: int, size: int = 48) -> bytes:
@@ -212,8 +212,10 @@ def _corpus() -> tuple[Case, ...]:
     big_exif = exif_block(4 << 20)
 
     text = b"this is not an image, only text pretending to be one\n" * 20
-    svg = (b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg" width="30000" height="30000">'
-           b'<rect width="100%" height="100%"/></svg>')
+    svg = (
+        b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg" width="30000" height="30000">'
+        b'<rect width="100%" height="100%"/></svg>'
+    )
     ztxt_bomb = png_with_chunk(png, b"zTXt", b"comment\0\0" + zlib.compress(b"A" * (64 << 20), 9))
 
     ok, bad = 200, None
@@ -221,58 +223,146 @@ def _corpus() -> tuple[Case, ...]:
         # ---- accepted: valid, if odd, images
         Case("1x1", "one.png", "image/png", _save(Image.fromarray(_noise(1, 1, 3)), "PNG"), ok, bad),
         Case("1x1-grey-jpeg", "one.jpg", "image/jpeg", _save(Image.fromarray(_noise(1, 1, 1)), "JPEG"), ok, bad),
-        Case("1x3000-strip", "strip.png", "image/png", _save(Image.fromarray(_noise(1, 3000, 3)), "PNG"), ok, bad,
-             "aspect ratio 3000:1"),
+        Case(
+            "1x3000-strip",
+            "strip.png",
+            "image/png",
+            _save(Image.fromarray(_noise(1, 3000, 3)), "PNG"),
+            ok,
+            bad,
+            "aspect ratio 3000:1",
+        ),
         Case("16bit-grey-png", "i16.png", "image/png", _save(i16, "PNG"), ok, bad, "mode I;16"),
         Case("16bit-rgb-png", "rgb48.png", "image/png", png_16bit_rgb(40, 30), ok, bad, "48 bits per pixel"),
         Case("cmyk-jpeg", "cmyk.jpg", "image/jpeg", _save(cmyk, "JPEG"), ok, bad),
-        Case("palette-tRNS", "pal.png", "image/png", _save(palette, "PNG", transparency=0), ok, bad,
-             "P with a transparent index"),
-        Case("palette-alpha", "palrgba.png", "image/png",
-             _save(p_rgba, "PNG", transparency=bytes(range(0, 256, 1))[: len(p_rgba.getpalette() or []) // 3]),
-             ok, bad, "P with a tRNS alpha per entry"),
+        Case(
+            "palette-tRNS", "pal.png", "image/png", _save(palette, "PNG", transparency=0), ok, bad, "P with a transparent index"
+        ),
+        Case(
+            "palette-alpha",
+            "palrgba.png",
+            "image/png",
+            _save(p_rgba, "PNG", transparency=bytes(range(0, 256, 1))[: len(p_rgba.getpalette() or []) // 3]),
+            ok,
+            bad,
+            "P with a tRNS alpha per entry",
+        ),
         Case("LA", "la.png", "image/png", _save(Image.fromarray(la, "LA"), "PNG"), ok, bad),
         Case("RGBA", "rgba.png", "image/png", _save(Image.fromarray(rgba, "RGBA"), "PNG"), ok, bad),
         Case("1bit", "bw.png", "image/png", _save(Image.fromarray(_noise(33, 21, 1)).convert("1"), "PNG"), ok, bad),
         Case("gif-500-frames", "anim.gif", "image/gif", gif_many_frames(500), ok, bad, "only frame 0 is decoded"),
         Case("webp", "x.webp", "image/webp", _save(Image.fromarray(rgb), "WEBP"), ok, bad),
         Case("bmp", "x.bmp", "image/bmp", _save(Image.fromarray(rgb), "BMP"), ok, bad),
-        Case("huge-exif-png", "exif.png", "image/png", _save(Image.fromarray(rgb), "PNG", exif=big_exif), ok, bad,
-             f"{len(big_exif) >> 20} MiB eXIf chunk"),
-        Case("huge-exif-jpeg", "exif.jpg", "image/jpeg",
-             jpeg_with_app_segments(jpg, b"Exif\x00\x00" + exif_block(65000)[:65527], count=60), ok, bad,
-             "60 APP1 segments of 64 kB"),
+        Case(
+            "huge-exif-png",
+            "exif.png",
+            "image/png",
+            _save(Image.fromarray(rgb), "PNG", exif=big_exif),
+            ok,
+            bad,
+            f"{len(big_exif) >> 20} MiB eXIf chunk",
+        ),
+        Case(
+            "huge-exif-jpeg",
+            "exif.jpg",
+            "image/jpeg",
+            jpeg_with_app_segments(jpg, b"Exif\x00\x00" + exif_block(65000)[:65527], count=60),
+            ok,
+            bad,
+            "60 APP1 segments of 64 kB",
+        ),
         Case("exif-ifd-loop", "loop.jpg", "image/jpeg", exif_loop_jpeg(jpg), ok, bad, "IFD0 links to itself"),
-        Case("png-bad-idat-crc", "crc.png", "image/png", png_bad_crc(png), ok, bad,
-             "IDAT checksum wrong, pixels intact (PIL does not verify IDAT CRCs)"),
-        Case("bomb-under-limit", "bomb4800.png", "image/png", png_real_bomb(4800, 4800, bit_depth=8), ok, bad,
-             "real 4800x4800 PNG: 23 M pixels, under the 24 M limit, decoded"),
-        Case("phone-50mp-jpeg", "IMG_5000.JPG", "image/jpeg", phone_photo_jpeg(8660, 5774), ok, bad,
-             "a 50 M pixel baseline JPEG (4.3 MB): decoded at 1/8 scale, 0.8 M pixels"),
+        Case(
+            "png-bad-idat-crc",
+            "crc.png",
+            "image/png",
+            png_bad_crc(png),
+            ok,
+            bad,
+            "IDAT checksum wrong, pixels intact (PIL does not verify IDAT CRCs)",
+        ),
+        Case(
+            "bomb-under-limit",
+            "bomb4800.png",
+            "image/png",
+            png_real_bomb(4800, 4800, bit_depth=8),
+            ok,
+            bad,
+            "real 4800x4800 PNG: 23 M pixels, under the 24 M limit, decoded",
+        ),
+        Case(
+            "phone-50mp-jpeg",
+            "IMG_5000.JPG",
+            "image/jpeg",
+            phone_photo_jpeg(8660, 5774),
+            ok,
+            bad,
+            "a 50 M pixel baseline JPEG (4.3 MB): decoded at 1/8 scale, 0.8 M pixels",
+        ),
         # ---- refused
         Case("zero-bytes", "empty.png", "image/png", b"", 400, "empty_image"),
         Case("text-named-png", "text.png", "image/png", text, 400, "not_an_image"),
         Case("svg-named-png", "svg.png", "image/png", svg, 400, "not_an_image"),
-        Case("tiff", "x.tif", "image/tiff", _save(Image.fromarray(rgb), "TIFF"), 400, "not_an_image",
-             "not an accepted format"),
+        Case("tiff", "x.tif", "image/tiff", _save(Image.fromarray(rgb), "TIFF"), 400, "not_an_image", "not an accepted format"),
         Case("truncated-png", "trunc.png", "image/png", png[: len(png) * 2 // 3], 400, "corrupt_image"),
         Case("truncated-png-header", "trunc2.png", "image/png", png[:20], 400, "corrupt_image"),
         Case("truncated-jpeg", "trunc.jpg", "image/jpeg", jpg[: len(jpg) // 2], 400, "corrupt_image"),
-        Case("jpeg-soi-only", "soi.jpg", "image/jpeg", b"\xff\xd8\xff", 400, "not_an_image",
-             "3 bytes: too short to identify"),
-        Case("png-corrupt-idat", "idat.png", "image/png", png_corrupt_idat(png), 400, "corrupt_image",
-             "zlib stream of the pixels damaged"),
-        Case("ztxt-bomb", "ztxt.png", "image/png", ztxt_bomb, 400, "corrupt_image",
-             "zTXt chunk inflating to 64 MiB: PIL refuses text chunks over 1 MiB (MAX_TEXT_CHUNK)"),
-        Case("header-30000x30000", "claim.png", "image/png", png_header_only(30000, 30000), 413, "image_too_large",
-             "IHDR claims 900 M pixels, 100 bytes of data"),
-        Case("bomb-30000x30000", "bomb.png", "image/png", png_real_bomb(30000, 30000), 413, "image_too_large",
-             "real PNG, 900 M pixels"),
+        Case("jpeg-soi-only", "soi.jpg", "image/jpeg", b"\xff\xd8\xff", 400, "not_an_image", "3 bytes: too short to identify"),
+        Case(
+            "png-corrupt-idat",
+            "idat.png",
+            "image/png",
+            png_corrupt_idat(png),
+            400,
+            "corrupt_image",
+            "zlib stream of the pixels damaged",
+        ),
+        Case(
+            "ztxt-bomb",
+            "ztxt.png",
+            "image/png",
+            ztxt_bomb,
+            400,
+            "corrupt_image",
+            "zTXt chunk inflating to 64 MiB: PIL refuses text chunks over 1 MiB (MAX_TEXT_CHUNK)",
+        ),
+        Case(
+            "header-30000x30000",
+            "claim.png",
+            "image/png",
+            png_header_only(30000, 30000),
+            413,
+            "image_too_large",
+            "IHDR claims 900 M pixels, 100 bytes of data",
+        ),
+        Case(
+            "bomb-30000x30000",
+            "bomb.png",
+            "image/png",
+            png_real_bomb(30000, 30000),
+            413,
+            "image_too_large",
+            "real PNG, 900 M pixels",
+        ),
         Case("gif-claiming-65535", "claim.gif", "image/gif", gif_claiming(65535, 65535), 413, "image_too_large"),
-        Case("jpeg-claiming-65000", "claim.jpg", "image/jpeg", jpeg_claiming(jpg, 65000, 65000), 413,
-             "image_too_large", "SOF0 claims 4.2 G pixels: over the 250 M limit of any header"),
-        Case("progressive-30mp-jpeg", "prog.jpg", "image/jpeg", phone_photo_jpeg(6000, 5000, progressive=True), 413,
-             "image_too_large", "progressive: libjpeg holds all 30 M pixels' coefficients, over the 24 M limit"),
+        Case(
+            "jpeg-claiming-65000",
+            "claim.jpg",
+            "image/jpeg",
+            jpeg_claiming(jpg, 65000, 65000),
+            413,
+            "image_too_large",
+            "SOF0 claims 4.2 G pixels: over the 250 M limit of any header",
+        ),
+        Case(
+            "progressive-30mp-jpeg",
+            "prog.jpg",
+            "image/jpeg",
+            phone_photo_jpeg(6000, 5000, progressive=True),
+            413,
+            "image_too_large",
+            "progressive: libjpeg holds all 30 M pixels' coefficients, over the 24 M limit",
+        ),
         Case("bmp-claiming-30000", "claim.bmp", "image/bmp", bmp_claiming(30000, 30000), 413, "image_too_large"),
     )
 
@@ -294,12 +384,15 @@ class StreamResult:
     error: str | None = None
 
 
-def multipart_stream(total: int, *, field: str = "file", filename: str = "huge.png",
-                     boundary: str = "hostile-boundary-7c1e", chunk: int = 64 << 10) -> tuple[bytes, Iterator[bytes], bytes, int]:
+def multipart_stream(
+    total: int, *, field: str = "file", filename: str = "huge.png", boundary: str = "hostile-boundary-7c1e", chunk: int = 64 << 10
+) -> tuple[bytes, Iterator[bytes], bytes, int]:
     """(head, body chunks, tail, length) of a multipart upload whose file part is ``total``
     bytes: a PNG signature followed by filler, produced chunk by chunk (never held in memory)."""
-    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"{filename}\"\r\n"
-            f"Content-Type: image/png\r\n\r\n").encode() + PNG_SIGNATURE
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{filename}"\r\n'
+        f"Content-Type: image/png\r\n\r\n"
+    ).encode() + PNG_SIGNATURE
     tail = f"\r\n--{boundary}--\r\n".encode()
     fill = total - len(PNG_SIGNATURE)
     block = b"\x00" * chunk
@@ -314,16 +407,23 @@ def multipart_stream(total: int, *, field: str = "file", filename: str = "huge.p
     return head, gen(), tail, len(head) + fill + len(tail)
 
 
-def stream_upload(host: str, port: int, path: str, total: int = 200 * 10**6, *, chunked: bool = False,
-                  headers: dict[str, str] | None = None, timeout: float = 120.0) -> StreamResult:
+def stream_upload(
+    host: str,
+    port: int,
+    path: str,
+    total: int = 200 * 10**6,
+    *,
+    chunked: bool = False,
+    headers: dict[str, str] | None = None,
+    timeout: float = 120.0,
+) -> StreamResult:
     """POST a ``total``-byte multipart upload over a raw socket, generated while it is sent, and
     stop sending as soon as the server answers (or closes). ``chunked``: Transfer-Encoding:
     chunked, no Content-Length, so the server cannot refuse from the header and must count bytes
     as they arrive. Returns how many body bytes had been sent when the answer came."""
     boundary = "hostile-boundary-7c1e"
     head, chunks, tail, length = multipart_stream(total, boundary=boundary)
-    lines = [f"POST {path} HTTP/1.1", f"Host: {host}:{port}",
-             f"Content-Type: multipart/form-data; boundary={boundary}"]
+    lines = [f"POST {path} HTTP/1.1", f"Host: {host}:{port}", f"Content-Type: multipart/form-data; boundary={boundary}"]
     lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
     lines.append("Transfer-Encoding: chunked" if chunked else f"Content-Length: {length}")
     request_head = ("\r\n".join(lines) + "\r\n\r\n").encode()
@@ -473,22 +573,51 @@ def filter_corpus() -> list[FilterCase]:
         F("in of lists", {"meta.a": {"in": json.loads(nested)}}, fragment="in[0] must be a string"),
         F("in of 1,001 values", {"label": {"in": list(range(1001))}}, fragment="at most 1000"),
         F("in of 100,000 values", {"label": {"in": list(range(100_000))}}, fragment="holds 100000 values"),
-        F("in of 300,000 values", {"label": {"in": list(range(300_000))}}, fragment="holds 300000 values",
-          form_status=400, form_code="invalid_multipart", form_fragment="maximum size"),  # a 2 MB form field
+        F(
+            "in of 300,000 values",
+            {"label": {"in": list(range(300_000))}},
+            fragment="holds 300000 values",
+            form_status=400,
+            form_code="invalid_multipart",
+            form_fragment="maximum size",
+        ),  # a 2 MB form field
         F("string of 5,000 characters", {"source": "x" * 5000}, fragment="at most 4096"),
         F("NaN", raw='{"meta.x": NaN}', fragment="finite"),
         F("Infinity", raw='{"meta.x": {"in": [1, -Infinity]}}', fragment="finite"),
         F("lone surrogate", raw='{"meta.camera": "\\ud800"}', fragment="lone surrogate"),
         F("filter a string", raw='"label=3"', fragment="must be a JSON object"),
-        F("filter text not an object", raw="label=3", status=400, code="invalid_json", fragment="malformed JSON",
-          form_status=422, form_code="invalid_filter", form_fragment="not valid JSON"),
+        F(
+            "filter text not an object",
+            raw="label=3",
+            status=400,
+            code="invalid_json",
+            fragment="malformed JSON",
+            form_status=422,
+            form_code="invalid_filter",
+            form_fragment="not valid JSON",
+        ),
         F("filter a list", [{"label": 3}], fragment="must be a JSON object"),
-        F("filter text not JSON", raw='{"label": 3', status=400, code="invalid_json", fragment="malformed JSON",
-          form_status=422, form_code="invalid_filter", form_fragment="not valid JSON"),
-        F("nested past the parser", raw=too_deep, status=400, code="invalid_json", fragment="nested too deeply",
-          form_status=422, form_code="invalid_filter", form_fragment="nested too deeply"),
-        F("null", raw="null", status=200, form_status=422, form_code="invalid_filter",
-          form_fragment="must be a JSON object"),
+        F(
+            "filter text not JSON",
+            raw='{"label": 3',
+            status=400,
+            code="invalid_json",
+            fragment="malformed JSON",
+            form_status=422,
+            form_code="invalid_filter",
+            form_fragment="not valid JSON",
+        ),
+        F(
+            "nested past the parser",
+            raw=too_deep,
+            status=400,
+            code="invalid_json",
+            fragment="nested too deeply",
+            form_status=422,
+            form_code="invalid_filter",
+            form_fragment="nested too deeply",
+        ),
+        F("null", raw="null", status=200, form_status=422, form_code="invalid_filter", form_fragment="must be a JSON object"),
         # valid, if odd or heavy: answered, and injections match nothing
         F("empty object", {}, status=200),
         F("empty in list", {"label": {"in": []}}, status=200, max_results=0),
@@ -498,8 +627,12 @@ def filter_corpus() -> list[FilterCase]:
         F("JSON path syntax in a meta key", {"meta.$[0]": 1, "meta.*": 1}, status=200, max_results=0),
         F("LIKE wildcards in a prefix", {"source": {"prefix": "%"}}, status=200, max_results=0),
         F("emoji", {"meta.camera": "\U0001f4f7", "source": {"prefix": "\U0001f4f7/"}}, status=200, max_results=0),
-        F("1,000 values of 500 characters", {"meta.camera": {"in": ["y" * 499 + str(i % 10) for i in range(1000)]}},
-          status=200, max_results=0),
+        F(
+            "1,000 values of 500 characters",
+            {"meta.camera": {"in": ["y" * 499 + str(i % 10) for i in range(1000)]}},
+            status=200,
+            max_results=0,
+        ),
         F("every type in one list", {"meta.iso": {"in": [1, 1.5, "1", True, False, -0.0, 1e308]}}, status=200),
     ]
 

@@ -122,8 +122,9 @@ def _positions(m: torch.Tensor) -> torch.Tensor:
 def _output(seed: int, extra: bool) -> EncoderOutput:
     g = torch.Generator().manual_seed(seed)
     maps = (torch.randn(N, C2, H2, H2, generator=g) * 3,) if extra else ()
-    return EncoderOutput(torch.randn(N, C, H, H, generator=g) * 3, torch.randn(N, Z, generator=g) * 3,
-                         torch.randn(N, Z, generator=g) * 0.1, maps)
+    return EncoderOutput(
+        torch.randn(N, C, H, H, generator=g) * 3, torch.randn(N, Z, generator=g) * 3, torch.randn(N, Z, generator=g) * 0.1, maps
+    )
 
 
 def _objective(**kw) -> DIMObjective:
@@ -147,8 +148,16 @@ def test_one_view_penalty_and_clip_against_a_naive_loop(estimator, negatives, cl
     bounds on clipped scores, the squares of the raw ones."""
     out = _output(1, extra=False)
     lam = 0.04
-    obj = _objective(alpha=0.7, beta=1.3, gamma=0.2, global_estimator=estimator, local_estimator=estimator,
-                     negatives=negatives, score_penalty=lam, score_clip=clip)
+    obj = _objective(
+        alpha=0.7,
+        beta=1.3,
+        gamma=0.2,
+        global_estimator=estimator,
+        local_estimator=estimator,
+        negatives=negatives,
+        score_penalty=lam,
+        score_clip=clip,
+    )
     torch.manual_seed(5)
     got = obj(out)
     torch.manual_seed(5)
@@ -171,9 +180,18 @@ def test_two_views_two_scales_and_local_to_local_against_a_naive_loop(negatives)
     the other view's; penalty and clip on every term."""
     first, second = _output(2, extra=True), _output(3, extra=True)
     lam, clip = 0.04, 2.0
-    obj = _objective(alpha=0.5, beta=1.5, gamma=0.1, delta=0.8, global_estimator="infonce",
-                     local_estimator="infonce", negatives=negatives, extra_channels=[C2], score_penalty=lam,
-                     score_clip=clip)
+    obj = _objective(
+        alpha=0.5,
+        beta=1.5,
+        gamma=0.1,
+        delta=0.8,
+        global_estimator="infonce",
+        local_estimator="infonce",
+        negatives=negatives,
+        extra_channels=[C2],
+        score_penalty=lam,
+        score_clip=clip,
+    )
     torch.manual_seed(8)
     got = obj(first, second)
     torch.manual_seed(8)
@@ -187,10 +205,10 @@ def test_two_views_two_scales_and_local_to_local_against_a_naive_loop(negatives)
         return 0.5 * (a[0] + b[0]), 0.5 * (a[1] + b[1])
 
     g = both(term(obj.global_critic, z1, z2[:, None]), term(obj.global_critic, z2, z1[:, None]))
-    lo_c = both(term(obj.local_critic, z1, _positions(second.local)),
-                term(obj.local_critic, z2, _positions(first.local)))
-    lo_e = both(term(obj.extra_critics[0], z1, _positions(second.maps[0])),
-                term(obj.extra_critics[0], z2, _positions(first.maps[0])))
+    lo_c = both(term(obj.local_critic, z1, _positions(second.local)), term(obj.local_critic, z2, _positions(first.local)))
+    lo_e = both(
+        term(obj.extra_critics[0], z1, _positions(second.maps[0])), term(obj.extra_critics[0], z2, _positions(first.maps[0]))
+    )
     lo = (0.5 * (lo_c[0] + lo_e[0]), 0.5 * (lo_c[1] + lo_e[1]))
 
     def local_local(src_map, tgt_map):
@@ -213,8 +231,7 @@ def test_the_naive_loop_tells_the_variants_apart():
     """Not blind: on these inputs the penalty of clipped scores, one pooled InfoNCE over both
     scales, and the local-to-local source taken from the target's own view each give other numbers."""
     first, second = _output(2, extra=True), _output(3, extra=True)
-    obj = _objective(alpha=0.5, beta=1.5, delta=0.8, local_estimator="infonce", negatives="all",
-                     extra_channels=[C2])
+    obj = _objective(alpha=0.5, beta=1.5, delta=0.8, local_estimator="infonce", negatives="all", extra_channels=[C2])
     z1 = reparameterize(first.mu, first.logvar)
     raw = naive_term(obj.local_critic, "infonce", z1, _positions(second.local), None, 0.0)
     clipped = naive_term(obj.local_critic, "infonce", z1, _positions(second.local), None, 2.0)
@@ -298,10 +315,24 @@ def test_module_trains_with_every_amdim_option():
     """Two views, the 8x8 and the 4x4 map of a conv encoder (block2 besides C(x)), local-to-local,
     penalty and clip: a few steps, finite, and the encoder gets gradients from the extra map."""
     torch.manual_seed(0)
-    m = DeepInfoMax(z_dim=16, arch_kwargs={"base_width": 4, "global_width": 16}, critic="dot", critic_hidden=16,
-                    alpha=0.5, beta=1.0, gamma=0.01, delta=0.5, global_estimator="infonce", local_estimator="infonce",
-                    negatives="all", views=2, augment="crop_flip", extra_local_maps=["block2"], score_penalty=0.04,
-                    score_clip=20.0)
+    m = DeepInfoMax(
+        z_dim=16,
+        arch_kwargs={"base_width": 4, "global_width": 16},
+        critic="dot",
+        critic_hidden=16,
+        alpha=0.5,
+        beta=1.0,
+        gamma=0.01,
+        delta=0.5,
+        global_estimator="infonce",
+        local_estimator="infonce",
+        negatives="all",
+        views=2,
+        augment="crop_flip",
+        extra_local_maps=["block2"],
+        score_penalty=0.04,
+        score_clip=20.0,
+    )
     images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
     opt = torch.optim.Adam(m.parameters(), lr=1e-3)
     for _ in range(3):
@@ -332,8 +363,11 @@ def test_a_checkpoint_without_the_options_loads_with_the_same_keys():
     """The options add no parameters when off: a default module's state dict is unchanged."""
     torch.manual_seed(0)
     default = DeepInfoMax(z_dim=8, arch_kwargs={"base_width": 4})
-    hp = {k: v for k, v in default.hparams.items() if k not in ("extra_local_maps", "delta", "score_penalty",
-                                                                "score_clip", "lr_warmup")}
+    hp = {
+        k: v
+        for k, v in default.hparams.items()
+        if k not in ("extra_local_maps", "delta", "score_penalty", "score_clip", "lr_warmup")
+    }
     again = DeepInfoMax(**hp)
     assert list(again.state_dict()) == list(default.state_dict())
     again.load_state_dict(default.state_dict())

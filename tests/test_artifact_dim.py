@@ -33,8 +33,12 @@ def local_art(tiny_artifact, tmp_path_factory):
     """tiny_artifact's weights serving the flattened local map: a served length (4096) that is not
     arch_kwargs.z_dim (32)."""
     out = tmp_path_factory.mktemp("local") / "art"
-    r = subprocess.run([INFOMAX, "export", "--artifact", str(tiny_artifact), "--out", str(out), "--output", "local"],
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [INFOMAX, "export", "--artifact", str(tiny_artifact), "--out", str(out), "--output", "local"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     return out
 
@@ -64,8 +68,12 @@ def test_an_artifact_that_records_z_dim_still_loads_as_it_did(tiny_artifact, loc
 
 def test_exporting_an_old_artifact_again_writes_dim(local_art, tmp_path):
     old = _as_older_infomax_wrote_it(local_art, tmp_path / "old")
-    r = subprocess.run([INFOMAX, "export", "--artifact", str(old), "--out", str(tmp_path / "again"), "--output", "mu"],
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [INFOMAX, "export", "--artifact", str(old), "--out", str(tmp_path / "again"), "--output", "mu"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     config = json.loads((tmp_path / "again" / "encoder.json").read_text())
     assert config["dim"] == 32 and "z_dim" not in config and load_encoder(tmp_path / "again").dim == 32

@@ -23,8 +23,9 @@ from infomax.index import EmbeddingIndex
 
 
 def export_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "infomax.cli", "export", *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "infomax.cli", "export", *args], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
 
 
 @pytest.fixture(scope="module")
@@ -64,15 +65,15 @@ def test_embed_and_index_build_carry_the_local_vectors_and_their_id(local_artifa
     from infomax.commands import index as index_cmd
     from infomax.embed import embed, read_embeddings
 
-    manifest = embed(local_artifact, "cifar10", tmp_path / "emb", split="test", limit=24, batch_size=8,
-                     data_dir=data_dir, progress=False)
+    manifest = embed(
+        local_artifact, "cifar10", tmp_path / "emb", split="test", limit=24, batch_size=8, data_dir=data_dir, progress=False
+    )
     enc = load_encoder(local_artifact)
     art = manifest["artifact"]
     assert (art["id"], art["output"], art["z_dim"]) == (enc.id, "local", 4096)
     assert art["weights_sha256"] == enc.config["weights_sha256"] != enc.id
     images, _ = load_cifar10(data_dir, "test")
-    np.testing.assert_allclose(read_embeddings(tmp_path / "emb").vectors, enc.embed(images[:24]).numpy(),
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(read_embeddings(tmp_path / "emb").vectors, enc.embed(images[:24]).numpy(), rtol=1e-5, atol=1e-5)
     assert index_cmd.main(["build", "--embeddings", str(tmp_path / "emb"), "--out", str(tmp_path / "idx")]) == 0
     with EmbeddingIndex.load(tmp_path / "idx", expected_artifact_id=enc.id, read_only=True) as index:
         assert index.dim == 4096 and len(index) == 24
@@ -145,8 +146,7 @@ def test_bad_output_settings_are_refused_with_the_reason(tiny_artifact, local_ar
         ExportArtifact(output="logvar")
 
 
-def test_the_service_serves_local_vectors_and_refuses_an_index_of_codes(local_artifact, tiny_artifact, data_dir,
-                                                                        tmp_path):
+def test_the_service_serves_local_vectors_and_refuses_an_index_of_codes(local_artifact, tiny_artifact, data_dir, tmp_path):
     folder = tmp_path / "index"
     template = build_index(folder, local_artifact, data_dir, n=40)
     with EmbeddingIndex.load(folder, read_only=True) as index:
@@ -160,42 +160,63 @@ def test_the_service_serves_local_vectors_and_refuses_an_index_of_codes(local_ar
         assert hits["neighbors"][0]["id"] == 7 and hits["model"] == enc.id
         codes = httpx.post(srv.url + "/v1/embed", json={"images": [base64.b64encode(png).decode()]}).json()
         assert codes["dim"] == 4096
-        np.testing.assert_allclose(codes["codes"][0], enc.embed(template["pixels"][7:8])[0].numpy(), rtol=1e-4,
-                                   atol=1e-4)
+        np.testing.assert_allclose(codes["codes"][0], enc.embed(template["pixels"][7:8])[0].numpy(), rtol=1e-4, atol=1e-4)
     # The same weights serving codes cannot take this index: the ids differ (and the lengths).
-    r = subprocess.run([sys.executable, "-m", "infomax.cli", "serve", "--model", str(tiny_artifact), "--index",
-                        str(folder)], cwd=REPO, capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "infomax.cli", "serve", "--model", str(tiny_artifact), "--index", str(folder)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 1 and "Traceback" not in r.stderr and r.stderr.count("\n") == 1, r.stderr
     assert "artifact mismatch" in r.stderr and str(folder) in r.stderr and "output mu" in r.stderr
 
 
-@pytest.mark.parametrize("arch,kwargs", [("conv", dict(in_channels=1, input_size=28, base_width=16)),
-                                         ("conv", dict(in_channels=3, input_size=64)),
-                                         ("resnet18", dict(in_channels=3, input_size=32, local_stage="layer2"))])
+@pytest.mark.parametrize(
+    "arch,kwargs",
+    [
+        ("conv", dict(in_channels=1, input_size=28, base_width=16)),
+        ("conv", dict(in_channels=3, input_size=64)),
+        ("resnet18", dict(in_channels=3, input_size=32, local_stage="layer2")),
+    ],
+)
 def test_the_recorded_length_of_local_vectors_is_the_maps(arch, kwargs, tmp_path):
     from infomax.artifact import save_artifact
     from infomax.encoders import build_encoder
 
     enc = build_encoder(arch, z_dim=8, **kwargs).eval()
-    save_artifact(enc, tmp_path / "a", arch=arch, arch_kwargs=dict(z_dim=8, **kwargs),
-                  normalization={"mean": [0.5] * kwargs["in_channels"], "std": [0.25] * kwargs["in_channels"]},
-                  output="local")
+    save_artifact(
+        enc,
+        tmp_path / "a",
+        arch=arch,
+        arch_kwargs=dict(z_dim=8, **kwargs),
+        normalization={"mean": [0.5] * kwargs["in_channels"], "std": [0.25] * kwargs["in_channels"]},
+        output="local",
+    )
     loaded = load_encoder(tmp_path / "a")  # checks the recorded z_dim against the rebuilt encoder
     x = torch.zeros(2, kwargs["in_channels"], kwargs["input_size"], kwargs["input_size"], dtype=torch.uint8)
     with torch.no_grad():
         assert loaded.embed(x).shape == (2, loaded.z_dim) == (2, enc(x.float()).local[0].numel())
 
 
-@pytest.mark.parametrize("arch,kwargs,length", [("conv", dict(in_channels=1, input_size=28, global_width=48), 48),
-                                                ("resnet18", dict(in_channels=3, input_size=32), 512)])
+@pytest.mark.parametrize(
+    "arch,kwargs,length",
+    [("conv", dict(in_channels=1, input_size=28, global_width=48), 48), ("resnet18", dict(in_channels=3, input_size=32), 512)],
+)
 def test_the_recorded_length_of_pooled_vectors_is_the_heads_input(arch, kwargs, length, tmp_path):
     from infomax.artifact import save_artifact
     from infomax.encoders import build_encoder
 
     enc = build_encoder(arch, z_dim=8, **kwargs).eval()
-    save_artifact(enc, tmp_path / "a", arch=arch, arch_kwargs=dict(z_dim=8, **kwargs),
-                  normalization={"mean": [0.5] * kwargs["in_channels"], "std": [0.25] * kwargs["in_channels"]},
-                  output="pooled")
+    save_artifact(
+        enc,
+        tmp_path / "a",
+        arch=arch,
+        arch_kwargs=dict(z_dim=8, **kwargs),
+        normalization={"mean": [0.5] * kwargs["in_channels"], "std": [0.25] * kwargs["in_channels"]},
+        output="pooled",
+    )
     loaded = load_encoder(tmp_path / "a")
     x = torch.zeros(2, kwargs["in_channels"], kwargs["input_size"], kwargs["input_size"], dtype=torch.uint8)
     assert loaded.embed(x).shape == (2, loaded.z_dim) == (2, length)
@@ -227,8 +248,18 @@ def test_training_picks_its_best_checkpoint_by_the_vectors_it_will_serve(tmp_pat
 
     monkeypatch.setenv("INFOMAX_DATA_DIR", str(data_dir))
     for output in ("local", "pooled", "mu"):
-        cli = build_cli(["--config", str(REPO / "training/configs/fmnist-cpu10.yaml"), "--export.output", output,
-                         "--trainer.default_root_dir", str(tmp_path), "--trainer.logger", "false"])
+        cli = build_cli(
+            [
+                "--config",
+                str(REPO / "training/configs/fmnist-cpu10.yaml"),
+                "--export.output",
+                output,
+                "--trainer.default_root_dir",
+                str(tmp_path),
+                "--trainer.logger",
+                "false",
+            ]
+        )
         monitor = next(cb for cb in cli.trainer.callbacks if isinstance(cb, KNNMonitor))
         export = next(cb for cb in cli.trainer.callbacks if isinstance(cb, ExportArtifact))
         assert monitor.features == export.output == output

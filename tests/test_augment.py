@@ -53,8 +53,9 @@ def test_colour_jitter_off_keeps_pixels_and_greyscale_on_equalises_channels():
     # Luma of a pure red image: 0.299, as ITU-R 601 says.
     red = torch.zeros(4, 3, 32, 32)
     red[:, 0] = 1.0
-    assert torch.allclose(Augment("simclr", scale=(1.0, 1.0), ratio=(1.0, 1.0), jitter=0.0, grey_p=1.0)(red),
-                          torch.full_like(red, 0.299), atol=1e-5)
+    assert torch.allclose(
+        Augment("simclr", scale=(1.0, 1.0), ratio=(1.0, 1.0), jitter=0.0, grey_p=1.0)(red), torch.full_like(red, 0.299), atol=1e-5
+    )
 
 
 def test_jitter_varies_per_image_and_stays_in_range():
@@ -62,14 +63,19 @@ def test_jitter_varies_per_image_and_stays_in_range():
     x = _images(32)
     y = Augment("simclr", scale=(1.0, 1.0), ratio=(1.0, 1.0), jitter=0.4, jitter_p=1.0, grey_p=0.0)(x)
     assert y.min() >= 0 and y.max() <= 1
-    ratios = (y.mean(dim=(1, 2, 3)) / x.mean(dim=(1, 2, 3)))
+    ratios = y.mean(dim=(1, 2, 3)) / x.mean(dim=(1, 2, 3))
     assert ratios.std() > 0.01  # each image draws its own factors
 
 
 @pytest.mark.parametrize(
     "kwargs, match",
-    [({"policy": "blur"}, "augment='blur'"), ({"scale": (0.0, 1.0)}, "scale="), ({"jitter": 1.5}, "jitter=1.5"),
-     ({"grey_p": 2.0}, "grey_p=2.0"), ({"ratio": (2.0, 1.0)}, "ratio=")],
+    [
+        ({"policy": "blur"}, "augment='blur'"),
+        ({"scale": (0.0, 1.0)}, "scale="),
+        ({"jitter": 1.5}, "jitter=1.5"),
+        ({"grey_p": 2.0}, "grey_p=2.0"),
+        ({"ratio": (2.0, 1.0)}, "ratio="),
+    ],
 )
 def test_bad_settings_raise_naming_the_value(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -39,8 +39,14 @@ from infomax.data import (
 # helpers
 # --------------------------------------------------------------------------------------------
 
-_IDX_CODES = {np.dtype(np.uint8): 0x08, np.dtype(np.int8): 0x09, np.dtype(np.int16): 0x0B,
-              np.dtype(np.int32): 0x0C, np.dtype(np.float32): 0x0D, np.dtype(np.float64): 0x0E}
+_IDX_CODES = {
+    np.dtype(np.uint8): 0x08,
+    np.dtype(np.int8): 0x09,
+    np.dtype(np.int16): 0x0B,
+    np.dtype(np.int32): 0x0C,
+    np.dtype(np.float32): 0x0D,
+    np.dtype(np.float64): 0x0E,
+}
 
 
 def idx_bytes(array: np.ndarray) -> bytes:
@@ -427,8 +433,15 @@ def test_load_image_folder_mixed_files(tmp_path):
 def test_load_image_folder_unlabelled_layouts(tmp_path):
     img = Image.new("RGB", (10, 10), (1, 2, 3))
     flat, single, mixed = tmp_path / "flat", tmp_path / "single", tmp_path / "mixed"
-    for path in (flat / "a.png", flat / "b.png", single / "only" / "a.png", single / "only" / "b.png",
-                 mixed / "top.png", mixed / "x" / "a.png", mixed / "y" / "b.png"):
+    for path in (
+        flat / "a.png",
+        flat / "b.png",
+        single / "only" / "a.png",
+        single / "only" / "b.png",
+        mixed / "top.png",
+        mixed / "x" / "a.png",
+        mixed / "y" / "b.png",
+    ):
         path.parent.mkdir(parents=True, exist_ok=True)
         img.save(path)
     for folder, n in ((flat, 2), (single, 2)):
@@ -573,9 +586,16 @@ def test_datamodule_in_trainer(mnist_root):
     for val_size in (10, 0):
         probe = Probe()
         trainer = pl.Trainer(
-            max_steps=2, limit_val_batches=1, accelerator="cpu", devices=1, logger=False,
-            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-            num_sanity_val_steps=0, val_check_interval=2,
+            max_steps=2,
+            limit_val_batches=1,
+            accelerator="cpu",
+            devices=1,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            val_check_interval=2,
         )
         trainer.fit(probe, datamodule=MNIST(data_dir=str(mnist_root), batch_size=8, val_size=val_size))
         assert trainer.global_step == 2
@@ -601,8 +621,7 @@ def test_imagefolder_datamodule(tmp_path):
         (tmp_path / cls_name).mkdir()
         for i in range(n):
             size = (int(rng.integers(10, 40)), int(rng.integers(10, 40)))
-            Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(
-                tmp_path / cls_name / f"{i}.png")
+            Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(tmp_path / cls_name / f"{i}.png")
     dm = ImageFolder(path=str(tmp_path), input_size=16, batch_size=4, val_size=0.25, seed=1)
     assert (dm.in_channels, dm.input_size, dm.name) == (3, 16, "imagefolder")
     assert dm.num_classes == 2  # loads the folder on first access (the CLI links it at instantiation)

@@ -154,7 +154,7 @@ def folder(tmp_path_factory):
     v, ids = planted(seed=1, n_random=50)
     path = tmp_path_factory.mktemp("dups") / "index"
     index = EmbeddingIndex.create(DIM, path=path)
-    index.add(v, ids=ids, metadata=[{"source": f"a,b \"{i}\".png"} for i in ids])  # CSV quoting
+    index.add(v, ids=ids, metadata=[{"source": f'a,b "{i}".png'} for i in ids])  # CSV quoting
     index.close()
     return path, v, ids
 
@@ -168,7 +168,7 @@ def test_command_writes_csv_and_json(folder, capsys, tmp_path):
     got: dict[str, list[int]] = {}
     for r in rows:
         got.setdefault(r["group"], []).append(int(r["id"]))
-        assert r["source"] == f"a,b \"{r['id']}\".png" and r["label"] == ""
+        assert r["source"] == f'a,b "{r["id"]}".png' and r["label"] == ""
         assert int(r["size"]) == len([x for x in rows if x["group"] == r["group"]])
     assert [sorted(g) for g in got.values()] == want
     assert f"{len(want)} groups, {sum(map(len, want))} of {len(ids)} items" in err
@@ -184,9 +184,11 @@ def test_command_writes_csv_and_json(folder, capsys, tmp_path):
 
 def test_command_refuses_bad_settings_in_one_line(folder, capsys, tmp_path):
     path, _, _ = folder
-    for args, flag in ((["--index", str(path), "--threshold", "2"], "--threshold"),
-                       (["--index", str(path), "--threshold", "nan"], "--threshold"),
-                       (["--index", str(tmp_path / "nowhere")], "--index")):
+    for args, flag in (
+        (["--index", str(path), "--threshold", "2"], "--threshold"),
+        (["--index", str(path), "--threshold", "nan"], "--threshold"),
+        (["--index", str(tmp_path / "nowhere")], "--index"),
+    ):
         assert cli(["duplicates", *args]) == 1
         err = capsys.readouterr().err.strip()
         assert err.startswith(f"infomax duplicates: error: {flag}") and "\n" not in err, err

@@ -38,8 +38,9 @@ def folder(tmp_path_factory, tiny_artifact) -> Path:
         v0, v7 = index.vector(0), index.vector(7)
         new = COPIES_OF_0 + [COPY_OF_7]
         store.put_many((i, built["pngs"][0 if i != COPY_OF_7 else 7], "image/png") for i in new)
-        index.add(np.stack([v0, v0, v0, v7]), ids=new,
-                  metadata=[{"source": f"copy-{i}.png", "label": 3, "album": "x"} for i in new])
+        index.add(
+            np.stack([v0, v0, v0, v7]), ids=new, metadata=[{"source": f"copy-{i}.png", "label": 3, "album": "x"} for i in new]
+        )
     finally:
         index.close()
         store.close()
@@ -63,8 +64,14 @@ def test_the_group_of_an_item_is_the_librarys(client, folder):
     assert body["size"] == 4 and {d["id"] for d in body["duplicates"]} == {0, 1000, 1002}
     for d in body["duplicates"]:
         assert d["similarity"] == pytest.approx(1.0, abs=1e-5) and d["image_url"] == f"/v1/items/{d['id']}/image"
-    assert {(p["a"], p["b"]) for p in body["pairs"]} == {(0, 1000), (0, 1001), (0, 1002), (1000, 1001),
-                                                         (1000, 1002), (1001, 1002)}
+    assert {(p["a"], p["b"]) for p in body["pairs"]} == {
+        (0, 1000),
+        (0, 1001),
+        (0, 1002),
+        (1000, 1001),
+        (1000, 1002),
+        (1001, 1002),
+    }
     meta = {d["id"]: d for d in body["duplicates"]}
     assert meta[1000]["source"] == "copy-1000.png" and meta[1000]["label"] == 3 and meta[1000]["meta"] == {"album": "x"}
     assert meta[0]["source"] == "cifar10:test:0"
@@ -79,8 +86,9 @@ def test_the_group_of_an_item_is_the_librarys(client, folder):
             got = r.json()
             assert got["size"] == group.size and got["truncated"] == truncated
             assert [d["id"] for d in got["duplicates"]] == [m.id for m in group.members[1:]]
-            np.testing.assert_allclose([d["similarity"] for d in got["duplicates"]],
-                                       [m.similarity for m in group.members[1:]], atol=1e-6)
+            np.testing.assert_allclose(
+                [d["similarity"] for d in got["duplicates"]], [m.similarity for m in group.members[1:]], atol=1e-6
+            )
         r = client.get("/v1/items/3/duplicates", params={"threshold": 0.9, "limit": 5}).json()
         assert r["truncated"] and r["size"] == 5 and len(r["duplicates"]) == 4
     finally:
@@ -98,15 +106,24 @@ def test_the_operation_is_documented(client):
 
 
 BAD = [
-    ("/v1/items/-1/duplicates", {}, 422), ("/v1/items/9223372036854775808/duplicates", {}, 422),
-    ("/v1/items/abc/duplicates", {}, 422), ("/v1/items/1.5/duplicates", {}, 422),
-    ("/v1/items/%00/duplicates", {}, 422), ("/v1/items/sample/duplicates", {}, 422),
-    ("/v1/items/999999/duplicates", {}, 404), ("/v1/items/9223372036854775807/duplicates", {}, 404),
-    ("/v1/items/0/duplicates", {"threshold": "2"}, 422), ("/v1/items/0/duplicates", {"threshold": "-1"}, 422),
-    ("/v1/items/0/duplicates", {"threshold": "nan"}, 422), ("/v1/items/0/duplicates", {"threshold": "inf"}, 422),
-    ("/v1/items/0/duplicates", {"threshold": "-inf"}, 422), ("/v1/items/0/duplicates", {"threshold": "x"}, 422),
-    ("/v1/items/0/duplicates", {"threshold": ""}, 422), ("/v1/items/0/duplicates", {"limit": "0"}, 422),
-    ("/v1/items/0/duplicates", {"limit": "1001"}, 422), ("/v1/items/0/duplicates", {"limit": "1e3"}, 422),
+    ("/v1/items/-1/duplicates", {}, 422),
+    ("/v1/items/9223372036854775808/duplicates", {}, 422),
+    ("/v1/items/abc/duplicates", {}, 422),
+    ("/v1/items/1.5/duplicates", {}, 422),
+    ("/v1/items/%00/duplicates", {}, 422),
+    ("/v1/items/sample/duplicates", {}, 422),
+    ("/v1/items/999999/duplicates", {}, 404),
+    ("/v1/items/9223372036854775807/duplicates", {}, 404),
+    ("/v1/items/0/duplicates", {"threshold": "2"}, 422),
+    ("/v1/items/0/duplicates", {"threshold": "-1"}, 422),
+    ("/v1/items/0/duplicates", {"threshold": "nan"}, 422),
+    ("/v1/items/0/duplicates", {"threshold": "inf"}, 422),
+    ("/v1/items/0/duplicates", {"threshold": "-inf"}, 422),
+    ("/v1/items/0/duplicates", {"threshold": "x"}, 422),
+    ("/v1/items/0/duplicates", {"threshold": ""}, 422),
+    ("/v1/items/0/duplicates", {"limit": "0"}, 422),
+    ("/v1/items/0/duplicates", {"limit": "1001"}, 422),
+    ("/v1/items/0/duplicates", {"limit": "1e3"}, 422),
     ("/v1/items/0/duplicates", {"limit": str(2**70)}, 422),
 ]
 
@@ -151,13 +168,38 @@ def test_real_server_fuzzed_and_path_traversal(folder, tiny_artifact, tmp_path):
         assert bad == []
         out = tmp_path / "fuzz"
         out.mkdir()
-        cmd = [*st_command(), "run", f"{srv.url}/openapi.json", "--checks", ",".join(CHECKS),
-               "--include-path", "/v1/items/{item_id}/duplicates", "--max-examples", "40",
-               "--phases", "examples,coverage,fuzzing", "--seed", "3", "--no-shrink", "--continue-on-failure",
-               "--report", "har", "--report-dir", str(out), "--report-har-path", str(out / "requests.har.json"),
-               "--suppress-health-check", "all", "--warnings", "off"]
-        env = {**os.environ, "SCHEMATHESIS_HOOKS": "stress.st_hooks",
-               "PYTHONPATH": os.pathsep.join([str(harness.TESTS_DIR), os.environ.get("PYTHONPATH", "")])}
+        cmd = [
+            *st_command(),
+            "run",
+            f"{srv.url}/openapi.json",
+            "--checks",
+            ",".join(CHECKS),
+            "--include-path",
+            "/v1/items/{item_id}/duplicates",
+            "--max-examples",
+            "40",
+            "--phases",
+            "examples,coverage,fuzzing",
+            "--seed",
+            "3",
+            "--no-shrink",
+            "--continue-on-failure",
+            "--report",
+            "har",
+            "--report-dir",
+            str(out),
+            "--report-har-path",
+            str(out / "requests.har.json"),
+            "--suppress-health-check",
+            "all",
+            "--warnings",
+            "off",
+        ]
+        env = {
+            **os.environ,
+            "SCHEMATHESIS_HOOKS": "stress.st_hooks",
+            "PYTHONPATH": os.pathsep.join([str(harness.TESTS_DIR), os.environ.get("PYTHONPATH", "")]),
+        }
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=out)
         figures = read_reports(out, srv.url)
         assert "Traceback" not in srv.log()

@@ -33,8 +33,7 @@ def folder(tmp_path_factory, tiny_artifact) -> Path:
     images, _ = load_cifar10(None, "test")
     pngs = [png_bytes(images[i if i < 20 else 0].permute(1, 2, 0).numpy()) for i in ids]
     path = tmp_path_factory.mktemp("dups-web") / "index"
-    index = EmbeddingIndex.create(enc.z_dim, path=path, artifact={"id": enc.id, "path": str(tiny_artifact),
-                                                                   "z_dim": enc.z_dim})
+    index = EmbeddingIndex.create(enc.z_dim, path=path, artifact={"id": enc.id, "path": str(tiny_artifact), "z_dim": enc.z_dim})
     store = ImageStore(path)
     try:
         store.put_many((i, p, "image/png") for i, p in zip(ids, pngs))
@@ -48,7 +47,8 @@ def folder(tmp_path_factory, tiny_artifact) -> Path:
 def _marked(driver) -> list[int]:
     return driver.execute_script(
         "return [...document.querySelectorAll('#results .hit.dup')]"
-        ".filter(e => e.querySelector('.dup-mark')).map(e => Number(e.dataset.id));")
+        ".filter(e => e.querySelector('.dup-mark')).map(e => Number(e.dataset.id));"
+    )
 
 
 def _hits(driver) -> list[int]:
@@ -72,7 +72,9 @@ def test_clicking_an_item_marks_its_near_duplicates(browser, folder, tiny_artifa
         # an item without near-duplicates: no marks, the plain caption; the marks of the last
         # search are gone
         browser.find_element(by, '#sample .card[data-id="7"]').click()
-        _wait(browser, lambda d: d.find_element("id", "query-caption").text == "item #7" and 7 not in _hits(d)
-              and len(_hits(d)) == 12)
+        _wait(
+            browser,
+            lambda d: d.find_element("id", "query-caption").text == "item #7" and 7 not in _hits(d) and len(_hits(d)) == 12,
+        )
         assert _marked(browser) == []
         assert browser.find_elements(by, "#results .dup-mark") == []

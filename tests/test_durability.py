@@ -63,8 +63,9 @@ class Recorder:
         at = renames[-1]
         src = self.events[at][1]
         assert ("fsync", src) in self.events[:at], f"{src} renamed to {dest} without an fsync first: {self.events}"
-        assert ("fsync", os.path.dirname(dest)) in self.events[at + 1:], \
+        assert ("fsync", os.path.dirname(dest)) in self.events[at + 1 :], (
             f"the folder of {dest} was not fsync'd after the rename: {self.events}"
+        )
         return at
 
 
@@ -88,7 +89,7 @@ def test_checkpoint_publishes_the_snapshot_and_the_record_durably(tmp_path, monk
     rec.assert_published_durably(tmp_path / "ix" / RECORD_FILE)
     # The log entries the snapshot holds are pruned only once its rename is durable: the folder is
     # fsync'd between the rename and the commit that deletes them.
-    after = rec.events[at + 1:]
+    after = rec.events[at + 1 :]
     prune = next(i for i, e in enumerate(after) if e[0] == "sql" and e[1].startswith("DELETE FROM OPLOG"))
     commit = next(i for i, e in enumerate(after) if i > prune and e[0] == "sql" and e[1].startswith("COMMIT"))
     assert ("fsync", os.path.realpath(tmp_path / "ix")) in after[:commit], rec.events
@@ -119,11 +120,12 @@ def test_a_new_folder_is_fsynced_whole_before_it_appears(tmp_path, monkeypatch, 
     tmpdir = rec.events[at][1]
     before = rec.events[:at]
     last_entry = max(i for i, e in enumerate(before) if e[0] == "prepared" or (e[0] == "replace" and e[2].startswith(tmpdir)))
-    assert ("fsync", tmpdir) in before[last_entry + 1:], "the folder's last entry is not fsync'd before it appears"
+    assert ("fsync", tmpdir) in before[last_entry + 1 :], "the folder's last entry is not fsync'd before it appears"
     for name in (METADATA_FILE, INDEX_FILE, RECORD_FILE):
         path = os.path.join(tmpdir, name)
         fsynced = ("fsync", path) in before or any(
-            e[0] == "replace" and e[2] == path and ("fsync", e[1]) in before[:i] for i, e in enumerate(before))
+            e[0] == "replace" and e[2] == path and ("fsync", e[1]) in before[:i] for i, e in enumerate(before)
+        )
         assert fsynced, f"{name} was not fsync'd before the folder was put in place: {rec.events}"
 
 
@@ -211,8 +213,7 @@ def test_remove_killed_then_reload_and_checkpoint_leaves_the_faiss_file_right(tm
     x = clustered(400, 16, seed=6)
     EmbeddingIndex.build(x, factory=factory, path=tmp_path / "ix", tune_queries=50).close()
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
-    p = subprocess.run([sys.executable, "-c", CRASH, str(tmp_path / "ix")], capture_output=True, text=True,
-                       env=env, timeout=120)
+    p = subprocess.run([sys.executable, "-c", CRASH, str(tmp_path / "ix")], capture_output=True, text=True, env=env, timeout=120)
     assert p.returncode == -signal.SIGKILL and p.stdout.strip() == str(len(REMOVED)), p.stderr
     j = EmbeddingIndex.load(tmp_path / "ix")  # replays the logged remove
     j.save()

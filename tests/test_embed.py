@@ -42,13 +42,11 @@ def cifar_slice(data_dir):
 def single(tmp_path_factory, tiny_artifact, data_dir):
     """The single-process embeddings of the first N test images (in-process Trainer.predict)."""
     out = tmp_path_factory.mktemp("emb") / "single"
-    manifest = embed(tiny_artifact, "cifar10", out, split="test", limit=N, batch_size=32, data_dir=data_dir,
-                     progress=False)
+    manifest = embed(tiny_artifact, "cifar10", out, split="test", limit=N, batch_size=32, data_dir=data_dir, progress=False)
     return out, manifest
 
 
-def test_embeddings_of_a_data_set_are_the_encoders_codes_with_ids_sources_and_labels(single, cifar_slice,
-                                                                                    tiny_artifact):
+def test_embeddings_of_a_data_set_are_the_encoders_codes_with_ids_sources_and_labels(single, cifar_slice, tiny_artifact):
     out, manifest = single
     images, labels = cifar_slice
     emb = read_embeddings(out)
@@ -66,9 +64,27 @@ def test_embeddings_of_a_data_set_are_the_encoders_codes_with_ids_sources_and_la
 
 def test_two_process_ddp_shards_together_equal_the_single_process_output(single, tmp_path, tiny_artifact, data_dir):
     out = tmp_path / "ddp"
-    r = run_cli("embed", "--model", str(tiny_artifact), "--data", "cifar10", "--split", "test", "--limit", str(N),
-                "--batch-size", "32", "--devices", "2", "--accelerator", "cpu", "--out", str(out), "--no-progress",
-                env_extra={"OMP_NUM_THREADS": "1", "INFOMAX_DATA_DIR": str(data_dir)})
+    r = run_cli(
+        "embed",
+        "--model",
+        str(tiny_artifact),
+        "--data",
+        "cifar10",
+        "--split",
+        "test",
+        "--limit",
+        str(N),
+        "--batch-size",
+        "32",
+        "--devices",
+        "2",
+        "--accelerator",
+        "cpu",
+        "--out",
+        str(out),
+        "--no-progress",
+        env_extra={"OMP_NUM_THREADS": "1", "INFOMAX_DATA_DIR": str(data_dir)},
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert f"{N} vectors (z_dim 32) of cifar10:test" in r.stdout and "2 shard(s)" in r.stdout
     shards = sorted(p.name for p in out.iterdir() if p.is_dir())
@@ -112,8 +128,9 @@ def test_a_folder_is_embedded_in_sorted_file_order_with_subfolder_classes(tmp_pa
     with pytest.warns(UserWarning, match="skipped 1 unreadable"):
         reference = load_image_folder(folder, 32, 3)
     order = [kept.index(s) for s in by_id]
-    np.testing.assert_allclose(emb.vectors, load_encoder(tiny_artifact).embed(reference.images[order]).numpy(),
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        emb.vectors, load_encoder(tiny_artifact).embed(reference.images[order]).numpy(), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_folder_ids_are_stable_when_files_are_added_or_removed(tmp_path, tiny_artifact, cifar_slice):
@@ -179,8 +196,11 @@ def test_out_is_never_overwritten_without_the_flag_and_foreign_files_never(singl
         (["--model", "{tmp}/nowhere", "--data", "cifar10"], FileNotFoundError, "no artifact folder there"),
         (["--model", "{art}", "--data", "cifar100"], ValueError, "neither a data set name"),
         (["--model", "{grey}", "--data", "cifar10"], ValueError, "takes 1x28x28 images but cifar10 holds 3x32x32"),
-        (["--model", "{art}", "--data", "cifar10", "--data-dir", "{tmp}/nodata"], FileNotFoundError,
-         "data not found in .*nodata.*INFOMAX_DATA_DIR"),
+        (
+            ["--model", "{art}", "--data", "cifar10", "--data-dir", "{tmp}/nodata"],
+            FileNotFoundError,
+            "data not found in .*nodata.*INFOMAX_DATA_DIR",
+        ),
         (["--model", "{art}", "--data", "{tmp}/empty"], FileNotFoundError, "no image files in"),
         (["--model", "{art}", "--data", "cifar10", "--batch-size", "0"], ValueError, "--batch-size 0"),
         (["--model", "{art}", "--data", "cifar10", "--limit", "0"], ValueError, "--limit 0"),
@@ -228,8 +248,7 @@ def test_an_incomplete_or_damaged_embeddings_folder_is_detected(single, tmp_path
         read_embeddings(tmp_path / "nowhere")
 
 
-def test_index_build_reads_the_shards_and_keeps_ids_sources_labels_and_the_artifact(single, tmp_path, capsys,
-                                                                                 tiny_artifact):
+def test_index_build_reads_the_shards_and_keeps_ids_sources_labels_and_the_artifact(single, tmp_path, capsys, tiny_artifact):
     emb_dir, manifest = single
     out = tmp_path / "index"
     assert index_cmd.main(["build", "--embeddings", str(emb_dir), "--out", str(out)]) == 0
@@ -247,8 +266,23 @@ def test_index_build_reads_the_shards_and_keeps_ids_sources_labels_and_the_artif
         assert index.info["artifact"]["path"] == manifest["artifact"]["path"]
     with pytest.raises(ValueError, match="not empty: pass --overwrite"):
         index_cmd.main(["build", "--embeddings", str(emb_dir), "--out", str(out)])
-    assert index_cmd.main(["build", "--embeddings", str(emb_dir), "--out", str(out), "--overwrite",
-                           "--factory", "HNSW16", "--recall-target", "0.9"]) == 0
+    assert (
+        index_cmd.main(
+            [
+                "build",
+                "--embeddings",
+                str(emb_dir),
+                "--out",
+                str(out),
+                "--overwrite",
+                "--factory",
+                "HNSW16",
+                "--recall-target",
+                "0.9",
+            ]
+        )
+        == 0
+    )
     assert "HNSW16" in capsys.readouterr().out
 
 
@@ -266,8 +300,9 @@ def test_index_build_with_images_stores_each_items_true_pixels(single, tmp_path,
 
     images, _ = cifar_slice
     out = tmp_path / "index"
-    assert index_cmd.main(["build", "--embeddings", str(single[0]), "--out", str(out), "--images",
-                           "--data-dir", str(data_dir)]) == 0
+    assert (
+        index_cmd.main(["build", "--embeddings", str(single[0]), "--out", str(out), "--images", "--data-dir", str(data_dir)]) == 0
+    )
     assert f"pictures         {N} stored" in capsys.readouterr().out
     store = ImageStore(out, read_only=True)
     try:
@@ -281,8 +316,7 @@ def test_index_build_with_images_stores_each_items_true_pixels(single, tmp_path,
         store.close()
 
 
-def test_index_build_with_images_of_a_folder_keeps_small_files_and_thumbnails_large_ones(tmp_path, tiny_artifact,
-                                                                                        cifar_slice):
+def test_index_build_with_images_of_a_folder_keeps_small_files_and_thumbnails_large_ones(tmp_path, tiny_artifact, cifar_slice):
     from infomax.imagestore import ImageStore
 
     folder = tmp_path / "photos"
@@ -291,8 +325,7 @@ def test_index_build_with_images_of_a_folder_keeps_small_files_and_thumbnails_la
     Image.fromarray(cifar_slice[0][0].permute(1, 2, 0).numpy()).save(small)
     Image.fromarray(cifar_slice[0][1].permute(1, 2, 0).numpy()).resize((1200, 800)).save(folder / "b_large.png")
     embed(tiny_artifact, str(folder), tmp_path / "emb", num_workers=0, progress=False)
-    assert index_cmd.main(["build", "--embeddings", str(tmp_path / "emb"), "--out", str(tmp_path / "ix"),
-                           "--images"]) == 0
+    assert index_cmd.main(["build", "--embeddings", str(tmp_path / "emb"), "--out", str(tmp_path / "ix"), "--images"]) == 0
     store = ImageStore(tmp_path / "ix", read_only=True)
     try:
         assert store.get(path_id("a_small.png")) == (small.read_bytes(), "image/png")  # stored as it is

@@ -77,8 +77,9 @@ def test_reference_conv_layout():
 
 @pytest.mark.parametrize("global_width,n_global,pooled", [(None, 2, 64), (256, 2, 256), (128, 1, 128), (None, 0, 64)])
 def test_narrow_conv_layout_and_global_width(global_width, n_global, pooled):
-    enc = build_encoder("conv", in_channels=1, input_size=28, z_dim=32, base_width=16,
-                        n_global_blocks=n_global, global_width=global_width)
+    enc = build_encoder(
+        "conv", in_channels=1, input_size=28, z_dim=32, base_width=16, n_global_blocks=n_global, global_width=global_width
+    )
     convs = [m for m in enc.modules() if isinstance(m, torch.nn.Conv2d)]
     assert [c.out_channels for c in convs] == [16, 32, 64] + [pooled] * n_global
     assert enc.local_channels == 64 and enc.mu.in_features == enc.logvar.in_features == pooled
@@ -115,8 +116,9 @@ def test_only_the_flatten_pool_sees_where_features_fire(pool):
     # With mirror-symmetric kernels the feature maps of a mirrored image are the mirrored maps, so a
     # pooled head gives the same code for both; the flattened head keeps the layout and tells them apart.
     torch.manual_seed(0)
-    enc = build_encoder("conv", in_channels=1, input_size=8, z_dim=4, base_width=4, n_blocks=2,
-                        n_global_blocks=1, pool=pool).eval()
+    enc = build_encoder(
+        "conv", in_channels=1, input_size=8, z_dim=4, base_width=4, n_blocks=2, n_global_blocks=1, pool=pool
+    ).eval()
     with torch.no_grad():
         for conv in (m for m in enc.modules() if isinstance(m, torch.nn.Conv2d)):
             conv.weight.copy_((conv.weight + conv.weight.flip(-1)) / 2)
@@ -197,8 +199,9 @@ def test_all_pairs_local_infonce_matches_a_naive_loop():
     """negatives='all', local term: for each image i and position q, the positive is
     T(z_i, C(x_i)_q) and the negatives are every position of every other image."""
     out = _fake_output()
-    obj = DIMObjective(8, 5, alpha=0.0, beta=1.0, gamma=0.0, local_estimator="infonce",
-                       negatives="all", critic="dot", critic_hidden=16)
+    obj = DIMObjective(
+        8, 5, alpha=0.0, beta=1.0, gamma=0.0, local_estimator="infonce", negatives="all", critic="dot", critic_hidden=16
+    )
     torch.manual_seed(5)
     got = obj(out).local_mi
     torch.manual_seed(5)
@@ -240,8 +243,15 @@ def test_one_negative_global_jsd_matches_a_naive_computation():
 def test_every_combination_trains_the_encoder(negatives, estimator, prior):
     torch.manual_seed(0)
     enc = build_encoder("conv", in_channels=1, input_size=28, z_dim=16, n_global_blocks=1, base_width=8)
-    obj = DIMObjective(16, enc.local_channels, global_estimator=estimator, local_estimator=estimator,
-                       negatives=negatives, prior=prior, critic_hidden=16)
+    obj = DIMObjective(
+        16,
+        enc.local_channels,
+        global_estimator=estimator,
+        local_estimator=estimator,
+        negatives=negatives,
+        prior=prior,
+        critic_hidden=16,
+    )
     losses = obj(enc(torch.randn(5, 1, 28, 28)))
     assert torch.isfinite(losses.loss)
     losses.loss.backward()

@@ -34,10 +34,17 @@ def test_every_user_error_keeps_its_builtin_base():
     from infomax.index.locks import IndexLockedError
     from infomax.module import NonFiniteLossError
 
-    for cls, base in ((ArtifactError, ValueError), (DataNotFoundError, FileNotFoundError),
-                      (IndexLoadError, Exception), (IndexMismatchError, ValueError), (IndexLockedError, PermissionError),
-                      (NonFiniteLossError, FloatingPointError), (SettingError, ValueError), (DataError, ValueError),
-                      (MissingFileError, FileNotFoundError)):
+    for cls, base in (
+        (ArtifactError, ValueError),
+        (DataNotFoundError, FileNotFoundError),
+        (IndexLoadError, Exception),
+        (IndexMismatchError, ValueError),
+        (IndexLockedError, PermissionError),
+        (NonFiniteLossError, FloatingPointError),
+        (SettingError, ValueError),
+        (DataError, ValueError),
+        (MissingFileError, FileNotFoundError),
+    ):
         assert issubclass(cls, UserError) and issubclass(cls, InfomaxError) and issubclass(cls, base), cls
         assert is_user_error(cls)
     assert not is_user_error(ValueError("a bug")) and not is_user_error(FloatingPointError)
@@ -45,12 +52,15 @@ def test_every_user_error_keeps_its_builtin_base():
     assert is_user_error(FileNotFoundError(2, "No such file or directory", "/x"))  # the system's word on a path
 
 
-@pytest.mark.parametrize("raised,one_line", [
-    (SettingError("threshold 2.0: must be a cosine similarity in (-1, 1]"), True),
-    (DataError("/e/embeddings.json is not valid JSON"), True),
-    (ValueError("a bug's ValueError"), False),
-    (FloatingPointError("a bug's overflow"), False),
-])
+@pytest.mark.parametrize(
+    "raised,one_line",
+    [
+        (SettingError("threshold 2.0: must be a cosine similarity in (-1, 1]"), True),
+        (DataError("/e/embeddings.json is not valid JSON"), True),
+        (ValueError("a bug's ValueError"), False),
+        (FloatingPointError("a bug's overflow"), False),
+    ],
+)
 def test_the_command_line_prints_user_errors_only(monkeypatch, capsys, raised, one_line):
     import infomax.commands.duplicates
 
@@ -74,15 +84,17 @@ def test_a_user_error_is_one_line_from_the_real_command(tmp_path):
 
 def test_a_bug_keeps_its_traceback_from_the_real_command(tmp_path):
     """A ValueError that is not a UserError is a bug: the command line shows where it came from."""
-    code = ("import sys, infomax.commands.duplicates as d\n"
-            "def bug(argv):\n"
-            "    raise ValueError('internal: a bug, not the user')\n"
-            "d.main = bug\n"
-            "from infomax.cli import main\n"
-            "sys.exit(main(['duplicates', '--index', 'x']))\n")
+    code = (
+        "import sys, infomax.commands.duplicates as d\n"
+        "def bug(argv):\n"
+        "    raise ValueError('internal: a bug, not the user')\n"
+        "d.main = bug\n"
+        "from infomax.cli import main\n"
+        "sys.exit(main(['duplicates', '--index', 'x']))\n"
+    )
     r = _run(sys.executable, "-c", code)
     assert r.returncode == 1, r.stderr
-    assert "Traceback (most recent call last)" in r.stderr and 'line 3, in bug' in r.stderr, r.stderr
+    assert "Traceback (most recent call last)" in r.stderr and "line 3, in bug" in r.stderr, r.stderr
     assert r.stderr.rstrip().endswith("ValueError: internal: a bug, not the user")
     assert "infomax duplicates: error:" not in r.stderr
 
@@ -131,13 +143,21 @@ def test_each_command_knows_its_flags():
     from training.train import FLAG_GROUPS
 
     spell = argparse_flags(embed.parser)
-    assert (spell("batch_size"), spell("num_nodes"), spell("data"), spell("memory_budget")) == \
-        ("--batch-size", "--num-nodes", "--data", None)
+    assert (spell("batch_size"), spell("num_nodes"), spell("data"), spell("memory_budget")) == (
+        "--batch-size",
+        "--num-nodes",
+        "--data",
+        None,
+    )
     assert argparse_flags(index_cmd.parser)("memory_budget") == "--memory-budget"  # a subcommand's flag
     assert argparse_flags(embed.parser, artifact="--model")("artifact") == "--model"
     spell = lightning_flags(FLAG_GROUPS)
-    assert (spell("lr"), spell("val_size"), spell("bank_size"), spell("model.beta")) == \
-        ("--model.lr", "--data.val_size", "--knn.bank_size", "--model.beta")
+    assert (spell("lr"), spell("val_size"), spell("bank_size"), spell("model.beta")) == (
+        "--model.lr",
+        "--data.val_size",
+        "--knn.bank_size",
+        "--model.beta",
+    )
     assert spell("batch_size") is None  # the data module's and the k-NN monitor's: left as it is
 
 
@@ -147,8 +167,18 @@ def test_the_library_names_the_setting_and_the_command_its_flag(tmp_path, tiny_a
     with pytest.raises(SettingError, match=r"^bank_limit 0: must be a positive number of images$") as e:
         make_knn_grid(str(tiny_artifact), "cifar10", str(tmp_path / "g.png"), bank_limit=0)
     assert e.value.setting == "bank_limit" and "--" not in str(e.value)
-    r = _run(INFOMAX, "knn-grid", "--model", str(tiny_artifact), "--data", "cifar10", "--out", str(tmp_path / "g.png"),
-             "--bank-limit", "0")
+    r = _run(
+        INFOMAX,
+        "knn-grid",
+        "--model",
+        str(tiny_artifact),
+        "--data",
+        "cifar10",
+        "--out",
+        str(tmp_path / "g.png"),
+        "--bank-limit",
+        "0",
+    )
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
     assert r.stderr == "infomax knn-grid: error: --bank-limit 0: must be a positive number of images\n"
 
@@ -168,7 +198,9 @@ def test_train_spells_a_model_setting_as_its_dotted_flag(tmp_path, data_dir, mon
 def test_a_missing_artifact_folder_is_one_error_named_by_the_caller(tmp_path):
     from infomax.artifact import ArtifactError, ArtifactNotFoundError, load_encoder
 
-    with pytest.raises(ArtifactNotFoundError, match=r"^model .*nowhere: no artifact folder there; give the folder written by") as e:
+    with pytest.raises(
+        ArtifactNotFoundError, match=r"^model .*nowhere: no artifact folder there; give the folder written by"
+    ) as e:
         load_encoder(tmp_path / "nowhere", setting="model")
     assert isinstance(e.value, FileNotFoundError) and isinstance(e.value, ArtifactError) and e.value.setting == "model"
     with pytest.raises(ArtifactNotFoundError, match=r"^/.*nowhere: no artifact folder there"):
@@ -178,9 +210,11 @@ def test_a_missing_artifact_folder_is_one_error_named_by_the_caller(tmp_path):
     from infomax.evaluate import evaluate_encoder
     from infomax.grid import make_knn_grid
 
-    for call in (lambda: embed(tmp_path / "nowhere", "cifar10", tmp_path / "out"),
-                 lambda: evaluate_encoder(tmp_path / "nowhere", "cifar10"),
-                 lambda: make_knn_grid(str(tmp_path / "nowhere"), "cifar10", str(tmp_path / "g.png"))):
+    for call in (
+        lambda: embed(tmp_path / "nowhere", "cifar10", tmp_path / "out"),
+        lambda: evaluate_encoder(tmp_path / "nowhere", "cifar10"),
+        lambda: make_knn_grid(str(tmp_path / "nowhere"), "cifar10", str(tmp_path / "g.png")),
+    ):
         with pytest.raises(ArtifactNotFoundError, match=r"^model .*nowhere: no artifact folder there"):
             call()
 

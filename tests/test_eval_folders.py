@@ -51,8 +51,7 @@ def test_eval_of_a_folder_holds_out_part_of_every_class(tmp_path, tiny_artifact,
     """Refused before: "unknown dataset '<the folder>'; valid names: cifar-10, ..."."""
     folder = _photos(tmp_path / "photos")
     out = tmp_path / "report.json"
-    assert eval_cmd.main(["--model", str(tiny_artifact), "--data", str(folder), "--no-probe",
-                          "--json", str(out)]) == 0
+    assert eval_cmd.main(["--model", str(tiny_artifact), "--data", str(folder), "--no-probe", "--json", str(out)]) == 0
     printed = capsys.readouterr().out
     report = json.loads(out.read_text())
     assert report["classes"] == sorted(COLOURS) and (report["n_train"], report["n_test"]) == (24, 6)
@@ -66,8 +65,12 @@ def test_eval_of_a_folder_holds_out_part_of_every_class(tmp_path, tiny_artifact,
 
 def test_bank_and_query_folders_are_matched_by_class_name(tmp_path, tiny_artifact):
     bank = _photos(tmp_path / "bank", per_class=6)
-    queries = _photos(tmp_path / "queries", per_class=2, seed=1,
-                      classes={"sky": COLOURS["sky"], "apples": COLOURS["apples"], "snow": (240, 240, 240)})
+    queries = _photos(
+        tmp_path / "queries",
+        per_class=2,
+        seed=1,
+        classes={"sky": COLOURS["sky"], "apples": COLOURS["apples"], "snow": (240, 240, 240)},
+    )
     with pytest.warns(UserWarning, match=r"2 queries of classes the bank lacks \(snow\) are left out"):
         report = evaluate_encoder(tiny_artifact, bank=bank, queries=queries, probe=False)
     assert (report["n_train"], report["n_test"]) == (18, 4) and report["classes"] == ["apples", "leaves", "sky", "snow"]
@@ -89,14 +92,17 @@ def test_collapsed_codes_are_named_with_the_spread_of_their_scores(tmp_path, col
         assert healthy[row]["scores"]["random_pairs"]["median"] < COLLAPSED_SCORE
 
 
-@pytest.mark.parametrize("args,match", [
-    (["--data", "{flat}"], "its images are not sorted into class subfolders"),
-    (["--data", "{tmp}/nowhere"], "unknown dataset .* and no folder there"),
-    (["--data", "{photos}", "--bank", "{photos}", "--queries", "{photos}"], "two ways to name the images"),
-    (["--bank", "{photos}"], "--bank and --queries go together"),
-    (["--data", "{photos}", "--test-fraction", "1.5"], "--test-fraction 1.5"),
-    (["--data", "{photos}", "--record"], "--record stores figures of the standard data sets"),
-])
+@pytest.mark.parametrize(
+    "args,match",
+    [
+        (["--data", "{flat}"], "its images are not sorted into class subfolders"),
+        (["--data", "{tmp}/nowhere"], "unknown dataset .* and no folder there"),
+        (["--data", "{photos}", "--bank", "{photos}", "--queries", "{photos}"], "two ways to name the images"),
+        (["--bank", "{photos}"], "--bank and --queries go together"),
+        (["--data", "{photos}", "--test-fraction", "1.5"], "--test-fraction 1.5"),
+        (["--data", "{photos}", "--record"], "--record stores figures of the standard data sets"),
+    ],
+)
 def test_bad_folder_inputs_name_the_problem(tmp_path, tiny_artifact, args, match):
     flat = tmp_path / "flat"
     flat.mkdir()
@@ -110,8 +116,12 @@ def test_bad_folder_inputs_name_the_problem(tmp_path, tiny_artifact, args, match
 def test_the_command_says_a_bad_folder_in_one_line(tmp_path, tiny_artifact):
     (tmp_path / "flat").mkdir()
     Image.new("RGB", (10, 10)).save(tmp_path / "flat" / "a.png")
-    r = subprocess.run([str(Path(sys.executable).parent / "infomax"), "eval", "--model", str(tiny_artifact),
-                        "--data", str(tmp_path / "flat")], capture_output=True, text=True, timeout=120,
-                       env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    r = subprocess.run(
+        [str(Path(sys.executable).parent / "infomax"), "eval", "--model", str(tiny_artifact), "--data", str(tmp_path / "flat")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert r.stderr.strip().splitlines()[-1].startswith("infomax eval: error: --data ")

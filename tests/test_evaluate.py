@@ -30,8 +30,9 @@ from infomax.knn import knn_accuracy
 N_TRAIN, N_TEST = 600, 200
 
 
-def naive_knn(train: np.ndarray, train_y: np.ndarray, test: np.ndarray, test_y: np.ndarray, k: int = 200,
-              temperature: float = 0.1) -> tuple[float, float]:
+def naive_knn(
+    train: np.ndarray, train_y: np.ndarray, test: np.ndarray, test_y: np.ndarray, k: int = 200, temperature: float = 0.1
+) -> tuple[float, float]:
     """Weighted k-NN and 1-NN top-1 the slow, obvious way: float64, one query at a time, argsort."""
     train = train.astype(np.float64)
     train = train / np.linalg.norm(train, axis=1, keepdims=True)
@@ -75,7 +76,8 @@ def test_raw_pixel_knn_equals_a_naive_reference(pixel_slice):
     # (knn_accuracy averages in float32: equal up to its rounding)
     assert result["knn_top1"] == pytest.approx(knn_accuracy(te, test_y, tr, train_y, num_classes=10), abs=1e-6)
     assert result["nn1_top1"] == pytest.approx(
-        knn_accuracy(te, test_y, tr, train_y, num_classes=10, k=1, weighted=False), abs=1e-6)
+        knn_accuracy(te, test_y, tr, train_y, num_classes=10, k=1, weighted=False), abs=1e-6
+    )
 
 
 def test_the_probe_gradient_is_the_gradient_of_its_objective():
@@ -118,12 +120,29 @@ def test_evaluate_codes_reports_every_figure(data_dir):
     assert evaluate_codes(x[:200], labels[:200], x[200:], labels[200:300], probe=False)["probe_top1"] is None
 
 
-def test_eval_command_reports_the_encoder_and_raw_pixels_against_references(tmp_path, capsys, data_dir,
-                                                                             tiny_artifact):
+def test_eval_command_reports_the_encoder_and_raw_pixels_against_references(tmp_path, capsys, data_dir, tiny_artifact):
     out = tmp_path / "report.json"
-    assert eval_cmd.main(["--model", str(tiny_artifact), "--data", "cifar10", "--limit-train", "300",
-                          "--limit-test", "100", "--json", str(out), "--data-dir", str(data_dir), "--no-probe",
-                          "--local"]) == 0
+    assert (
+        eval_cmd.main(
+            [
+                "--model",
+                str(tiny_artifact),
+                "--data",
+                "cifar10",
+                "--limit-train",
+                "300",
+                "--limit-test",
+                "100",
+                "--json",
+                str(out),
+                "--data-dir",
+                str(data_dir),
+                "--no-probe",
+                "--local",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     report = json.loads(out.read_text())
     assert report["n_train"] == 300 and report["n_test"] == 100 and report["data"] == "cifar10"
@@ -148,7 +167,7 @@ def test_eval_command_reports_the_encoder_and_raw_pixels_against_references(tmp_
     knn, nn1 = naive_knn(maps_tr, train_y.numpy(), maps_te, test_y.numpy())
     loc = report["results"]["local"]
     assert (loc["knn_top1"], loc["nn1_top1"]) == (pytest.approx(knn), pytest.approx(nn1))
-    assert loc["dim"] == maps_tr.shape[1] == encoder.encoder.local_channels * encoder.encoder.local_size ** 2
+    assert loc["dim"] == maps_tr.shape[1] == encoder.encoder.local_channels * encoder.encoder.local_size**2
     table = [line for line in printed.splitlines() if line.startswith("| ")]
     assert len(table) == 4 and table[1].startswith("| encoder (mu) | 32 | ")
     assert table[2].startswith(f"| local feature map C(x) | {loc['dim']} | ")
@@ -157,8 +176,23 @@ def test_eval_command_reports_the_encoder_and_raw_pixels_against_references(tmp_
 
 
 def test_eval_pixels_only_needs_no_model(capsys, data_dir):
-    assert eval_cmd.main(["--no-encoder", "--data", "fmnist", "--limit-train", "300", "--limit-test", "50",
-                          "--no-probe", "--data-dir", str(data_dir)]) == 0
+    assert (
+        eval_cmd.main(
+            [
+                "--no-encoder",
+                "--data",
+                "fmnist",
+                "--limit-train",
+                "300",
+                "--limit-test",
+                "50",
+                "--no-probe",
+                "--data-dir",
+                str(data_dir),
+            ]
+        )
+        == 0
+    )
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| raw pixels")]
     assert len(rows) == 1 and rows[0].endswith("| - |")
 

@@ -107,9 +107,24 @@ def test_export_of_an_artifact_carries_its_critic_and_a_beta_0_export_removes_a_
 
     module = _module("cosine")
     module.export(tmp_path / "a")
-    r = subprocess.run([sys.executable, "-m", "infomax.cli", "export", "--artifact", str(tmp_path / "a"), "--out",
-                        str(tmp_path / "local"), "--output", "local"], cwd=REPO, capture_output=True, text=True,
-                       timeout=120)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "infomax.cli",
+            "export",
+            "--artifact",
+            str(tmp_path / "a"),
+            "--out",
+            str(tmp_path / "local"),
+            "--output",
+            "local",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "local" / CRITIC_WEIGHTS).read_bytes() == (tmp_path / "a" / CRITIC_WEIGHTS).read_bytes()
     Explainer.from_artifact(load_encoder(tmp_path / "local"), tmp_path / "local")  # same weights: accepted

@@ -146,8 +146,11 @@ def test_explain_with_a_filter_explains_the_filtered_neighbours(client, template
         if how == "json":
             r = client.post("/v1/search", json={"image": _b64(png), "k": 4, "filter": {"label": label}, "explain": True})
         else:
-            r = client.post("/v1/search", files={"file": ("q.png", png, "image/png")},
-                            data={"k": "4", "filter": json.dumps({"label": label}), "explain": "1"})
+            r = client.post(
+                "/v1/search",
+                files={"file": ("q.png", png, "image/png")},
+                data={"k": "4", "filter": json.dumps({"label": label}), "explain": "1"},
+            )
         assert r.status_code == 200, r.text
         body = r.json()
         assert body["filter"] == {"label": label}
@@ -163,14 +166,14 @@ def test_explain_with_a_filter_explains_the_filtered_neighbours(client, template
 
 def test_concurrent_explained_searches_each_get_their_own_maps(client, template, explainer):
     """Maps are computed in the thread pool while the batch thread encodes other queries."""
+
     def one(i: int):
         png = template["pngs"][i]
         if i % 3 == 0:
             return i, client.post("/v1/search", json={"image": _b64(png), "k": 5, "explain": True})
         if i % 3 == 1:
             return i, client.post("/v1/search", json={"id": i, "k": 5, "explain": True})
-        return i, client.post("/v1/search", files={"file": ("q.png", png, "image/png")},
-                              data={"k": "5", "explain": "true"})
+        return i, client.post("/v1/search", files={"file": ("q.png", png, "image/png")}, data={"k": "5", "explain": "true"})
 
     with concurrent.futures.ThreadPoolExecutor(6) as pool:
         answers = list(pool.map(one, range(18)))
@@ -204,8 +207,7 @@ def test_without_explain_the_answer_is_as_before(client, template):
 # ----------------------------------------------------------------------------- pictures missing
 
 
-def test_a_neighbour_without_a_usable_picture_gets_null_and_a_query_item_without_one_409(artifact, template, tmp_path,
-                                                                                          explainer):
+def test_a_neighbour_without_a_usable_picture_gets_null_and_a_query_item_without_one_409(artifact, template, tmp_path, explainer):
     folder = copy_index(template, tmp_path / "index")
     store = ImageStore(folder)
     store.delete([10])  # no picture at all
@@ -324,8 +326,9 @@ def test_bad_explain_values_get_422_naming_explain_never_5xx(client):
             if case.status != 200:
                 assert r.json()["code"] == case.code and "explain" in r.json()["detail"], (case.name, r.text)
         if case.form is not None:
-            r = client.post("/v1/search", files=[("file", ("q.png", png, "image/png")),
-                                                 *[("explain", (None, v)) for v in case.form]])
+            r = client.post(
+                "/v1/search", files=[("file", ("q.png", png, "image/png")), *[("explain", (None, v)) for v in case.form]]
+            )
             assert r.status_code == case.form_status, (case.name, r.status_code, r.text[:300])
             if case.form_status != 200:
                 assert r.json()["code"] == case.code and "explain" in r.json()["detail"], (case.name, r.text)
@@ -384,19 +387,45 @@ def test_real_server_hostile_explain_values_and_fuzzing(artifact, template, tmp_
         assert sent["requests"] >= len(explain_corpus()) and sent["explained"] > 0
         out = tmp_path / "fuzz"
         out.mkdir()
-        cmd = [*st_command(), "run", f"{srv.url}/openapi.json", "--checks", ",".join(CHECKS),
-               "--include-path", "/v1/search", "--max-examples", "40",
-               "--phases", "examples,coverage,fuzzing", "--seed", "11", "--no-shrink", "--continue-on-failure",
-               "--report", "har", "--report-dir", str(out), "--report-har-path", str(out / "requests.har.json"),
-               "--suppress-health-check", "all", "--warnings", "off"]
-        env = {**os.environ, "SCHEMATHESIS_HOOKS": "stress.st_hooks",
-               "PYTHONPATH": os.pathsep.join([str(harness.TESTS_DIR), os.environ.get("PYTHONPATH", "")])}
+        cmd = [
+            *st_command(),
+            "run",
+            f"{srv.url}/openapi.json",
+            "--checks",
+            ",".join(CHECKS),
+            "--include-path",
+            "/v1/search",
+            "--max-examples",
+            "40",
+            "--phases",
+            "examples,coverage,fuzzing",
+            "--seed",
+            "11",
+            "--no-shrink",
+            "--continue-on-failure",
+            "--report",
+            "har",
+            "--report-dir",
+            str(out),
+            "--report-har-path",
+            str(out / "requests.har.json"),
+            "--suppress-health-check",
+            "all",
+            "--warnings",
+            "off",
+        ]
+        env = {
+            **os.environ,
+            "SCHEMATHESIS_HOOKS": "stress.st_hooks",
+            "PYTHONPATH": os.pathsep.join([str(harness.TESTS_DIR), os.environ.get("PYTHONPATH", "")]),
+        }
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900, cwd=out)
         figures = read_reports(out, srv.url)
         har = json.loads((out / "requests.har.json").read_text())["log"]["entries"]
         assert "Traceback" not in srv.log()
-    explained = [e for e in har if e["response"]["status"] == 200
-                 and '"explain":{' in (e["response"].get("content") or {}).get("text", "")]
+    explained = [
+        e for e in har if e["response"]["status"] == 200 and '"explain":{' in (e["response"].get("content") or {}).get("text", "")
+    ]
     asked = [e for e in har if "explain" in (e["request"].get("postData") or {}).get("text", "")]
     assert figures["requests"] >= 40 and len(asked) >= 10 and explained, (figures["requests"], len(asked))
     assert figures["server_errors"] == 0 and proc.returncode == 0, (figures, proc.stdout[-3000:])

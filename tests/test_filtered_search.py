@@ -42,10 +42,17 @@ def _data(n: int = N, seed: int = 0) -> tuple[np.ndarray, list[dict]]:
         if i % 97 == 0:
             md.append({})  # no source, no label, no meta
             continue
-        md.append({"source": f"album{i % 13}/{'sub/' if i % 2 else ''}img{i}.jpg", "label": int(cluster[i]),
-                   "camera": CAMERAS[int(rng.integers(0, len(CAMERAS)))], "iso": [100, 200, 400.0][i % 3],
-                   "flash": bool(i % 5 == 0), "exif": {"lens": f"L{i % 4}", "stars": i % 6},
-                   "rare": "yes" if i % 500 == 7 else "no"})
+        md.append(
+            {
+                "source": f"album{i % 13}/{'sub/' if i % 2 else ''}img{i}.jpg",
+                "label": int(cluster[i]),
+                "camera": CAMERAS[int(rng.integers(0, len(CAMERAS)))],
+                "iso": [100, 200, 400.0][i % 3],
+                "flash": bool(i % 5 == 0),
+                "exif": {"lens": f"L{i % 4}", "stars": i % 6},
+                "rare": "yes" if i % 500 == 7 else "no",
+            }
+        )
     return x.astype(np.float32), md
 
 
@@ -74,7 +81,7 @@ def _value(md: dict, key: str):
     if key in ("label", "source"):
         return md.get(key)
     v: object = {k: val for k, val in md.items() if k not in ("label", "source")}
-    for name in key[len("meta."):].split("."):
+    for name in key[len("meta.") :].split("."):
         if not isinstance(v, dict) or name not in v:
             return None
         v = v[name]
@@ -189,8 +196,9 @@ def test_k_results_whenever_k_match_fewer_only_when_fewer_match(built, exact_bel
     if exact_below != "default":
         monkeypatch.setattr(filtered_mod, "EXACT_MATCHES", exact_below)
     q = x[:5]
-    far = [i for i, m in sorted(zip(ids.tolist(), md), key=lambda t: float(x[(t[0] - 11) // 3] @ q.mean(0)))
-           if m.get("source")]  # the items least like the queries first (positions: id = 3 * pos + 11)
+    far = [
+        i for i, m in sorted(zip(ids.tolist(), md), key=lambda t: float(x[(t[0] - 11) // 3] @ q.mean(0))) if m.get("source")
+    ]  # the items least like the queries first (positions: id = 3 * pos + 11)
     for m in (0, 1, K - 1, K, K + 1, 40):
         chosen = far[:m]
         spec = {"source": {"in": [md[(i - 11) // 3]["source"] for i in chosen]}}

@@ -42,9 +42,19 @@ def folder(index_template, tmp_path_factory) -> Path:  # noqa: F811
     index = EmbeddingIndex.load(path)
     try:
         extra = [index.vector(i) for i in range(10)]
-        index.add(np.stack(extra), ids=list(range(1000, 1010)),
-                  metadata=[{"source": f"holidays/{'beach' if i < 6 else 'city'}/{i}.jpg", "label": 3,
-                             "camera": "x100" if i % 2 else "a7", "iso": 100 * (i % 3)} for i in range(10)])
+        index.add(
+            np.stack(extra),
+            ids=list(range(1000, 1010)),
+            metadata=[
+                {
+                    "source": f"holidays/{'beach' if i < 6 else 'city'}/{i}.jpg",
+                    "label": 3,
+                    "camera": "x100" if i % 2 else "a7",
+                    "iso": 100 * (i % 3),
+                }
+                for i in range(10)
+            ],
+        )
     finally:
         index.close()
     return path
@@ -98,8 +108,9 @@ def test_every_query_kind_answers_the_librarys_filtered_search(client, library, 
             assert r.status_code == 200 and _ids(r.json()) == [i for i in I[0].tolist() if i >= 0], spec
             # an image: through the batch, JSON (base64) and multipart (the filter as JSON text)
             by_json = client.post("/v1/search", json={"image": base64.b64encode(png).decode(), "k": k, "filter": spec})
-            by_form = client.post("/v1/search", files={"file": ("q.png", png, "image/png")},
-                                  data={"k": str(k), "filter": json.dumps(spec)})
+            by_form = client.post(
+                "/v1/search", files={"file": ("q.png", png, "image/png")}, data={"k": str(k), "filter": json.dumps(spec)}
+            )
             assert by_json.status_code == by_form.status_code == 200, (by_json.text, by_form.text)
             assert _ids(by_json.json()) == _ids(by_form.json())
             assert set(_ids(by_json.json())) <= set(want.tolist()) and len(_ids(by_json.json())) == min(k, len(want))
@@ -138,8 +149,7 @@ def test_bad_filters_get_4xx_naming_the_problem_never_5xx(client):
             if how == "json":
                 r = client.post("/v1/search", content=case.json_body(dim=32), headers={"content-type": "application/json"})
             else:
-                r = client.post("/v1/search", files={"file": ("q.png", _png(), "image/png")},
-                                data={"filter": case.form_text()})
+                r = client.post("/v1/search", files={"file": ("q.png", _png(), "image/png")}, data={"filter": case.form_text()})
             status, code = case.expect(how)
             assert r.status_code == status, (case.name, how, r.status_code, r.text[:300])
             if status != 200:
@@ -148,8 +158,9 @@ def test_bad_filters_get_4xx_naming_the_problem_never_5xx(client):
                 assert case.expected_fragment(how) in body["detail"], (case.name, how, body["detail"][:300])
             elif case.max_results is not None:
                 assert len(r.json()["neighbors"]) <= case.max_results, (case.name, how)
-    r = client.post("/v1/search", files={"file": ("q.png", _png(), "image/png")},
-                    data={"filter": ['{"label": 1}', '{"label": 2}']})
+    r = client.post(
+        "/v1/search", files={"file": ("q.png", _png(), "image/png")}, data={"filter": ['{"label": 1}', '{"label": 2}']}
+    )
     assert r.status_code == 422 and "2 filter fields" in r.json()["detail"]
 
 
@@ -176,8 +187,12 @@ def test_the_filter_is_documented_and_info_says_what_to_filter_on(client):
     assert form["properties"]["filter"]["type"] == "string"
     assert "filter" in spec["components"]["schemas"]["SearchResponse"]["properties"]
     info = client.get("/v1/info").json()
-    assert info["filters"] == {"keys": ["label", "source", "meta.<key>"], "labels": list(range(10)),
-                               "max_in_values": MAX_IN_VALUES, "max_keys": 16}
+    assert info["filters"] == {
+        "keys": ["label", "source", "meta.<key>"],
+        "labels": list(range(10)),
+        "max_in_values": MAX_IN_VALUES,
+        "max_keys": 16,
+    }
 
 
 @pytest.mark.slow
@@ -200,19 +215,48 @@ def test_real_server_hostile_filters_and_fuzzing(folder, tiny_artifact, tmp_path
         assert sent["requests"] >= 2 * len(filter_corpus())
         out = tmp_path / "fuzz"
         out.mkdir()
-        cmd = [*st_command(), "run", f"{srv.url}/openapi.json", "--checks", ",".join(CHECKS),
-               "--include-path", "/v1/search", "--max-examples", "60",
-               "--phases", "examples,coverage,fuzzing", "--seed", "5", "--no-shrink", "--continue-on-failure",
-               "--report", "har", "--report-dir", str(out), "--report-har-path", str(out / "requests.har.json"),
-               "--suppress-health-check", "all", "--warnings", "off"]
-        env = {**os.environ, "SCHEMATHESIS_HOOKS": "stress.st_hooks",
-               "PYTHONPATH": os.pathsep.join([str(harness.TESTS_DIR), os.environ.get("PYTHONPATH", "")])}
+        cmd = [
+            *st_command(),
+            "run",
+            f"{srv.url}/openapi.json",
+            "--checks",
+            ",".join(CHECKS),
+            "--include-path",
+            "/v1/search",
+            "--max-examples",
+            "60",
+            "--phases",
+            "examples,coverage,fuzzing",
+            "--seed",
+            "5",
+            "--no-shrink",
+            "--continue-on-failure",
+            "--report",
+            "har",
+            "--report-dir",
+            str(out),
+            "--report-har-path",
+            str(out / "requests.har.json"),
+            "--suppress-health-check",
+            "all",
+            "--warnings",
+            "off",
+        ]
+        env = {
+            **os.environ,
+            "SCHEMATHESIS_HOOKS": "stress.st_hooks",
+            "PYTHONPATH": os.pathsep.join([str(harness.TESTS_DIR), os.environ.get("PYTHONPATH", "")]),
+        }
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900, cwd=out)
         figures = read_reports(out, srv.url)
         har = json.loads((out / "requests.har.json").read_text())["log"]["entries"]
         assert "Traceback" not in srv.log()
-    with_filter = [e for e in har if '"filter"' in (e["request"].get("postData") or {}).get("text", "")
-                   or 'name="filter"' in (e["request"].get("postData") or {}).get("text", "")]
+    with_filter = [
+        e
+        for e in har
+        if '"filter"' in (e["request"].get("postData") or {}).get("text", "")
+        or 'name="filter"' in (e["request"].get("postData") or {}).get("text", "")
+    ]
     filtered_ok = [e for e in with_filter if e["response"]["status"] == 200]
     assert figures["requests"] >= 60 and len(with_filter) >= 20 and filtered_ok, (figures["requests"], len(with_filter))
     assert figures["server_errors"] == 0 and proc.returncode == 0, (figures, proc.stdout[-3000:])

@@ -34,13 +34,17 @@ def _tree(root: Path, per_class: int = 8) -> Path:
 
 def test_a_stray_image_keeps_no_label_and_the_others_keep_theirs(tmp_path):
     folder = _tree(tmp_path / "photos")
-    with pytest.warns(UserWarning, match=r"1 of 17 images of .*photos is not in a class subfolder "
-                                         r"\(e.g. IMG_stray.png\): it has no label; the others keep"):
+    with pytest.warns(
+        UserWarning,
+        match=r"1 of 17 images of .*photos is not in a class subfolder "
+        r"\(e.g. IMG_stray.png\): it has no label; the others keep",
+    ):
         data = load_image_folder(folder, size=16)
     names = [Path(p).relative_to(folder).as_posix() for p in data.paths]
     assert data.classes == ["cat", "dog"]
-    assert dict(zip(names, data.labels.tolist())) == {n: (-1 if n == "IMG_stray.png" else ["cat", "dog"].index(n[:3]))
-                                                      for n in names}
+    assert dict(zip(names, data.labels.tolist())) == {
+        n: (-1 if n == "IMG_stray.png" else ["cat", "dog"].index(n[:3])) for n in names
+    }
 
 
 def test_a_folder_mostly_at_the_top_says_why_it_has_no_labels(tmp_path):
@@ -61,14 +65,23 @@ def test_training_leaves_the_stray_out_and_monitors_knn_on_the_labelled_images(t
         dm.setup()
     said = [str(w.message) for w in caught]
     assert any("it has no label" in m for m in said), said
-    assert any("1 image(s) of" in m and "without a class (e.g. IMG_stray.png) are left out of training, so that the "
-               "other 16 keep their labels" in m for m in said), said
+    assert any(
+        "1 image(s) of" in m
+        and "without a class (e.g. IMG_stray.png) are left out of training, so that the other 16 keep their labels" in m
+        for m in said
+    ), said
     assert dm.num_classes == 2 and len(dm.train_images) + len(dm.val_images) == 16
     assert bool((dm.train_labels >= 0).all()) and bool((dm.val_labels >= 0).all())
     torch.manual_seed(0)
     model = DeepInfoMax(z_dim=8, in_channels=3, input_size=16, arch_kwargs={"base_width": 4})
-    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
-                         enable_checkpointing=False, callbacks=[KNNMonitor(k=5, bank_size=100)])
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        callbacks=[KNNMonitor(k=5, bank_size=100)],
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Lightning's notes on workers and tiny data
         trainer.validate(model, datamodule=dm, verbose=False)
@@ -82,4 +95,7 @@ def test_embeddings_keep_the_labels_of_the_images_in_class_folders(tmp_path, tin
     emb = read_embeddings(tmp_path / "emb")
     assert manifest["classes"] == ["cat", "dog"]
     assert {s: lab for s, lab in zip(emb.sources, emb.labels)} == {
-        **{f"cat/IMG_{i}.png": 0 for i in range(3)}, **{f"dog/IMG_{i}.png": 1 for i in range(3)}, "IMG_stray.png": None}
+        **{f"cat/IMG_{i}.png": 0 for i in range(3)},
+        **{f"dog/IMG_{i}.png": 1 for i in range(3)},
+        "IMG_stray.png": None,
+    }

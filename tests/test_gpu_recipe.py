@@ -22,9 +22,24 @@ from infomax.module import DeepInfoMax
 INFOMAX = str(Path(sys.executable).parent / "infomax")
 RECIPE = Path(__file__).parents[1] / "training" / "configs" / "cifar10-gpu-resnet18.yaml"
 # The check documented at the top of the recipe.
-CPU_CHECK = ["--trainer.accelerator", "cpu", "--trainer.precision", "32", "--model.compile", "false",
-             "--trainer.max_steps", "2", "--data.limit_train", "32", "--data.val_size", "32",
-             "--data.batch_size", "16", "--knn.k", "10"]
+CPU_CHECK = [
+    "--trainer.accelerator",
+    "cpu",
+    "--trainer.precision",
+    "32",
+    "--model.compile",
+    "false",
+    "--trainer.max_steps",
+    "2",
+    "--data.limit_train",
+    "32",
+    "--data.val_size",
+    "32",
+    "--data.batch_size",
+    "16",
+    "--knn.k",
+    "10",
+]
 
 
 class _RecordLR(pl.Callback):
@@ -39,8 +54,16 @@ def _fit(data_dir, **model_kwargs) -> list[float]:
     dm = CIFAR10(data_dir=str(data_dir), limit_train=64, val_size=0, batch_size=16)
     model = DeepInfoMax(z_dim=16, arch_kwargs={"base_width": 8}, **model_kwargs)
     rec = _RecordLR()
-    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, callbacks=[rec], limit_val_batches=0, max_epochs=3)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[rec],
+        limit_val_batches=0,
+        max_epochs=3,
+    )
     trainer.fit(model, datamodule=dm)
     return rec.lrs
 
@@ -85,9 +108,23 @@ def test_the_gpu_recipe_parses_with_its_settings():
 
 def test_the_gpu_recipe_trains_two_steps_on_the_cpu(tmp_path, data_dir):
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "INFOMAX_DATA_DIR": str(data_dir), "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([INFOMAX, "train", "--config", str(RECIPE), *CPU_CHECK,
-                        "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(tmp_path)],
-                       capture_output=True, text=True, timeout=900, env=env)
+    r = subprocess.run(
+        [
+            INFOMAX,
+            "train",
+            "--config",
+            str(RECIPE),
+            *CPU_CHECK,
+            "--trainer.enable_progress_bar",
+            "false",
+            "--trainer.default_root_dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     run = tmp_path / "infomax" / "version_0"
     state = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)

@@ -71,8 +71,17 @@ FACTORIES = ["Flat", "HNSW32", "IVF16,Flat"]
 
 @pytest.mark.parametrize(
     "value, expected",
-    [("4GB", 4 * GB), ("512MB", 512 * MB), (1024, 1024), ("1024", 1024), ("1.5 GiB", int(1.5 * 2**30)),
-     ("10kb", 10_000), ("2TB", 2 * 1000**4), ("64MiB", 64 * 2**20), (np.int64(7), 7)],
+    [
+        ("4GB", 4 * GB),
+        ("512MB", 512 * MB),
+        (1024, 1024),
+        ("1024", 1024),
+        ("1.5 GiB", int(1.5 * 2**30)),
+        ("10kb", 10_000),
+        ("2TB", 2 * 1000**4),
+        ("64MiB", 64 * 2**20),
+        (np.int64(7), 7),
+    ],
 )
 def test_parse_memory(value, expected):
     assert parse_memory(value) == expected
@@ -143,10 +152,25 @@ def test_round_trip_identical_results(tmp_path, factory, mmap):
     params = idx.search_params
     idx.close()
     assert sorted(os.listdir(tmp_path / "ix"))[:3] == [INDEX_FILE, RECORD_FILE, METADATA_FILE] or {
-        INDEX_FILE, RECORD_FILE, METADATA_FILE} <= set(os.listdir(tmp_path / "ix"))
+        INDEX_FILE,
+        RECORD_FILE,
+        METADATA_FILE,
+    } <= set(os.listdir(tmp_path / "ix"))
     rec = json.loads((tmp_path / "ix" / RECORD_FILE).read_text())
-    for key in ("format_version", "factory", "metric", "normalized", "dim", "count", "search_params",
-                "recall_at_10", "latency_ms_per_query", "created_at", "infomax_version", "artifact"):
+    for key in (
+        "format_version",
+        "factory",
+        "metric",
+        "normalized",
+        "dim",
+        "count",
+        "search_params",
+        "recall_at_10",
+        "latency_ms_per_query",
+        "created_at",
+        "infomax_version",
+        "artifact",
+    ):
         assert key in rec, key
     assert rec["factory"] == factory and rec["metric"] == "inner_product" and rec["normalized"] is True
     assert rec["dim"] == 32 and rec["count"] == 3000 and rec["artifact"] == art
@@ -464,8 +488,9 @@ CRASH_SCRIPT = textwrap.dedent(
 
 def _crash(folder: Path, op: str) -> str:
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
-    p = subprocess.run([sys.executable, "-c", CRASH_SCRIPT, str(folder), op], capture_output=True, text=True,
-                       env=env, timeout=120)
+    p = subprocess.run(
+        [sys.executable, "-c", CRASH_SCRIPT, str(folder), op], capture_output=True, text=True, env=env, timeout=120
+    )
     assert p.returncode == -signal.SIGKILL, p.stderr
     return p.stdout.strip()
 
@@ -576,8 +601,13 @@ _WRITER = textwrap.dedent("""
 def test_second_writer_is_refused_naming_the_holder_until_it_dies(tmp_path):
     x = clustered(100, 16, seed=21)
     EmbeddingIndex.build(x, path=tmp_path / "ix").close()
-    child = subprocess.Popen([sys.executable, "-c", _WRITER, str(tmp_path / "ix"), "--api-key", "s3cret"],
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO)
+    child = subprocess.Popen(
+        [sys.executable, "-c", _WRITER, str(tmp_path / "ix"), "--api-key", "s3cret"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
     try:
         assert child.stdout.readline().strip() == "added"  # the child holds the lock now
         with pytest.raises(IndexLockedError) as err:
@@ -650,8 +680,9 @@ def test_build_prepare_puts_files_in_place_before_the_folder_appears(tmp_path):
     assert (tmp_path / "ix" / "extra.txt").read_text() == "here"
     # a failing prepare leaves no folder and no temp folder behind
     with pytest.raises(RuntimeError, match="no pictures"):
-        EmbeddingIndex.build(clustered(50, 8), path=tmp_path / "iy",
-                             prepare=lambda tmp: (_ for _ in ()).throw(RuntimeError("no pictures")))
+        EmbeddingIndex.build(
+            clustered(50, 8), path=tmp_path / "iy", prepare=lambda tmp: (_ for _ in ()).throw(RuntimeError("no pictures"))
+        )
     assert not (tmp_path / "iy").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
@@ -714,9 +745,16 @@ def test_random_bytes_and_bit_flip(saved):
         EmbeddingIndex.load(saved)
 
 
-@pytest.mark.parametrize("content", ["{not json", "[1, 2, 3]", '{"hello": "world"}', "",
-                                     '{"format_version": 99, "factory": "Flat", "metric": "inner_product", '
-                                     '"normalized": true, "dim": 16, "artifact": null}'])
+@pytest.mark.parametrize(
+    "content",
+    [
+        "{not json",
+        "[1, 2, 3]",
+        '{"hello": "world"}',
+        "",
+        '{"format_version": 99, "factory": "Flat", "metric": "inner_product", "normalized": true, "dim": 16, "artifact": null}',
+    ],
+)
 def test_foreign_build_record(saved, content):
     (saved / RECORD_FILE).write_text(content)
     with pytest.raises(IndexLoadError) as e:

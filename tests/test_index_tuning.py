@@ -71,8 +71,7 @@ def test_memory_budget_reaches_the_factory_chooser(tmp_path, tiny_artifact, data
     from infomax.commands import index as index_cmd
     from infomax.embed import embed
 
-    embed(tiny_artifact, "cifar10", tmp_path / "emb", split="test", limit=100, batch_size=50,
-          data_dir=data_dir, progress=False)
+    embed(tiny_artifact, "cifar10", tmp_path / "emb", split="test", limit=100, batch_size=50, data_dir=data_dir, progress=False)
     args = ["build", "--embeddings", str(tmp_path / "emb")]
     assert index_cmd.main([*args, "--out", str(tmp_path / "ok"), "--memory-budget", "16kB"]) == 0
     with EmbeddingIndex.load(tmp_path / "ok", read_only=True) as index:

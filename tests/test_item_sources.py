@@ -49,8 +49,11 @@ def _index(folder: Path, artifact: Path, data_dir: Path, record: dict) -> tuple[
     store = ImageStore(folder)
     store.put_many((i, pngs[i], "image/png") for i in range(N))
     store.close()
-    index.add(enc.embed(images).numpy(), ids=np.arange(N),
-              metadata=[{"source": f"cifar10:test:{i}", "label": labels[i]} for i in range(N)])
+    index.add(
+        enc.embed(images).numpy(),
+        ids=np.arange(N),
+        metadata=[{"source": f"cifar10:test:{i}", "label": labels[i]} for i in range(N)],
+    )
     index.save()
     index.close()
     return folder, pngs, labels
@@ -61,14 +64,17 @@ def cifar_index(tmp_path, tiny_artifact, data_dir):
     return _index(tmp_path / "index", tiny_artifact, data_dir, {"data": "cifar10", "split": "test"})
 
 
-@pytest.mark.parametrize("sent,kept", [
-    ("IMG_7.JPG", "IMG_7.JPG"),
-    ("C:\\Users\\me\\Pictures\\IMG_8.JPG", "IMG_8.JPG"),
-    ("../../../etc/passwd.png", "passwd.png"),
-    ("bad\x00name\n.png", "badname.png"),
-    ("..", None),
-    ("", None),
-])
+@pytest.mark.parametrize(
+    "sent,kept",
+    [
+        ("IMG_7.JPG", "IMG_7.JPG"),
+        ("C:\\Users\\me\\Pictures\\IMG_8.JPG", "IMG_8.JPG"),
+        ("../../../etc/passwd.png", "passwd.png"),
+        ("bad\x00name\n.png", "badname.png"),
+        ("..", None),
+        ("", None),
+    ],
+)
 def test_an_uploaded_file_name_is_reduced_to_its_base_name(sent, kept):
     assert source_name(sent) == kept
 
@@ -77,28 +83,40 @@ def test_an_upload_without_metadata_keeps_its_file_name_as_source(cifar_index, t
     """Before: "source": null, so an item added from the page or with curl could not be told apart."""
     folder, pngs, _ = cifar_index
     with TestClient(create_app(Settings(artifact=tiny_artifact, index=folder))) as client:
-        r = client.post("/v1/items", files=[("file", ("C:\\phone\\IMG_2012.JPG", pngs[0], "image/png")),
-                                             ("file", ("b.png", pngs[1], "image/png"))])
+        r = client.post(
+            "/v1/items",
+            files=[("file", ("C:\\phone\\IMG_2012.JPG", pngs[0], "image/png")), ("file", ("b.png", pngs[1], "image/png"))],
+        )
         assert r.status_code == 201, r.text
         assert [it["source"] for it in r.json()["items"]] == ["IMG_2012.JPG", "b.png"]
         stored = client.get(f"/v1/items/{r.json()['ids'][0]}").json()
         assert stored["source"] == "IMG_2012.JPG" and stored["label"] is None
         # metadata without a source: the file name fills it in, the rest is kept
-        r = client.post("/v1/items", files={"file": ("dog.png", pngs[2], "image/png")},
-                        data={"metadata": json.dumps({"label": 5, "album": "holiday"})})
+        r = client.post(
+            "/v1/items",
+            files={"file": ("dog.png", pngs[2], "image/png")},
+            data={"metadata": json.dumps({"label": 5, "album": "holiday"})},
+        )
         assert r.json()["items"][0] | {"id": 0, "image_url": ""} == {
-            "id": 0, "source": "dog.png", "label": 5, "meta": {"album": "holiday"}, "image_url": ""}
+            "id": 0,
+            "source": "dog.png",
+            "label": 5,
+            "meta": {"album": "holiday"},
+            "image_url": "",
+        }
         # a source given by the caller wins over the file name
-        r = client.post("/v1/items", files={"file": ("x.png", pngs[3], "image/png")},
-                        data={"metadata": json.dumps({"source": "camera:roll:17"})})
+        r = client.post(
+            "/v1/items",
+            files={"file": ("x.png", pngs[3], "image/png")},
+            data={"metadata": json.dumps({"source": "camera:roll:17"})},
+        )
         assert r.json()["items"][0]["source"] == "camera:roll:17"
 
 
 def test_info_names_the_classes_of_the_data_set_the_index_records(cifar_index, tmp_path, tiny_artifact, data_dir):
     with TestClient(create_app(Settings(artifact=tiny_artifact, index=cifar_index[0]))) as client:
         assert client.get("/v1/info").json()["classes"] == CLASS_NAMES["cifar10"]
-    folder_index = _index(tmp_path / "folder-index", tiny_artifact, data_dir,
-                          {"data": "/photos", "classes": ["cats", "dogs"]})[0]
+    folder_index = _index(tmp_path / "folder-index", tiny_artifact, data_dir, {"data": "/photos", "classes": ["cats", "dogs"]})[0]
     with TestClient(create_app(Settings(artifact=tiny_artifact, index=folder_index))) as client:
         assert client.get("/v1/info").json()["classes"] == ["cats", "dogs"]
     unknown = _index(tmp_path / "bare", tiny_artifact, data_dir, {})[0]
@@ -116,7 +134,8 @@ def test_the_page_shows_source_and_class_under_each_picture(browser, cifar_index
         _wait(browser, lambda d: len(d.find_elements("css selector", "#sample .card")) == N + 1)
         captions = browser.execute_script(
             "return Object.fromEntries([...document.querySelectorAll('#sample .card')].map("
-            "c => [c.dataset.id, [...c.querySelectorAll('figcaption div')].map(d => d.textContent)]));")
+            "c => [c.dataset.id, [...c.querySelectorAll('figcaption div')].map(d => d.textContent)]));"
+        )
         screenshot(browser, tmp_path, "web-captions.png")
     names = CLASS_NAMES["cifar10"]
     for i in range(N):

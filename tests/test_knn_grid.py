@@ -63,13 +63,24 @@ def test_the_grid_shows_the_source_pixels_and_marks_matches(cifar, tiny_artifact
     train, train_y, test, test_y = cifar
     encoder = load_encoder(tiny_artifact)
     queries, k, scale = 4, 5, 3
-    image, info = knn_grid(encoder, test, train, query_labels=test_y, bank_labels=train_y,
-                           class_names=[f"c{i}" for i in range(10)], queries=queries, k=k, scale=scale, seed=1)
+    image, info = knn_grid(
+        encoder,
+        test,
+        train,
+        query_labels=test_y,
+        bank_labels=train_y,
+        class_names=[f"c{i}" for i in range(10)],
+        queries=queries,
+        k=k,
+        scale=scale,
+        seed=1,
+    )
     layout = GridLayout(rows=queries, cols=k + 1, image_size=32, scale=scale)
     tile_w, tile_h = layout.tile_size
     assert tile_w >= 32 * scale
-    assert image.size == layout.size == ((k + 1) * (tile_w + layout.gap) + layout.gap,
-                                         queries * (tile_h + layout.gap) + layout.gap)
+    assert (
+        image.size == layout.size == ((k + 1) * (tile_w + layout.gap) + layout.gap, queries * (tile_h + layout.gap) + layout.gap)
+    )
     assert image.mode == "RGB"
     # the neighbours are those of the encoder's codes
     codes = encoder.embed(train)
@@ -88,8 +99,16 @@ def test_the_grid_shows_the_source_pixels_and_marks_matches(cifar, tiny_artifact
 
 def test_grey_images_stay_grey(data_dir, tiny_grey_artifact):
     train, train_y = load_dataset("fmnist", data_dir, "test")  # any real grey images will do as a bank
-    image, info = knn_grid(load_encoder(tiny_grey_artifact), train[:30], train[30:130], query_labels=train_y[:30],
-                           bank_labels=train_y[30:130], queries=2, k=3, scale=2)
+    image, info = knn_grid(
+        load_encoder(tiny_grey_artifact),
+        train[:30],
+        train[30:130],
+        query_labels=train_y[:30],
+        bank_labels=train_y[30:130],
+        queries=2,
+        k=3,
+        scale=2,
+    )
     layout = GridLayout(rows=2, cols=4, image_size=28, scale=2)
     assert image.size == layout.size
     q0 = info["queries"][0]
@@ -100,16 +119,46 @@ def test_grey_images_stay_grey(data_dir, tiny_grey_artifact):
 
 def test_the_command_writes_the_png(tmp_path, capsys, data_dir, tiny_artifact):
     out = tmp_path / "grid.png"
-    assert grid_cmd.main(["--model", str(tiny_artifact), "--data", "cifar10", "--out", str(out), "--queries", "3",
-                          "--k", "4", "--scale", "2", "--bank-limit", "200", "--data-dir", str(data_dir)]) == 0
+    assert (
+        grid_cmd.main(
+            [
+                "--model",
+                str(tiny_artifact),
+                "--data",
+                "cifar10",
+                "--out",
+                str(out),
+                "--queries",
+                "3",
+                "--k",
+                "4",
+                "--scale",
+                "2",
+                "--bank-limit",
+                "200",
+                "--data-dir",
+                str(data_dir),
+            ]
+        )
+        == 0
+    )
     with Image.open(out) as png:
         assert png.format == "PNG" and png.size == GridLayout(rows=3, cols=5, image_size=32, scale=2).size
     assert "3 queries x 4 neighbours" in capsys.readouterr().out
 
 
 def test_queries_drawn_from_the_bank_are_not_their_own_neighbours(tmp_path, data_dir, tiny_artifact):
-    info = make_knn_grid(str(tiny_artifact), "cifar10", str(tmp_path / "g.png"), split="train", queries=5, k=3,
-                         bank_limit=100, data_dir=str(data_dir), metric="l2")
+    info = make_knn_grid(
+        str(tiny_artifact),
+        "cifar10",
+        str(tmp_path / "g.png"),
+        split="train",
+        queries=5,
+        k=3,
+        bank_limit=100,
+        data_dir=str(data_dir),
+        metric="l2",
+    )
     for q, row in zip(info["queries"], info["neighbours"]):
         assert q not in row
     assert all(a <= b for row in info["scores"] for a, b in zip(row, row[1:])), "l2: closest (smallest) first"
@@ -148,8 +197,16 @@ def test_bad_arguments_are_refused_before_any_work(tmp_path, kwargs, match):
 
 def test_too_many_neighbours_or_a_bad_output_are_refused(tmp_path, data_dir, tiny_artifact):
     with pytest.raises(ValueError, match="k=50: the bank has only 19 other images"):
-        make_knn_grid(str(tiny_artifact), "cifar10", str(tmp_path / "g.png"), split="train", queries=2, k=50,
-                      bank_limit=20, data_dir=str(data_dir))
+        make_knn_grid(
+            str(tiny_artifact),
+            "cifar10",
+            str(tmp_path / "g.png"),
+            split="train",
+            queries=2,
+            k=50,
+            bank_limit=20,
+            data_dir=str(data_dir),
+        )
     with pytest.raises(ValueError, match="ending in .png"):
         make_knn_grid(str(tiny_artifact), "cifar10", str(tmp_path / "g.jpg"))
     with pytest.raises(ValueError, match="takes 3x32x32 images but fmnist holds 1x28x28"):

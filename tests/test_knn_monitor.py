@@ -57,8 +57,14 @@ def _model(seed: int = 0) -> DeepInfoMax:
 
 
 def _validate(model, dm, monitor) -> float:
-    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
-                         callbacks=[monitor], enable_checkpointing=False)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[monitor],
+        enable_checkpointing=False,
+    )
     trainer.validate(model, datamodule=dm, verbose=False)
     return float(trainer.callback_metrics["val/knn_top1"])
 
@@ -67,8 +73,9 @@ def _validate(model, dm, monitor) -> float:
 def test_logged_knn_equals_a_naive_weighted_knn_on_the_same_bank_and_queries(data_dir, features):
     dm, model = _datamodule(data_dir), _model()
     # The bank and the queries hold the whole train and validation splits: no subset to re-derive.
-    got = _validate(model, dm, KNNMonitor(k=K, temperature=T, bank_size=10_000, max_queries=10_000,
-                                          batch_size=64, features=features))
+    got = _validate(
+        model, dm, KNNMonitor(k=K, temperature=T, bank_size=10_000, max_queries=10_000, batch_size=64, features=features)
+    )
     model.eval()
     with torch.no_grad():
         bank, queries = model(dm.train_images, features), model(dm.val_images, features)
@@ -94,10 +101,17 @@ def test_bank_size_is_the_number_of_bank_items(data_dir):
 
 def test_every_n_epochs_logs_only_those_epochs(data_dir, tmp_path):
     dm = CIFAR10(data_dir=str(data_dir), limit_train=64, val_size=32, batch_size=32)
-    trainer = pl.Trainer(accelerator="cpu", logger=pl.loggers.CSVLogger(tmp_path, name="", version=""),
-                         enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
-                         max_epochs=5, limit_train_batches=1, num_sanity_val_steps=0,
-                         callbacks=[KNNMonitor(k=5, every_n_epochs=2)])
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        logger=pl.loggers.CSVLogger(tmp_path, name="", version=""),
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        max_epochs=5,
+        limit_train_batches=1,
+        num_sanity_val_steps=0,
+        callbacks=[KNNMonitor(k=5, every_n_epochs=2)],
+    )
     trainer.fit(_model(), datamodule=dm)
     rows = list(csv.DictReader((tmp_path / "metrics.csv").open()))
     assert sorted(int(r["epoch"]) for r in rows if r.get("val/loss")) == [0, 1, 2, 3, 4]
@@ -108,9 +122,26 @@ def test_knn_flags_reach_the_monitor(tmp_path):
     from training.train import build_cli
 
     config = Path(__file__).parents[1] / "training" / "configs" / "cifar10.yaml"
-    cli = build_cli(["--config", str(config), "--trainer.default_root_dir", str(tmp_path), "--trainer.logger", "false",
-                     "--knn.every_n_epochs", "3", "--knn.bank_size", "77", "--knn.k", "9",
-                     "--knn.temperature", "0.5", "--export.output", "local"])
+    cli = build_cli(
+        [
+            "--config",
+            str(config),
+            "--trainer.default_root_dir",
+            str(tmp_path),
+            "--trainer.logger",
+            "false",
+            "--knn.every_n_epochs",
+            "3",
+            "--knn.bank_size",
+            "77",
+            "--knn.k",
+            "9",
+            "--knn.temperature",
+            "0.5",
+            "--export.output",
+            "local",
+        ]
+    )
     (monitor,) = [cb for cb in cli.trainer.callbacks if isinstance(cb, KNNMonitor)]
     assert (monitor.every_n_epochs, monitor.bank_size, monitor.k, monitor.temperature) == (3, 77, 9, 0.5)
     assert monitor.features == "local"  # linked to what the artifact serves
@@ -146,10 +177,13 @@ def test_two_ddp_processes_log_the_same_value_as_one(data_dir, tmp_path):
     one = _validate(model, dm, KNNMonitor(k=K, temperature=T, batch_size=64))
     script = tmp_path / "ddp_knn.py"
     script.write_text(DDP_SCRIPT.format(tests=str(Path(__file__).parent), data=str(data_dir), out=str(tmp_path)))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore",
-           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
-    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=240, env=env,
-                       cwd=tmp_path)
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONWARNINGS": "ignore",
+        "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")]),
+    }
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=240, env=env, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{i}.json").read_text()) for i in range(2)]
     assert one > 0.5  # the codes carry the label: a rank's codes gathered out of order would show

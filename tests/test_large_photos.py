@@ -63,14 +63,16 @@ def test_a_50_megapixel_phone_photo_is_decoded_reduced_and_close_to_its_full_dec
 
 def test_a_progressive_or_huge_jpeg_is_still_refused_before_decoding(photo_50mp):
     claiming = jpeg_claiming(photo_50mp, 20000, 20000)
-    with pytest.raises(ApiError, match=f"claim.jpg is 20000x20000 = 400000000 pixels, over the limit of "
-                                       f"{MAX_HEADER_PIXELS} for any image") as e, \
-            pytest.warns(Image.DecompressionBombWarning):  # PIL's warning, at open(), between 1 and 2 x its limit
+    with (
+        pytest.raises(
+            ApiError, match=f"claim.jpg is 20000x20000 = 400000000 pixels, over the limit of {MAX_HEADER_PIXELS} for any image"
+        ) as e,
+        pytest.warns(Image.DecompressionBombWarning),
+    ):  # PIL's warning, at open(), between 1 and 2 x its limit
         decode_image(claiming, name="claim.jpg", size=32, channels=3, max_pixels=DEFAULT_MAX_PIXELS)
     assert (e.value.status, e.value.code) == (413, "image_too_large")
     with pytest.raises(ApiError, match="4225000000 pixels") as e:  # over twice that: PIL's own check, at open()
-        decode_image(jpeg_claiming(photo_50mp, 65000, 65000), name="c.jpg", size=32, channels=3,
-                     max_pixels=DEFAULT_MAX_PIXELS)
+        decode_image(jpeg_claiming(photo_50mp, 65000, 65000), name="c.jpg", size=32, channels=3, max_pixels=DEFAULT_MAX_PIXELS)
     assert (e.value.status, e.value.code) == (413, "image_too_large")
     progressive = phone_photo_jpeg(6000, 5000, progressive=True)
     with pytest.raises(ApiError, match="a progressive JPEG is decoded whole"):
@@ -86,14 +88,15 @@ def test_a_200_megapixel_photo_in_a_folder_is_read(tmp_path):
     del gradient
     pixels = load_image(path, 32, 1)
     assert pixels.shape == (1, 32, 32) and 100 < pixels.float().mean().item() < 155
-    with pytest.raises(ImageTooLargeError, match="20000x20000 = 400000000 pixels, over the limit of 250000000"), \
-            pytest.warns(Image.DecompressionBombWarning):
+    with (
+        pytest.raises(ImageTooLargeError, match="20000x20000 = 400000000 pixels, over the limit of 250000000"),
+        pytest.warns(Image.DecompressionBombWarning),
+    ):
         load_image(jpeg_claiming(path.read_bytes(), 20000, 20000), 32, 1)
 
 
 def test_the_service_embeds_a_50mp_photo(tmp_path, tiny_artifact, photo_50mp):
-    settings = Settings(artifact=tiny_artifact, index=tmp_path / "index", create_index=True,
-                        max_upload_bytes=16 << 20)
+    settings = Settings(artifact=tiny_artifact, index=tmp_path / "index", create_index=True, max_upload_bytes=16 << 20)
     with TestClient(create_app(settings)) as client:
         r = client.post("/v1/embed", files={"file": ("IMG_5000.JPG", photo_50mp, "image/jpeg")})
     assert r.status_code == 200, r.text

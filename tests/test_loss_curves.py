@@ -36,8 +36,17 @@ def _write(path: Path, rows: list[dict]) -> None:
 
 
 def _epoch(e: int, knn: bool = True) -> list[dict]:
-    train = [{"epoch": e, "step": 10 * e + s, "train/loss": -1.0 - e - s / 10, "train/global_mi": 0.5 * e + s / 10,
-              "train/local_mi": 0.3 * e, "train/prior": 0.1} for s in (4, 9)]
+    train = [
+        {
+            "epoch": e,
+            "step": 10 * e + s,
+            "train/loss": -1.0 - e - s / 10,
+            "train/global_mi": 0.5 * e + s / 10,
+            "train/local_mi": 0.3 * e,
+            "train/prior": 0.1,
+        }
+        for s in (4, 9)
+    ]
     val = {"epoch": e, "step": 10 * e + 9, "val/loss": -0.5 - e, "val/global_mi": 0.4 * e, "val/local_mi": 0.2 * e}
     return train + [{**val, **({"val/knn_top1": 0.2 + 0.1 * e} if knn else {})}]
 

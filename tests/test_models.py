@@ -30,8 +30,9 @@ def test_shipped_model_loads_and_records_its_command_and_figures(folder):
     # The eval report of these weights, on the data set they were trained on, beside raw pixels.
     report = config["eval"][config["dataset"]]
     assert report["n_test"] == 10_000 and {"encoder", "pixels"} <= set(report["results"])
-    assert encoder.embed(torch.zeros(2, encoder.in_channels, encoder.input_size, encoder.input_size,
-                                     dtype=torch.uint8)).shape == (2, encoder.z_dim)
+    assert encoder.embed(
+        torch.zeros(2, encoder.in_channels, encoder.input_size, encoder.input_size, dtype=torch.uint8)
+    ).shape == (2, encoder.z_dim)
 
 
 @pytest.mark.parametrize("folder", MODELS, ids=lambda p: p.name)
@@ -44,8 +45,10 @@ def test_shipped_model_beats_its_architecture_untrained_and_raw_pixels(folder, d
     train, train_y = load_dataset(data, data_dir, "train")
     test, test_y = load_dataset(data, data_dir, "test")
     train, train_y, test, test_y = train[:5000], train_y[:5000], test[:1000], test_y[:1000]
-    knn = {name: knn_eval(enc.embed(train), train_y, enc.embed(test), test_y)["knn_top1"]
-           for name, enc in (("shipped", shipped), ("untrained", untrained))}
+    knn = {
+        name: knn_eval(enc.embed(train), train_y, enc.embed(test), test_y)["knn_top1"]
+        for name, enc in (("shipped", shipped), ("untrained", untrained))
+    }
     px_train, px_test = pixel_features(train, test)
     knn["pixels"] = knn_eval(px_train, train_y, px_test, test_y)["knn_top1"]
     assert knn["shipped"] > knn["untrained"] + 0.02 and knn["shipped"] > knn["pixels"] + 0.02, knn

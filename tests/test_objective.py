@@ -23,8 +23,9 @@ N, Z, C, H = 6, 8, 5, 2  # 6 images, 8-dim codes, 5-channel 2x2 local maps (4 po
 
 def _output(seed: int) -> EncoderOutput:
     g = torch.Generator().manual_seed(seed)
-    return EncoderOutput(torch.randn(N, C, H, H, generator=g), torch.randn(N, Z, generator=g),
-                         torch.randn(N, Z, generator=g) * 0.1)
+    return EncoderOutput(
+        torch.randn(N, C, H, H, generator=g), torch.randn(N, Z, generator=g), torch.randn(N, Z, generator=g) * 0.1
+    )
 
 
 def _positions(local: torch.Tensor) -> torch.Tensor:
@@ -42,8 +43,9 @@ def naive_bound(estimator: str, pairs: list[tuple[float, list[float]]]) -> float
         log_sig = lambda t: -math.log1p(math.exp(-t))  # noqa: E731
         return sum(map(log_sig, pos)) / len(pos) + sum(log_sig(-t) for t in negs) / len(negs)
     if estimator == "infonce":
-        return sum(p - math.log(math.exp(p) + sum(math.exp(t) for t in ns)) + math.log(len(ns) + 1)
-                   for p, ns in pairs) / len(pairs)
+        return sum(p - math.log(math.exp(p) + sum(math.exp(t) for t in ns)) + math.log(len(ns) + 1) for p, ns in pairs) / len(
+            pairs
+        )
     assert estimator == "dv"
     return sum(pos) / len(pos) - math.log(sum(math.exp(t) for t in negs) / len(negs))
 
@@ -70,8 +72,18 @@ def naive_term(critic, estimator: str, z: torch.Tensor, targets: torch.Tensor, p
 
 def _objective(estimator: str, negatives: str, critic: str, alpha=1.0, beta=1.0, gamma=0.0) -> DIMObjective:
     torch.manual_seed(11)  # the critics' weights
-    return DIMObjective(Z, C, alpha=alpha, beta=beta, gamma=gamma, global_estimator=estimator,
-                        local_estimator=estimator, negatives=negatives, critic=critic, critic_hidden=16)
+    return DIMObjective(
+        Z,
+        C,
+        alpha=alpha,
+        beta=beta,
+        gamma=gamma,
+        global_estimator=estimator,
+        local_estimator=estimator,
+        negatives=negatives,
+        critic=critic,
+        critic_hidden=16,
+    )
 
 
 def _perm(negatives: str) -> list[int] | None:
@@ -142,10 +154,14 @@ def test_two_views_pair_each_code_with_the_other_views_code_and_map(estimator, n
     torch.manual_seed(8)
     z1 = reparameterize(first.mu, first.logvar)
     z2 = reparameterize(second.mu, second.logvar)
-    g = 0.5 * (naive_term(obj.global_critic, estimator, z1, z2[:, None], _perm(negatives))
-               + naive_term(obj.global_critic, estimator, z2, z1[:, None], _perm(negatives)))
-    lo = 0.5 * (naive_term(obj.local_critic, estimator, z1, _positions(second.local), _perm(negatives))
-                + naive_term(obj.local_critic, estimator, z2, _positions(first.local), _perm(negatives)))
+    g = 0.5 * (
+        naive_term(obj.global_critic, estimator, z1, z2[:, None], _perm(negatives))
+        + naive_term(obj.global_critic, estimator, z2, z1[:, None], _perm(negatives))
+    )
+    lo = 0.5 * (
+        naive_term(obj.local_critic, estimator, z1, _positions(second.local), _perm(negatives))
+        + naive_term(obj.local_critic, estimator, z2, _positions(first.local), _perm(negatives))
+    )
     prior = 0.5 * (gaussian_kl(first.mu, first.logvar) + gaussian_kl(second.mu, second.logvar)).item()
     assert got.global_mi.item() == pytest.approx(g, abs=1e-5)
     assert got.local_mi.item() == pytest.approx(lo, abs=1e-5)

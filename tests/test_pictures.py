@@ -21,8 +21,9 @@ def _photo(path: Path, w: int, h: int, orientation: int | None = None) -> Path:
     # smooth gradients: a realistic JPEG size, and orientation visible in the pixels
     x = np.linspace(0, 255, w, dtype=np.float32)[None, :, None]
     y = np.linspace(0, 255, h, dtype=np.float32)[:, None, None]
-    pixels = np.concatenate([np.broadcast_to(x, (h, w, 1)), np.broadcast_to(y, (h, w, 1)),
-                             np.full((h, w, 1), 60, np.float32)], axis=2).astype(np.uint8)
+    pixels = np.concatenate(
+        [np.broadcast_to(x, (h, w, 1)), np.broadcast_to(y, (h, w, 1)), np.full((h, w, 1), 60, np.float32)], axis=2
+    ).astype(np.uint8)
     img = Image.fromarray(pixels)
     exif = Image.Exif()
     if orientation:
@@ -57,8 +58,9 @@ def test_a_50_mp_photo_is_not_decoded_whole(tmp_path):
         data, _ = file_picture(Path(sys.argv[1]))
         print((kb("VmHWM") - before) // 1024, len(data))
     """)
-    out = subprocess.run([sys.executable, "-c", child, str(photo)], cwd=REPO, capture_output=True, text=True,
-                         timeout=120, check=True).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", child, str(photo)], cwd=REPO, capture_output=True, text=True, timeout=120, check=True
+    ).stdout.split()
     grown_mb, size = int(out[0]), int(out[1])
     assert size > 0
     assert grown_mb < 40, f"making the thumbnail of a 50 MP photo grew the process by {grown_mb} MB"

@@ -13,9 +13,7 @@ def general_gaussian_kl(mu0, cov0, mu1, cov1) -> torch.Tensor:
     k = mu0.shape[-1]
     inv1 = torch.linalg.inv(cov1)
     d = mu1 - mu0
-    return 0.5 * (
-        torch.trace(inv1 @ cov0) + d @ inv1 @ d - k + torch.logdet(cov1) - torch.logdet(cov0)
-    )
+    return 0.5 * (torch.trace(inv1 @ cov0) + d @ inv1 @ d - k + torch.logdet(cov1) - torch.logdet(cov0))
 
 
 def test_gaussian_kl_matches_the_general_closed_form():
@@ -24,8 +22,12 @@ def test_gaussian_kl_matches_the_general_closed_form():
     mu = torch.randn(b, d, dtype=torch.float64) * 2
     logvar = torch.randn(b, d, dtype=torch.float64)
     per_image = torch.stack(
-        [general_gaussian_kl(mu[i], torch.diag(logvar[i].exp()), torch.zeros(d, dtype=torch.float64),
-                             torch.eye(d, dtype=torch.float64)) for i in range(b)]
+        [
+            general_gaussian_kl(
+                mu[i], torch.diag(logvar[i].exp()), torch.zeros(d, dtype=torch.float64), torch.eye(d, dtype=torch.float64)
+            )
+            for i in range(b)
+        ]
     )
     # gaussian_kl averages over the batch and the dimensions.
     assert gaussian_kl(mu, logvar).item() == pytest.approx(per_image.mean().item() / d, rel=1e-10)
@@ -35,10 +37,13 @@ def test_gaussian_kl_matches_torch_distributions():
     torch.manual_seed(1)
     mu, logvar = torch.randn(32, 16), torch.randn(32, 16)
     ref = kl_divergence(Normal(mu, (0.5 * logvar).exp()), Normal(0.0, 1.0)).mean()
-    mvn = kl_divergence(
-        MultivariateNormal(mu, torch.diag_embed(logvar.exp())),
-        MultivariateNormal(torch.zeros(16), torch.eye(16)),
-    ).mean() / 16
+    mvn = (
+        kl_divergence(
+            MultivariateNormal(mu, torch.diag_embed(logvar.exp())),
+            MultivariateNormal(torch.zeros(16), torch.eye(16)),
+        ).mean()
+        / 16
+    )
     assert gaussian_kl(mu, logvar).item() == pytest.approx(ref.item(), rel=1e-5)
     assert gaussian_kl(mu, logvar).item() == pytest.approx(mvn.item(), rel=1e-4)
 

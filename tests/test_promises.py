@@ -49,9 +49,22 @@ def test_ckpt_path_last_resumes_the_run_written_last_among_several(tmp_path, dat
 
 def test_ckpt_path_last_without_any_run_fails_in_one_line(tmp_path, data_dir):
     env = {**os.environ, "INFOMAX_DATA_DIR": str(data_dir), "PYTHONWARNINGS": "ignore"}
-    r = subprocess.run([str(Path(sys.executable).parent / "infomax"), "train", "--config", CONFIG,
-                        "--trainer.default_root_dir", str(tmp_path), "--ckpt_path", "last"],
-                       capture_output=True, text=True, timeout=300, env=env)
+    r = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "infomax"),
+            "train",
+            "--config",
+            CONFIG,
+            "--trainer.default_root_dir",
+            str(tmp_path),
+            "--ckpt_path",
+            "last",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert r.returncode == 1, r.stderr[-2000:]
     assert "--ckpt_path last: no last.ckpt under" in r.stderr and str(tmp_path / "infomax") in r.stderr
     assert "Traceback" not in r.stderr
@@ -63,11 +76,18 @@ def test_ckpt_path_last_without_any_run_fails_in_one_line(tmp_path, data_dir):
 
 def test_serve_flags_take_precedence_over_infomax_variables(index_template, tiny_artifact, tmp_path):
     folder = copy_index(index_template, tmp_path / "index")
-    env = {"INFOMAX_MAX_K": "5", "INFOMAX_DEFAULT_K": "3", "INFOMAX_MAX_UPLOAD_BYTES": "123456", "INFOMAX_BATCHING": "false",
-           "INFOMAX_INDEX": str(tmp_path / "nowhere"), "INFOMAX_READ_ONLY": "true"}
+    env = {
+        "INFOMAX_MAX_K": "5",
+        "INFOMAX_DEFAULT_K": "3",
+        "INFOMAX_MAX_UPLOAD_BYTES": "123456",
+        "INFOMAX_BATCHING": "false",
+        "INFOMAX_INDEX": str(tmp_path / "nowhere"),
+        "INFOMAX_READ_ONLY": "true",
+    }
     # --max-k and --index given as flags: they win; the variables alone set the others
-    with serve(["--model", str(tiny_artifact), "--index", str(folder), "--max-k", "7", "--no-access-log"],
-               tmp_path / "one.log", env=env) as srv:
+    with serve(
+        ["--model", str(tiny_artifact), "--index", str(folder), "--max-k", "7", "--no-access-log"], tmp_path / "one.log", env=env
+    ) as srv:
         info = httpx.get(srv.url + "/v1/info").json()
         assert (info["max_k"], info["max_upload_bytes"], info["batching"], info["read_only"]) == (7, 123456, False, True)
         assert info["items"] == len(index_template["pngs"])  # the flag's index, not INFOMAX_INDEX's
@@ -75,8 +95,22 @@ def test_serve_flags_take_precedence_over_infomax_variables(index_template, tiny
         r = httpx.post(srv.url + "/v1/search", json={"id": 1, "k": 8})
         assert r.status_code == 422 and "from 1 to 7" in r.json()["detail"]
     # workers are separate processes built from the environment: the flags still win there
-    with serve(["--model", str(tiny_artifact), "--index", str(folder), "--max-k", "7", "--workers", "2",
-                "--batching", "--no-access-log"], tmp_path / "two.log", env=env) as srv:
+    with serve(
+        [
+            "--model",
+            str(tiny_artifact),
+            "--index",
+            str(folder),
+            "--max-k",
+            "7",
+            "--workers",
+            "2",
+            "--batching",
+            "--no-access-log",
+        ],
+        tmp_path / "two.log",
+        env=env,
+    ) as srv:
         for _ in range(6):  # new connections, spread over the workers
             with httpx.Client(base_url=srv.url) as c:
                 info = c.get("/v1/info").json()
@@ -102,15 +136,22 @@ def test_loss_curves_join_a_resumed_runs_parts(tmp_path):
     run.mkdir()
 
     def epoch(e: int, losses: tuple[float, float], knn: float) -> list[dict]:
-        return [{"epoch": e, "step": 10 * e + 4, "train/loss": losses[0]},
-                {"epoch": e, "step": 10 * e + 9, "train/loss": losses[1]},
-                {"epoch": e, "step": 10 * e + 9, "val/loss": losses[1] + 0.5, "val/knn_top1": knn}]
+        return [
+            {"epoch": e, "step": 10 * e + 4, "train/loss": losses[0]},
+            {"epoch": e, "step": 10 * e + 9, "train/loss": losses[1]},
+            {"epoch": e, "step": 10 * e + 9, "val/loss": losses[1] + 0.5, "val/knn_top1": knn},
+        ]
 
     _write_metrics(run / "metrics.part0.csv", epoch(0, (-1.0, -2.0), 0.20) + epoch(1, (-2.0, -3.0), 0.30))
     _write_metrics(run / "metrics.part1.csv", epoch(2, (-3.0, -4.0), 0.40))
     _write_metrics(run / "metrics.csv", epoch(3, (-4.0, -5.0), 0.50))
-    r = subprocess.run([sys.executable, str(REPO / "bench" / "loss_curves.py"), str(run), "--out",
-                        str(tmp_path / "c.svg"), "--every", "1"], capture_output=True, text=True, timeout=120, cwd=REPO)
+    r = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "loss_curves.py"), str(run), "--out", str(tmp_path / "c.svg"), "--every", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
     assert r.returncode == 0, r.stderr
     assert "<svg" in (tmp_path / "c.svg").read_text()
     header, _, *rows = [line.strip("|").split("|") for line in r.stdout.splitlines() if line.startswith("|")]

@@ -131,8 +131,17 @@ def test_startup_refuses_damaged_or_mismatched_files(tmp_path, tiny_artifact):
     # damaged index.faiss / images.sqlite / weights (found by the app), missing artifact, other weights (preflight)
     cases = make_cases(tmp_path, quick=True, artifact=tiny_artifact)
     # a setting error with the key in the environment: refused, and the key not echoed
-    cases.append(Refusal("invalid settings, key set", cases[0].artifact, tmp_path / "good-index", names="workers",
-                         extra_args=("--workers", "2"), env={"INFOMAX_API_KEY": API_KEY}, secret=API_KEY))
+    cases.append(
+        Refusal(
+            "invalid settings, key set",
+            cases[0].artifact,
+            tmp_path / "good-index",
+            names="workers",
+            extra_args=("--workers", "2"),
+            env={"INFOMAX_API_KEY": API_KEY},
+            secret=API_KEY,
+        )
+    )
     results = run_refusals(cases, parallel=2, timeout=90)
     for r in results:
         assert r["exit_code"] not in (0, None), r
@@ -189,19 +198,26 @@ def test_label_beyond_int64_is_refused_with_422_not_500(server):
     png = unique_png(4242)
     answers = []
     with server.client() as c:  # a fresh connection per request: a 500 closes the connection
-        answers.append(c.post("/v1/items", json={"items": [{"image": base64.b64encode(png).decode(),
-                                                            "metadata": {"label": 2**70}}]}).status_code)
+        answers.append(
+            c.post(
+                "/v1/items", json={"items": [{"image": base64.b64encode(png).decode(), "metadata": {"label": 2**70}}]}
+            ).status_code
+        )
     with server.client() as c:
-        answers.append(c.post("/v1/items", files={"file": ("a.png", png, "image/png")},
-                              data={"metadata": json.dumps({"label": -(2**64)})}).status_code)
+        answers.append(
+            c.post(
+                "/v1/items", files={"file": ("a.png", png, "image/png")}, data={"metadata": json.dumps({"label": -(2**64)})}
+            ).status_code
+        )
     assert answers == [422, 422]
 
 
 def test_every_stored_image_type_is_documented(server):
     import httpx
 
-    content = httpx.get(server.url + "/openapi.json").json()["paths"]["/v1/items/{item_id}/image"]["get"][
-        "responses"]["200"]["content"]
+    content = httpx.get(server.url + "/openapi.json").json()["paths"]["/v1/items/{item_id}/image"]["get"]["responses"]["200"][
+        "content"
+    ]
     assert {"image/png", "image/jpeg", "image/gif", "image/webp", "image/bmp"} <= set(content)
 
 
@@ -211,8 +227,7 @@ def test_every_stored_image_type_is_documented(server):
 def test_sigkill_during_concurrent_writes_loses_nothing_acknowledged(server, tmp_path):
     from stress.crash import run_crashes
 
-    fig = run_crashes(tmp_path, kills=3, clients=4, seed=3, min_delay=0.3, max_delay=1.2, server=server,
-                      log=lambda *_: None)
+    fig = run_crashes(tmp_path, kills=3, clients=4, seed=3, min_delay=0.3, max_delay=1.2, server=server, log=lambda *_: None)
     assert fig["problems"] == [], fig["problems"]
     assert fig["items_lost"] == 0 and fig["half_present"] == 0 and fig["deletes_undone"] == 0
     assert fig["acknowledged_items"] > 0, fig  # the clients did get writes through between kills

@@ -44,15 +44,27 @@ def test_search_by_id_and_by_image_with_a_filter_is_the_librarys(built, capsys, 
         png = tmp_path / "q.png"
         label = built["labels"][9]
         png.write_bytes(built["pngs"][9])
-        code, out, err = run(capsys, "--index", folder, "--image", str(png), "--filter", json.dumps({"label": label}),
-                             "--k", "5", "--json")
+        code, out, err = run(
+            capsys, "--index", folder, "--image", str(png), "--filter", json.dumps({"label": label}), "--k", "5", "--json"
+        )
         assert code == 0, err
         body = json.loads(out)
         assert body["neighbors"][0]["id"] == 9 and body["neighbors"][0]["score"] == pytest.approx(1.0, abs=1e-4)
         assert all(n["label"] == label for n in body["neighbors"]) and len(body["neighbors"]) == 5
         # the table: a header and one line per neighbour; --model given explicitly works the same
-        code, out, _ = run(capsys, "--index", folder, "--image", str(png), "--filter", json.dumps({"label": label}),
-                           "--k", "5", "--model", str(tiny_artifact))
+        code, out, _ = run(
+            capsys,
+            "--index",
+            folder,
+            "--image",
+            str(png),
+            "--filter",
+            json.dumps({"label": label}),
+            "--k",
+            "5",
+            "--model",
+            str(tiny_artifact),
+        )
         lines = out.strip().splitlines()
         assert code == 0 and lines[0].split() == ["rank", "score", "id", "label", "source"] and len(lines) == 6
         assert lines[1].split()[:3] == ["1", "1.0000", "9"] and "cifar10:test:9" in lines[1]
@@ -62,8 +74,7 @@ def test_search_by_id_and_by_image_with_a_filter_is_the_librarys(built, capsys, 
 
 def test_fewer_results_only_when_fewer_items_match(built, capsys):
     spec = {"source": {"in": ["cifar10:test:3", "cifar10:test:4", "cifar10:test:5"]}}
-    code, out, _ = run(capsys, "--index", str(built["folder"]), "--id", "0", "--k", "10", "--filter", json.dumps(spec),
-                       "--json")
+    code, out, _ = run(capsys, "--index", str(built["folder"]), "--id", "0", "--k", "10", "--filter", json.dumps(spec), "--json")
     assert code == 0 and sorted(n["id"] for n in json.loads(out)["neighbors"]) == [3, 4, 5]
 
 

@@ -69,8 +69,11 @@ def build_index(folder: Path, artifact: Path, data_dir: Path, n: int = N_ITEMS) 
     index = EmbeddingIndex.create(enc.z_dim, path=folder, artifact={"id": enc.id, "path": str(artifact)})
     store = ImageStore(folder)
     store.put_many((i, pngs[i], "image/png") for i in range(n))
-    index.add(enc.embed(images).numpy(), ids=np.arange(n),
-              metadata=[{"source": f"cifar10:test:{i}", "label": int(labels[i])} for i in range(n)])
+    index.add(
+        enc.embed(images).numpy(),
+        ids=np.arange(n),
+        metadata=[{"source": f"cifar10:test:{i}", "label": int(labels[i])} for i in range(n)],
+    )
     index.save()
     index.close()
     store.close()
@@ -102,8 +105,7 @@ class Server:
         self.log_path = log
         cmd = [sys.executable, "-m", "infomax.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port), *args]
         self._log = open(log, "ab")
-        self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT,
-                                     env={**os.environ, **(env or {})})
+        self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
 
     def wait_ready(self, timeout: float = 90.0) -> Server:
         deadline = time.monotonic() + timeout
@@ -160,7 +162,6 @@ def _keep_torch_threads():
     torch.set_num_threads(threads)
 
 
-
 @pytest.fixture(scope="module")
 def shared_index(index_template, tmp_path_factory) -> Path:
     return copy_index(index_template, tmp_path_factory.mktemp("svc-shared") / "index")
@@ -169,8 +170,15 @@ def shared_index(index_template, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def client(tiny_artifact, shared_index):
     """One app for the tests that only read (and the bad-input tests, which must change nothing)."""
-    settings = Settings(artifact=tiny_artifact, index=shared_index, max_k=50, max_upload_bytes=200_000,
-                        max_image_pixels=1_000_000, max_images_per_request=4, max_sample=100)
+    settings = Settings(
+        artifact=tiny_artifact,
+        index=shared_index,
+        max_k=50,
+        max_upload_bytes=200_000,
+        max_image_pixels=1_000_000,
+        max_images_per_request=4,
+        max_sample=100,
+    )
     with TestClient(create_app(settings)) as c:
         yield c
 
@@ -208,6 +216,7 @@ def image_file(size=(40, 30), mode="RGB", fmt="PNG", seed=0) -> bytes:
 def png_claiming(width: int, height: int) -> bytes:
     """A PNG whose header claims width x height but which holds almost no pixel data: decoding
     it would fail as truncated, so a 413 proves the size was refused before decoding."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
@@ -266,8 +275,16 @@ def test_embed_gives_the_artifact_codes_in_upload_order(client, index_template, 
     np.testing.assert_allclose(np.array(r.json()["codes"]), expected, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("size,mode,fmt", [((100, 60), "RGBA", "PNG"), ((50, 80), "L", "JPEG"),
-                                           ((33, 33), "RGB", "GIF"), ((64, 48), "RGB", "WEBP"), ((20, 20), "RGB", "BMP")])
+@pytest.mark.parametrize(
+    "size,mode,fmt",
+    [
+        ((100, 60), "RGBA", "PNG"),
+        ((50, 80), "L", "JPEG"),
+        ((33, 33), "RGB", "GIF"),
+        ((64, 48), "RGB", "WEBP"),
+        ((20, 20), "RGB", "BMP"),
+    ],
+)
 def test_embed_accepts_any_size_mode_and_web_format(client, encoder, size, mode, fmt):
     data = image_file(size, mode, fmt)
     r = client.post("/v1/embed", files={"file": ("x", data, "application/octet-stream")})
@@ -284,14 +301,22 @@ def test_add_read_image_search_delete_roundtrip(writable, index_template):
     folder, make = writable
     png = image_file((32, 32), seed=7)
     with make() as c:
-        r = c.post("/v1/items", files={"file": ("new.png", png, "image/png")},
-                   data={"metadata": json.dumps({"source": "upload:new.png", "label": 4, "photographer": "ann"})})
+        r = c.post(
+            "/v1/items",
+            files={"file": ("new.png", png, "image/png")},
+            data={"metadata": json.dumps({"source": "upload:new.png", "label": 4, "photographer": "ann"})},
+        )
         assert r.status_code == 201, r.text
         (new_id,) = r.json()["ids"]
         assert new_id == N_ITEMS  # the next free id
         item = c.get(f"/v1/items/{new_id}").json()
-        assert item == {"id": new_id, "source": "upload:new.png", "label": 4, "meta": {"photographer": "ann"},
-                        "image_url": f"/v1/items/{new_id}/image"}
+        assert item == {
+            "id": new_id,
+            "source": "upload:new.png",
+            "label": 4,
+            "meta": {"photographer": "ann"},
+            "image_url": f"/v1/items/{new_id}/image",
+        }
         img = c.get(f"/v1/items/{new_id}/image")
         assert img.status_code == 200 and img.content == png and img.headers["content-type"] == "image/png"
         assert img.headers["x-content-type-options"] == "nosniff"
@@ -317,8 +342,9 @@ def test_add_items_json_with_ids_and_conflicts_change_nothing(writable, index_te
     _, make = writable
     a, b = image_file(seed=1), image_file(seed=2)
     with make() as c:
-        r = c.post("/v1/items", json={"items": [{"image": b64(a), "id": 5000, "metadata": {"label": 1}},
-                                                {"image": b64(b), "id": 5001}]})
+        r = c.post(
+            "/v1/items", json={"items": [{"image": b64(a), "id": 5000, "metadata": {"label": 1}}, {"image": b64(b), "id": 5001}]}
+        )
         assert r.status_code == 201, r.text
         assert r.json()["ids"] == [5000, 5001]
         assert c.get("/v1/items/5000").json()["label"] == 1
@@ -328,8 +354,9 @@ def test_add_items_json_with_ids_and_conflicts_change_nothing(writable, index_te
         assert c.get("/v1/items/6000").status_code == 404
         assert c.get("/readyz").json()["items"] == N_ITEMS + 2
         # multipart with ids, one per file
-        r = c.post("/v1/items", files=[("file", ("a", a, "image/png")), ("file", ("b", b, "image/png"))],
-                   data={"id": ["7000", "7001"]})
+        r = c.post(
+            "/v1/items", files=[("file", ("a", a, "image/png")), ("file", ("b", b, "image/png"))], data={"id": ["7000", "7001"]}
+        )
         assert r.status_code == 201 and r.json()["ids"] == [7000, 7001]
         # ids allocated afterwards continue after the largest one
         r = c.post("/v1/items", files={"file": ("a", a, "image/png")})
@@ -354,57 +381,141 @@ def _cases(pngs: list[bytes]):
     return [
         # name, request kwargs, status, code, fragment of the message
         ("not an image", dict(files={"file": text}), 400, "not_an_image", "not an image"),
-        ("truncated image", dict(files={"file": ("t.png", png[: len(png) * 2 // 3], "image/png")}), 400,
-         "corrupt_image", "truncated"),
+        (
+            "truncated image",
+            dict(files={"file": ("t.png", png[: len(png) * 2 // 3], "image/png")}),
+            400,
+            "corrupt_image",
+            "truncated",
+        ),
         ("cut inside header", dict(files={"file": ("t.png", png[:20], "image/png")}), 400, None, "t.png"),
         ("empty file", dict(files={"file": ("e.png", b"", "image/png")}), 400, "empty_image", "empty"),
-        ("tiff not accepted", dict(files={"file": ("x.tif", image_file(fmt="TIFF"), "image/tiff")}), 400,
-         "not_an_image", "accepted format"),
-        ("over the pixel limit", dict(files={"file": ("big.png", png_claiming(2000, 1000), "image/png")}), 413,
-         "image_too_large", "2000x1000 = 2000000 pixels"),
-        ("decompression bomb", dict(files={"file": ("bomb.png", png_claiming(100_000, 100_000), "image/png")}), 413,
-         "image_too_large", "bomb.png"),
-        ("upload over the size limit", dict(files={"file": ("huge.png", png + b"\0" * 250_000, "image/png")}), 413,
-         "payload_too_large", "200000 bytes"),
-        ("chunked upload over the size limit", dict(content=iter([b"{" + b" " * 50_000] * 6),
-                                                    headers={"content-type": "application/json"}), 413,
-         "payload_too_large", "200000 bytes"),
+        (
+            "tiff not accepted",
+            dict(files={"file": ("x.tif", image_file(fmt="TIFF"), "image/tiff")}),
+            400,
+            "not_an_image",
+            "accepted format",
+        ),
+        (
+            "over the pixel limit",
+            dict(files={"file": ("big.png", png_claiming(2000, 1000), "image/png")}),
+            413,
+            "image_too_large",
+            "2000x1000 = 2000000 pixels",
+        ),
+        (
+            "decompression bomb",
+            dict(files={"file": ("bomb.png", png_claiming(100_000, 100_000), "image/png")}),
+            413,
+            "image_too_large",
+            "bomb.png",
+        ),
+        (
+            "upload over the size limit",
+            dict(files={"file": ("huge.png", png + b"\0" * 250_000, "image/png")}),
+            413,
+            "payload_too_large",
+            "200000 bytes",
+        ),
+        (
+            "chunked upload over the size limit",
+            dict(content=iter([b"{" + b" " * 50_000] * 6), headers={"content-type": "application/json"}),
+            413,
+            "payload_too_large",
+            "200000 bytes",
+        ),
         ("bad base64", dict(json={"image": "###not base64###"}), 400, "invalid_base64", "base64"),
         ("base64 of text", dict(json={"image": b64(b"hello world")}), 400, "not_an_image", "image"),
         ("vector of wrong dimension", dict(json={"vector": [0.1] * (dim - 1)}), 422, "invalid_vector", "dimension 31"),
-        ("vector with NaN", dict(content=json.dumps({"vector": [0.1] * (dim - 1) + [float("nan")]}),
-                                 headers={"content-type": "application/json"}), 422, "invalid_vector", "NaN"),
-        ("vector with inf", dict(content='{"vector": [' + ",".join(["1e999"] + ["0.5"] * (dim - 1)) + "]}",
-                                 headers={"content-type": "application/json"}), 422, "invalid_vector", "inf"),
+        (
+            "vector with NaN",
+            dict(
+                content=json.dumps({"vector": [0.1] * (dim - 1) + [float("nan")]}), headers={"content-type": "application/json"}
+            ),
+            422,
+            "invalid_vector",
+            "NaN",
+        ),
+        (
+            "vector with inf",
+            dict(
+                content='{"vector": [' + ",".join(["1e999"] + ["0.5"] * (dim - 1)) + "]}",
+                headers={"content-type": "application/json"},
+            ),
+            422,
+            "invalid_vector",
+            "inf",
+        ),
         ("vector beyond float32", dict(json={"vector": [1e39] + [0.5] * (dim - 1)}), 422, "invalid_vector", "float32"),
         ("vector of zeros", dict(json={"vector": [0.0] * dim}), 422, "invalid_vector", "zeros"),
         ("vector of strings", dict(json={"vector": ["a"] * dim}), 422, "invalid_request", "vector.0"),
         ("k = 0", dict(json={"id": 1, "k": 0}), 422, "invalid_k", "from 1 to 50"),
         ("k over max_k", dict(json={"id": 1, "k": 51}), 422, "invalid_k", "got 51"),
         ("k not an integer", dict(json={"id": 1, "k": 2.5}), 422, "invalid_request", "k"),
-        ("k not a number (multipart)", dict(files={"file": ("a.png", png, "image/png")}, data={"k": "ten"}), 422,
-         "invalid_request", "k must be an integer"),
-        ("k over max_k (multipart)", dict(files={"file": ("a.png", png, "image/png")}, data={"k": "1000"}), 422,
-         "invalid_k", "got 1000"),
+        (
+            "k not a number (multipart)",
+            dict(files={"file": ("a.png", png, "image/png")}, data={"k": "ten"}),
+            422,
+            "invalid_request",
+            "k must be an integer",
+        ),
+        (
+            "k over max_k (multipart)",
+            dict(files={"file": ("a.png", png, "image/png")}, data={"k": "1000"}),
+            422,
+            "invalid_k",
+            "got 1000",
+        ),
         ("unknown id", dict(json={"id": 987654}), 404, "not_found", "987654"),
         ("negative id", dict(json={"id": -1}), 422, "invalid_request", "id"),
-        ("malformed JSON", dict(content=b'{"id": 3,', headers={"content-type": "application/json"}), 400,
-         "invalid_json", "malformed JSON"),
-        ("JSON not UTF-8", dict(content=b'{"id": "\xff"}', headers={"content-type": "application/json"}), 400,
-         "invalid_json", "UTF-8"),
+        (
+            "malformed JSON",
+            dict(content=b'{"id": 3,', headers={"content-type": "application/json"}),
+            400,
+            "invalid_json",
+            "malformed JSON",
+        ),
+        (
+            "JSON not UTF-8",
+            dict(content=b'{"id": "\xff"}', headers={"content-type": "application/json"}),
+            400,
+            "invalid_json",
+            "UTF-8",
+        ),
         ("empty JSON body", dict(content=b"", headers={"content-type": "application/json"}), 400, "invalid_json", "empty"),
         ("JSON array", dict(json=[1, 2]), 422, "invalid_request", "object"),
         ("no query", dict(json={"k": 3}), 422, "invalid_request", "exactly one of"),
         ("two queries", dict(json={"id": 3, "vector": [1.0] * dim}), 422, "invalid_request", "exactly one of"),
         ("unknown field", dict(json={"id": 3, "kk": 4}), 422, "invalid_request", "kk"),
-        ("wrong content type", dict(content=b"id=3", headers={"content-type": "text/plain"}), 415,
-         "unsupported_media_type", "text/plain"),
-        ("multipart without the file field", dict(files={"image": ("a.png", png, "image/png")}), 422,
-         "invalid_request", "'file'"),
-        ("multipart without boundary", dict(content=b"--x\r\n", headers={"content-type": "multipart/form-data"}), 400,
-         "invalid_multipart", "boundary"),
-        ("two files for one search", dict(files=[("file", ("a", png, "image/png")), ("file", ("b", png, "image/png"))]),
-         400, "invalid_multipart", "files"),
+        (
+            "wrong content type",
+            dict(content=b"id=3", headers={"content-type": "text/plain"}),
+            415,
+            "unsupported_media_type",
+            "text/plain",
+        ),
+        (
+            "multipart without the file field",
+            dict(files={"image": ("a.png", png, "image/png")}),
+            422,
+            "invalid_request",
+            "'file'",
+        ),
+        (
+            "multipart without boundary",
+            dict(content=b"--x\r\n", headers={"content-type": "multipart/form-data"}),
+            400,
+            "invalid_multipart",
+            "boundary",
+        ),
+        (
+            "two files for one search",
+            dict(files=[("file", ("a", png, "image/png")), ("file", ("b", png, "image/png"))]),
+            400,
+            "invalid_multipart",
+            "files",
+        ),
     ]
 
 
@@ -429,28 +540,49 @@ def _item_cases(png: bytes):
         ("post", "/v1/embed", dict(json={"images": [b64(png)] * 5}), 422, "limit is 4"),
         ("post", "/v1/embed", dict(json={"images": []}), 422, "images"),
         ("post", "/v1/embed", dict(files={"file": ("x.txt", b"plain text", "text/plain")}), 400, "not an image"),
-        ("post", "/v1/items", dict(files={"file": ("a.png", png, "image/png")}, data={"metadata": "{not json"}), 400,
-         "metadata[0] is not valid JSON"),
-        ("post", "/v1/items", dict(files={"file": ("a.png", png, "image/png")}, data={"metadata": "[1]"}), 422,
-         "JSON object"),
-        ("post", "/v1/items", dict(files={"file": ("a.png", png, "image/png")}, data={"metadata": '{"label": "cat"}'}),
-         422, "label"),
-        ("post", "/v1/items", dict(files={"file": ("a.png", png, "image/png")}, data={"metadata": '{"x": NaN}'}), 422,
-         "NaN"),
-        ("post", "/v1/items", dict(files={"file": ("a.png", png, "image/png")}, data={"metadata": '{"id": 4}'}), 422,
-         "'id'"),
-        ("post", "/v1/items", dict(files={"file": ("a.png", png, "image/png")}, data={"id": ["1", "2"]}), 422,
-         "one per file"),
+        (
+            "post",
+            "/v1/items",
+            dict(files={"file": ("a.png", png, "image/png")}, data={"metadata": "{not json"}),
+            400,
+            "metadata[0] is not valid JSON",
+        ),
+        ("post", "/v1/items", dict(files={"file": ("a.png", png, "image/png")}, data={"metadata": "[1]"}), 422, "JSON object"),
+        (
+            "post",
+            "/v1/items",
+            dict(files={"file": ("a.png", png, "image/png")}, data={"metadata": '{"label": "cat"}'}),
+            422,
+            "label",
+        ),
+        ("post", "/v1/items", dict(files={"file": ("a.png", png, "image/png")}, data={"metadata": '{"x": NaN}'}), 422, "NaN"),
+        ("post", "/v1/items", dict(files={"file": ("a.png", png, "image/png")}, data={"metadata": '{"id": 4}'}), 422, "'id'"),
+        ("post", "/v1/items", dict(files={"file": ("a.png", png, "image/png")}, data={"id": ["1", "2"]}), 422, "one per file"),
         ("post", "/v1/items", dict(files={"file": ("a.png", png, "image/png")}, data={"id": "-3"}), 422, "ids must"),
         ("post", "/v1/items", dict(files={"file": ("a.png", png, "image/png")}, data={"id": "x"}), 422, "integer"),
-        ("post", "/v1/items", dict(json={"items": [{"image": b64(png), "id": 1}, {"image": b64(png), "id": 1}]}), 422,
-         "duplicate ids"),
-        ("post", "/v1/items", dict(json={"items": [{"image": b64(png), "id": 9000}, {"image": b64(png)}]}), 422,
-         "every item or for none"),
+        (
+            "post",
+            "/v1/items",
+            dict(json={"items": [{"image": b64(png), "id": 1}, {"image": b64(png), "id": 1}]}),
+            422,
+            "duplicate ids",
+        ),
+        (
+            "post",
+            "/v1/items",
+            dict(json={"items": [{"image": b64(png), "id": 9000}, {"image": b64(png)}]}),
+            422,
+            "every item or for none",
+        ),
         ("post", "/v1/items", dict(json={"items": [{"image": b64(png), "id": 3}]}), 409, "already"),
         ("post", "/v1/items", dict(json={"items": [{"image": b64(png[:100])}]}), 400, "truncated"),
-        ("post", "/v1/items", dict(files=[("file", ("a", png, "image/png")), ("file", ("b", b"", "image/png"))]), 400,
-         "file[1] ('b') is empty"),
+        (
+            "post",
+            "/v1/items",
+            dict(files=[("file", ("a", png, "image/png")), ("file", ("b", b"", "image/png"))]),
+            400,
+            "file[1] ('b') is empty",
+        ),
         ("get", "/v1/items/424242", {}, 404, "no item with id 424242"),
         ("get", "/v1/items/abc", {}, 422, "item_id"),
         ("get", f"/v1/items/{2**63}", {}, 422, "item_id"),
@@ -478,8 +610,7 @@ def test_no_input_above_produced_a_500(writable, index_template):
     """Every bad input above, sent to an app of its own (so the test stands alone, in any order):
     its metrics count each answer, and none is a 5xx."""
     _, make = writable
-    with make(max_k=50, max_upload_bytes=200_000, max_image_pixels=1_000_000, max_images_per_request=4,
-              max_sample=100) as c:
+    with make(max_k=50, max_upload_bytes=200_000, max_image_pixels=1_000_000, max_images_per_request=4, max_sample=100) as c:
         sent = 0
         for _, kwargs, *_ in _cases(index_template["pngs"]):
             c.post("/v1/search", **kwargs)
@@ -651,8 +782,18 @@ def test_metrics_per_app_registry(writable, tiny_artifact, shared_index, index_t
 def test_openapi_documents_the_v1_api(client):
     spec = client.get("/openapi.json").json()
     paths = spec["paths"]
-    for path in ("/v1/embed", "/v1/search", "/v1/items", "/v1/items/{item_id}", "/v1/items/{item_id}/image",
-                 "/v1/items/sample", "/v1/info", "/healthz", "/readyz", "/metrics"):
+    for path in (
+        "/v1/embed",
+        "/v1/search",
+        "/v1/items",
+        "/v1/items/{item_id}",
+        "/v1/items/{item_id}/image",
+        "/v1/items/sample",
+        "/v1/info",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+    ):
         assert path in paths, path
     content = paths["/v1/search"]["post"]["requestBody"]["content"]
     assert set(content) == {"application/json", "multipart/form-data"}

@@ -27,8 +27,20 @@ def server(index_template, tiny_artifact, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("http")
     folder = copy_index(index_template, tmp / "index")
     # max_wait_ms 20: concurrent requests reliably share batches, whatever the machine's load
-    with serve(["--model", str(tiny_artifact), "--index", str(folder), "--max-wait-ms", "20",
-                "--max-upload-bytes", "300000", "--no-access-log"], tmp / "serve.log") as srv:
+    with serve(
+        [
+            "--model",
+            str(tiny_artifact),
+            "--index",
+            str(folder),
+            "--max-wait-ms",
+            "20",
+            "--max-upload-bytes",
+            "300000",
+            "--no-access-log",
+        ],
+        tmp / "serve.log",
+    ) as srv:
         srv.index = folder
         yield srv
 
@@ -46,9 +58,9 @@ def test_concurrent_searches_are_batched_and_all_correct(server, index_template)
 
     async def run() -> list[httpx.Response]:
         async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
-            return await asyncio.gather(*[
-                client.post("/v1/search", files={"file": ("q.png", pngs[i], "image/png")}, data={"k": "3"})
-                for i in range(32)])
+            return await asyncio.gather(
+                *[client.post("/v1/search", files={"file": ("q.png", pngs[i], "image/png")}, data={"k": "3"}) for i in range(32)]
+            )
 
     responses = asyncio.run(run())
     for i, r in enumerate(responses):
@@ -66,10 +78,16 @@ def test_concurrent_writes_are_serialised_and_all_durable(server):
 
     async def run() -> list[httpx.Response]:
         async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
-            return await asyncio.gather(*[
-                client.post("/v1/items", files={"file": (f"{i}.png", png, "image/png")},
-                            data={"metadata": json.dumps({"source": f"w{i}"})})
-                for i, png in enumerate(pngs)])
+            return await asyncio.gather(
+                *[
+                    client.post(
+                        "/v1/items",
+                        files={"file": (f"{i}.png", png, "image/png")},
+                        data={"metadata": json.dumps({"source": f"w{i}"})},
+                    )
+                    for i, png in enumerate(pngs)
+                ]
+            )
 
     responses = asyncio.run(run())
     assert all(r.status_code == 201 for r in responses), [r.text for r in responses]
@@ -102,16 +120,20 @@ def _raw_request(port: int, head: bytes, body_chunks: list[bytes], pause: float 
 
 
 def test_declared_oversized_upload_is_refused_before_the_body_is_sent(server):
-    head = (b"POST /v1/search HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
-            b"Content-Length: 1000000000\r\n\r\n")
+    head = (
+        b"POST /v1/search HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+        b"Content-Length: 1000000000\r\n\r\n"
+    )
     data, _ = _raw_request(server.port, head, [])  # not a byte of the body is sent
     assert data.startswith(b"HTTP/1.1 413"), data[:200]
     assert b'"code":"payload_too_large"' in data
 
 
 def test_chunked_oversized_upload_is_refused_while_streaming(server):
-    head = (b"POST /v1/search HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
-            b"Transfer-Encoding: chunked\r\n\r\n")
+    head = (
+        b"POST /v1/search HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n"
+    )
     part = b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\nContent-Type: image/png\r\n\r\n'
     chunks = [b"%x\r\n%s\r\n" % (len(part), part)] + [b"%x\r\n%s\r\n" % (65536, b"a" * 65536)] * 40
     # 40 chunks of 64 KiB (2.6 MB) would follow; the server must answer after ~5 (limit 300 kB)
@@ -129,13 +151,26 @@ def test_durability_items_survive_kill_9(index_template, tiny_artifact, tmp_path
     srv = Server(args, tmp_path / "serve1.log").wait_ready()
     try:
         acked = []
-        r = httpx.post(srv.url + "/v1/items", files=[("file", (f"{i}.png", pngs[i], "image/png")) for i in range(3)],
-                       data={"metadata": [json.dumps({"source": f"s{i}", "label": i}) for i in range(3)]})
+        r = httpx.post(
+            srv.url + "/v1/items",
+            files=[("file", (f"{i}.png", pngs[i], "image/png")) for i in range(3)],
+            data={"metadata": [json.dumps({"source": f"s{i}", "label": i}) for i in range(3)]},
+        )
         assert r.status_code == 201
         acked += r.json()["ids"]
-        r = httpx.post(srv.url + "/v1/items", json={"items": [
-            {"image": __import__("base64").b64encode(pngs[i]).decode(), "id": 90_000 + i,
-             "metadata": {"source": f"s{i}", "label": i}} for i in (3, 4)]})
+        r = httpx.post(
+            srv.url + "/v1/items",
+            json={
+                "items": [
+                    {
+                        "image": __import__("base64").b64encode(pngs[i]).decode(),
+                        "id": 90_000 + i,
+                        "metadata": {"source": f"s{i}", "label": i},
+                    }
+                    for i in (3, 4)
+                ]
+            },
+        )
         assert r.status_code == 201
         acked += r.json()["ids"]
     finally:
@@ -164,8 +199,10 @@ def test_several_read_only_workers_serve_and_see_the_writer(server, tiny_artifac
     """The module's server is the one writer; a second `infomax serve` with two read-only workers
     serves the same folder."""
     png = image_file(seed=400)
-    with serve(["--model", str(tiny_artifact), "--index", str(server.index), "--workers", "2", "--read-only",
-                "--refresh-s", "0.2"], tmp_path / "readers.log") as readers:
+    with serve(
+        ["--model", str(tiny_artifact), "--index", str(server.index), "--workers", "2", "--read-only", "--refresh-s", "0.2"],
+        tmp_path / "readers.log",
+    ) as readers:
         new_id = httpx.post(server.url + "/v1/items", files={"file": ("a.png", png, "image/png")}).json()["ids"][0]
         assert httpx.post(readers.url + "/v1/items", files={"file": ("a.png", png, "image/png")}).status_code == 403
         # new connections spread over the two processes: ten answers in a row must see the new item
@@ -182,8 +219,9 @@ def test_several_read_only_workers_serve_and_see_the_writer(server, tiny_artifac
 
 
 def _serve_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "infomax.cli", "serve", *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=60, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "infomax.cli", "serve", *args], cwd=REPO, capture_output=True, text=True, timeout=60, env=env
+    )
 
 
 def test_cli_refuses_bad_setups_with_one_line(tiny_artifact, tmp_path):
@@ -191,8 +229,7 @@ def test_cli_refuses_bad_setups_with_one_line(tiny_artifact, tmp_path):
     assert r.returncode == 1 and "--create-index" in r.stderr and "Traceback" not in r.stderr
     r = _serve_cli("--model", str(tmp_path), "--index", str(tmp_path), "--create-index")
     assert r.returncode == 1 and "encoder.json" in r.stderr
-    r = _serve_cli("--model", str(tiny_artifact), "--index", str(tmp_path), "--workers", "2",
-                   "--api-key", "do-not-print-me")
+    r = _serve_cli("--model", str(tiny_artifact), "--index", str(tmp_path), "--workers", "2", "--api-key", "do-not-print-me")
     assert r.returncode == 1 and "read_only" in r.stderr and "do-not-print-me" not in r.stderr
     r = _serve_cli("--help")
     assert r.returncode == 0 and "--workers" in r.stdout and "--create-index" in r.stdout

@@ -22,8 +22,19 @@ from infomax.data import load_cifar10
 INFOMAX = str(Path(sys.executable).parent / "infomax")
 CONFIG = str(Path(__file__).parents[1] / "training" / "configs" / "cifar10.yaml")
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
-SMALL = ["--data.limit_train", "96", "--data.val_size", "64", "--data.batch_size", "32", "--knn.k", "20",
-         "--model.z_dim", "16", *QUIET]
+SMALL = [
+    "--data.limit_train",
+    "96",
+    "--data.val_size",
+    "64",
+    "--data.batch_size",
+    "32",
+    "--knn.k",
+    "20",
+    "--model.z_dim",
+    "16",
+    *QUIET,
+]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -83,8 +94,17 @@ def photos(tmp_path_factory, data_dir) -> Path:
 def folder_run(photos, tmp_path_factory):
     """`infomax train --data FOLDER`, one short epoch, as a user types it."""
     root = tmp_path_factory.mktemp("runs")
-    r = infomax("train", "--data", str(photos), "--data.batch_size", "16", "--trainer.max_epochs", "1",
-                "--trainer.default_root_dir", str(root))
+    r = infomax(
+        "train",
+        "--data",
+        str(photos),
+        "--data.batch_size",
+        "16",
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.default_root_dir",
+        str(root),
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     return root / "infomax" / "version_0", r
 
@@ -144,8 +164,18 @@ def test_an_existing_export_folder_is_refused_before_training_unless_overwrite(t
     art, root = tmp_path / "art", tmp_path / "runs"
     art.mkdir()
     (art / "mine.txt").write_text("keep me")
-    base = ["train", "--config", CONFIG, *SMALL, "--trainer.max_epochs", "1", "--export.dirpath", str(art),
-            "--trainer.default_root_dir", str(root)]
+    base = [
+        "train",
+        "--config",
+        CONFIG,
+        *SMALL,
+        "--trainer.max_epochs",
+        "1",
+        "--export.dirpath",
+        str(art),
+        "--trainer.default_root_dir",
+        str(root),
+    ]
     line = one_line_error(infomax(*base))
     assert str(art) in line and "--overwrite" in line
     assert not list(tmp_path.rglob("*.ckpt")) and (art / "mine.txt").read_text() == "keep me"
@@ -166,8 +196,7 @@ def test_an_existing_export_folder_is_refused_before_training_unless_overwrite(t
 
 
 def test_ctrl_c_during_training_exports_the_best_checkpoint_and_says_how_to_resume(tmp_path):
-    proc = start("train", "--config", CONFIG, *SMALL, "--trainer.max_epochs", "1000",
-                 "--trainer.default_root_dir", str(tmp_path))
+    proc = start("train", "--config", CONFIG, *SMALL, "--trainer.max_epochs", "1000", "--trainer.default_root_dir", str(tmp_path))
     run = tmp_path / "infomax" / "version_0"
     wait_for(proc, run / "checkpoints" / "last.ckpt")
     proc.send_signal(signal.SIGINT)
@@ -182,8 +211,9 @@ def test_ctrl_c_during_training_exports_the_best_checkpoint_and_says_how_to_resu
 
 def test_ctrl_c_during_embed_leaves_no_half_written_folder(tiny_artifact, tmp_path):
     out = tmp_path / "emb"
-    proc = start("embed", "--model", str(tiny_artifact), "--data", "cifar10", "--split", "train",
-                 "--out", str(out), "--no-progress")
+    proc = start(
+        "embed", "--model", str(tiny_artifact), "--data", "cifar10", "--split", "train", "--out", str(out), "--no-progress"
+    )
     wait_for(proc, out)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
@@ -229,8 +259,18 @@ def test_a_run_prints_what_helps_and_nothing_else(folder_run, photos):
 
 
 def test_embed_says_where_the_skipped_files_are_listed(tiny_artifact, photos, tmp_path):
-    r = infomax("embed", "--model", str(tiny_artifact), "--data", str(photos), "--out", str(tmp_path / "e"),
-                "--no-progress", "--num-workers", "0")
+    r = infomax(
+        "embed",
+        "--model",
+        str(tiny_artifact),
+        "--data",
+        str(photos),
+        "--out",
+        str(tmp_path / "e"),
+        "--no-progress",
+        "--num-workers",
+        "0",
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     line = next(line for line in r.stderr.splitlines() if "unreadable" in line)
     assert str(tmp_path / "e" / "embeddings.json") in line

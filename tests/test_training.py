@@ -21,8 +21,20 @@ from infomax.module import DeepInfoMax, NonFiniteLossError
 INFOMAX = str(Path(sys.executable).parent / "infomax")
 CONFIG = str(Path(__file__).parents[1] / "training" / "configs" / "cifar10.yaml")
 # A short run: 256 train images, 128 for validation, a small k-NN bank.
-SMALL = ["--data.limit_train", "256", "--data.val_size", "128", "--data.batch_size", "32",
-         "--knn.k", "20", "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+SMALL = [
+    "--data.limit_train",
+    "256",
+    "--data.val_size",
+    "128",
+    "--data.batch_size",
+    "32",
+    "--knn.k",
+    "20",
+    "--trainer.enable_progress_bar",
+    "false",
+    "--trainer.enable_model_summary",
+    "false",
+]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -68,9 +80,16 @@ class _PoisonAt(pl.Callback):
 def test_a_nonfinite_loss_stops_training_naming_the_step(data_dir):
     dm = CIFAR10(data_dir=str(data_dir), limit_train=128, val_size=64, batch_size=16)
     model = DeepInfoMax(z_dim=16)
-    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, callbacks=[_PoisonAt(3)],
-                         num_sanity_val_steps=0)
+    trainer = pl.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[_PoisonAt(3)],
+        num_sanity_val_steps=0,
+    )
     with pytest.raises(NonFiniteLossError, match="at step 3"):
         trainer.fit(model, datamodule=dm)
 
@@ -91,8 +110,16 @@ def _fit_cosine(data_dir, **trainer_kwargs) -> _RecordLR:
     dm = CIFAR10(data_dir=str(data_dir), limit_train=64, val_size=0, batch_size=16)
     model = DeepInfoMax(z_dim=16, arch_kwargs={"base_width": 8}, lr_schedule="cosine")
     rec = _RecordLR()
-    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, callbacks=[rec], limit_val_batches=0, **trainer_kwargs)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[rec],
+        limit_val_batches=0,
+        **trainer_kwargs,
+    )
     trainer.fit(model, datamodule=dm)
     return rec
 
@@ -136,9 +163,17 @@ def test_cosine_schedule_anneals_over_a_time_budget(data_dir, monkeypatch):
     dm = CIFAR10(data_dir=str(data_dir), limit_train=64, val_size=0, batch_size=16)
     model = DeepInfoMax(z_dim=16, arch_kwargs={"base_width": 8}, lr_schedule="cosine")
     rec = _RecordLR()
-    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, callbacks=[tick, rec], limit_val_batches=0,
-                         max_epochs=100_000, max_time={"seconds": seconds})
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[tick, rec],
+        limit_val_batches=0,
+        max_epochs=100_000,
+        max_time={"seconds": seconds},
+    )
     trainer.fit(model, datamodule=dm)
     lrs = rec.lrs
     # The budget ends the run: 20 steps of 0.5 s, far before the epochs would.
@@ -168,8 +203,18 @@ def test_bad_module_settings_quote_the_value(kwargs, match):
 def trained_run(tmp_path_factory, data_dir):
     """One short real run of `infomax train`, shared by the tests below."""
     root = tmp_path_factory.mktemp("runs")
-    r = run_cli("train", "--config", CONFIG, *SMALL, "--model.z_dim", "64", "--trainer.max_epochs", "1",
-                "--trainer.default_root_dir", str(root))
+    r = run_cli(
+        "train",
+        "--config",
+        CONFIG,
+        *SMALL,
+        "--model.z_dim",
+        "64",
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.default_root_dir",
+        str(root),
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     return root / "infomax" / "version_0", r
 
@@ -229,8 +274,20 @@ def test_export_from_a_checkpoint_gives_the_same_weights(trained_run, tmp_path):
 def test_resume_continues_the_last_run(trained_run):
     run, _ = trained_run
     root = run.parents[1]
-    r = run_cli("train", "--config", CONFIG, *SMALL, "--model.z_dim", "64", "--trainer.max_epochs", "2",
-                "--trainer.default_root_dir", str(root), "--ckpt_path", "last")
+    r = run_cli(
+        "train",
+        "--config",
+        CONFIG,
+        *SMALL,
+        "--model.z_dim",
+        "64",
+        "--trainer.max_epochs",
+        "2",
+        "--trainer.default_root_dir",
+        str(root),
+        "--ckpt_path",
+        "last",
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert not (root / "infomax" / "version_1").exists(), "resume must log into the same run folder"
     state = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
@@ -244,8 +301,22 @@ def test_last_checkpoint_is_the_last_epoch_not_a_copy_of_the_best(tmp_path):
     """Lightning 2.6 alone rewrites last.ckpt only when the monitored figure improves; here it never
     does after epoch 0 (monitor `epoch`, mode min), so the last epoch's weights must still be in
     last.ckpt, while the export takes the best checkpoint."""
-    r = run_cli("train", "--config", CONFIG, *SMALL, "--model.z_dim", "16", "--trainer.max_epochs", "2",
-                "--checkpoint.monitor", "epoch", "--checkpoint.mode", "min", "--trainer.default_root_dir", str(tmp_path))
+    r = run_cli(
+        "train",
+        "--config",
+        CONFIG,
+        *SMALL,
+        "--model.z_dim",
+        "16",
+        "--trainer.max_epochs",
+        "2",
+        "--checkpoint.monitor",
+        "epoch",
+        "--checkpoint.mode",
+        "min",
+        "--trainer.default_root_dir",
+        str(tmp_path),
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     ckpts = tmp_path / "infomax" / "version_0" / "checkpoints"
     assert sorted(p.name for p in ckpts.iterdir()) == ["best-000.ckpt", "last.ckpt"]
@@ -282,17 +353,40 @@ def test_bad_settings_fail_before_training_with_the_value(tmp_path, args, match)
 
 
 def test_missing_data_names_the_folder_and_the_variable(tmp_path):
-    r = run_cli("train", "--config", CONFIG, *SMALL, "--trainer.default_root_dir", str(tmp_path),
-                env_extra={"INFOMAX_DATA_DIR": str(tmp_path / "nowhere")})
+    r = run_cli(
+        "train",
+        "--config",
+        CONFIG,
+        *SMALL,
+        "--trainer.default_root_dir",
+        str(tmp_path),
+        env_extra={"INFOMAX_DATA_DIR": str(tmp_path / "nowhere")},
+    )
     assert r.returncode == 1
     assert str(tmp_path / "nowhere") in r.stderr and "INFOMAX_DATA_DIR" in r.stderr
     assert "Traceback" not in r.stderr
 
 
 def test_ddp_with_two_cpu_processes(tmp_path):
-    r = run_cli("train", "--config", CONFIG, *SMALL, "--model.z_dim", "32", "--trainer.max_epochs", "1",
-                "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
-                "--trainer.default_root_dir", str(tmp_path), env_extra={"OMP_NUM_THREADS": "1"})
+    r = run_cli(
+        "train",
+        "--config",
+        CONFIG,
+        *SMALL,
+        "--model.z_dim",
+        "32",
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.devices",
+        "2",
+        "--trainer.strategy",
+        "ddp",
+        "--trainer.default_root_dir",
+        str(tmp_path),
+        env_extra={"OMP_NUM_THREADS": "1"},
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     run = tmp_path / "infomax" / "version_0"
     state = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
@@ -320,8 +414,7 @@ def test_every_shipped_config_parses_and_takes_effect(config, tmp_path):
         for i in range(4):
             Image.new("RGB", (40, 30), (60 * i, 10, 200)).save(tmp_path / "pics" / f"{i}.png")
         needs = ["--data.path", str(tmp_path / "pics")]
-    cli = build_cli(["--config", str(config), "--trainer.default_root_dir", str(tmp_path),
-                     "--trainer.logger", "false", *needs])
+    cli = build_cli(["--config", str(config), "--trainer.default_root_dir", str(tmp_path), "--trainer.logger", "false", *needs])
     spec = yaml.safe_load(config.read_text())
     for key, value in (spec.get("model") or {}).items():
         assert cli.model.hparams[key] == value, key

@@ -58,8 +58,13 @@ def make_messy_folder(root: Path, images: np.ndarray) -> tuple[set[str], set[str
     save("png/grey 16-bit.png", grey16)
     save("png/grey+alpha.png", _pil(images, next(k)).convert("LA"))
     save("formats/cmyk.jpg", _pil(images, next(k), (120, 90)).convert("CMYK"))
-    save("formats/anim.gif", _pil(images, next(k)).convert("P"), save_all=True,
-         append_images=[_pil(images, next(k)).convert("P")], duration=100)
+    save(
+        "formats/anim.gif",
+        _pil(images, next(k)).convert("P"),
+        save_all=True,
+        append_images=[_pil(images, next(k)).convert("P")],
+        duration=100,
+    )
     save("formats/pic.webp", _pil(images, next(k), (50, 70)))
     save("formats/pic.bmp", _pil(images, next(k)))
     save("formats/pic.tiff", _pil(images, next(k)))
@@ -160,8 +165,7 @@ def test_messy_folder_indexed_then_updated_incrementally(tmp_path, tiny_artifact
 
     # add two files, delete one: only those change
     _pil(cifar, 290).save(folder / "dogs" / "new one.png")
-    (folder / "trips" / "2019" / "nouveau été.jpg").write_bytes(
-        (folder / "Fotos del día" / "café crème.jpg").read_bytes())
+    (folder / "trips" / "2019" / "nouveau été.jpg").write_bytes((folder / "Fotos del día" / "café crème.jpg").read_bytes())
     (folder / "cats" / "img_001.png").unlink()
     readable2 = readable - {"cats/img_001.png"} | {"dogs/new one.png", "trips/2019/nouveau été.jpg"}
     assert up(folder, "--model", tiny_artifact) == 0
@@ -240,8 +244,19 @@ def test_serves_the_folder(tmp_path, tiny_artifact, cifar):
 
     class Up(ServerProcess):
         def command(self) -> list[str]:
-            return [*infomax_command(), "up", str(folder), "--model", str(tiny_artifact), "--host", "127.0.0.1",
-                    "--port", str(self.port), "--num-workers", "0"]
+            return [
+                *infomax_command(),
+                "up",
+                str(folder),
+                "--model",
+                str(tiny_artifact),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--num-workers",
+                "0",
+            ]
 
     with Up(tiny_artifact, folder / ".infomax" / "index", tmp_path / "up.log", env={"OMP_NUM_THREADS": "1"}) as srv:
         assert httpx.get(srv.url + "/v1/info").json()["items"] == 20

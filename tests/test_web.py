@@ -35,7 +35,6 @@ def _keep_torch_threads():
     torch.set_num_threads(threads)
 
 
-
 def _require_browser() -> tuple[str, str]:
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     driver = shutil.which("chromedriver")
@@ -44,8 +43,11 @@ def _require_browser() -> tuple[str, str]:
     except ImportError:
         chromium = None
     if not chromium or not driver:
-        pytest.fail("the browser test needs Debian's `chromium` and `chromium-driver` packages and the `selenium` "
-                    "pip package (apt-get install chromium chromium-driver; pip install selenium)", pytrace=False)
+        pytest.fail(
+            "the browser test needs Debian's `chromium` and `chromium-driver` packages and the `selenium` "
+            "pip package (apt-get install chromium chromium-driver; pip install selenium)",
+            pytrace=False,
+        )
     return chromium, driver
 
 
@@ -57,8 +59,14 @@ def browser():
     chromium, driver_path = _require_browser()
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--window-size=1200,1000", "--disable-extensions"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1200,1000",
+        "--disable-extensions",
+    ):
         options.add_argument(arg)
     driver = webdriver.Chrome(service=Service(driver_path), options=options)
     driver.set_page_load_timeout(30)
@@ -115,18 +123,24 @@ def _wait(driver, condition, timeout: float = 30.0):
 
 def _hit_ids(driver) -> list[int]:
     # read in one script: the grid may be replaced between two WebDriver calls
-    return driver.execute_script(
-        "return [...document.querySelectorAll('#results .hit')].map(e => Number(e.dataset.id));")
+    return driver.execute_script("return [...document.querySelectorAll('#results .hit')].map(e => Number(e.dataset.id));")
 
 
 def _all_pictures_loaded(driver, grid: str) -> bool:
     return driver.execute_script(
         "const imgs = [...document.querySelectorAll(arguments[0] + ' img')];"
-        "return imgs.length > 0 && imgs.every(i => i.complete && i.naturalWidth === 32);", grid)
+        "return imgs.length > 0 && imgs.every(i => i.complete && i.naturalWidth === 32);",
+        grid,
+    )
 
 
-def test_upload_shows_neighbours_and_clicking_searches_from_them(browser, index_folder, index_template, tmp_path,  # noqa: F811
-                                                                  tiny_artifact):
+def test_upload_shows_neighbours_and_clicking_searches_from_them(
+    browser,
+    index_folder,
+    index_template,
+    tmp_path,  # noqa: F811
+    tiny_artifact,
+):
     by = "css selector"
     with LiveServer(Settings(artifact=tiny_artifact, index=index_folder)) as live:
         browser.get(live.url + "/")
@@ -147,16 +161,23 @@ def test_upload_shows_neighbours_and_clicking_searches_from_them(browser, index_
         assert first.find_element(by, ".score").text == "1.000"
         assert "label" in first.text
         assert "neighbours in" in browser.find_element("id", "status").text
-        api = httpx.post(live.url + "/v1/search", files={"file": ("q.png", query.read_bytes(), "image/png")},
-                         data={"k": "12"}).json()
+        api = httpx.post(
+            live.url + "/v1/search", files={"file": ("q.png", query.read_bytes(), "image/png")}, data={"k": "12"}
+        ).json()
         assert _hit_ids(browser) == [n["id"] for n in api["neighbors"]]
         screenshot(browser, tmp_path, "web-upload.png")
 
         # clicking a result searches from that item (by id: the item itself left out)
         second = _hit_ids(browser)[1]
         browser.find_elements(by, "#results .hit")[1].click()
-        _wait(browser, lambda d: f"item #{second}" in d.find_element("id", "query-caption").text
-              and second not in _hit_ids(d) and len(_hit_ids(d)) == 12)
+        _wait(
+            browser,
+            lambda d: (
+                f"item #{second}" in d.find_element("id", "query-caption").text
+                and second not in _hit_ids(d)
+                and len(_hit_ids(d)) == 12
+            ),
+        )
         expected = httpx.post(live.url + "/v1/search", json={"id": second, "k": 12}).json()
         _wait(browser, lambda d: _hit_ids(d) == [n["id"] for n in expected["neighbors"]])
 
@@ -164,18 +185,26 @@ def test_upload_shows_neighbours_and_clicking_searches_from_them(browser, index_
         sample = browser.find_elements(by, "#sample .card")[3]
         sample_id = int(sample.get_attribute("data-id"))
         sample.click()
-        _wait(browser, lambda d: f"item #{sample_id}" in d.find_element("id", "query-caption").text
-              and len(_hit_ids(d)) == 12 and sample_id not in _hit_ids(d))
+        _wait(
+            browser,
+            lambda d: (
+                f"item #{sample_id}" in d.find_element("id", "query-caption").text
+                and len(_hit_ids(d)) == 12
+                and sample_id not in _hit_ids(d)
+            ),
+        )
 
         # dropping a file on the drop zone (a real DataTransfer, as a drag from the desktop makes)
-        browser.execute_script("""
+        browser.execute_script(
+            """
             const bytes = Uint8Array.from(atob(arguments[0]), c => c.charCodeAt(0));
             const dt = new DataTransfer();
             dt.items.add(new File([bytes], 'dropped.png', {type: 'image/png'}));
             document.getElementById('drop').dispatchEvent(new DragEvent('drop', {dataTransfer: dt, bubbles: true}));
-        """, __import__("base64").b64encode(index_template["pngs"][77]).decode())
-        _wait(browser, lambda d: "dropped.png" in d.find_element("id", "query-caption").text
-              and (_hit_ids(d) or [None])[0] == 77)
+        """,
+            __import__("base64").b64encode(index_template["pngs"][77]).decode(),
+        )
+        _wait(browser, lambda d: "dropped.png" in d.find_element("id", "query-caption").text and (_hit_ids(d) or [None])[0] == 77)
         screenshot(browser, tmp_path, "web-drop.png")
 
         # a file that is not an image: the page shows the server's explanation
@@ -222,13 +251,17 @@ def test_filters_by_class_and_folder(browser, index_folder, index_template, tmp_
         labels = httpx.get(live.url + "/v1/info").json()["filters"]["labels"]
         assert labels == sorted(set(index_template["labels"]))
         options = browser.execute_script(
-            "return [...document.querySelectorAll('#filter-class option')].map(o => [o.value, o.textContent]);")
+            "return [...document.querySelectorAll('#filter-class option')].map(o => [o.value, o.textContent]);"
+        )
         assert options == [["", "any class"]] + [[str(lab), f"label {lab}"] for lab in labels]
 
         def api(flt: dict, *, file: bytes | None = None, item: int | None = None) -> list[int]:
             if file is not None:
-                r = httpx.post(live.url + "/v1/search", files={"file": ("q.png", file, "image/png")},
-                               data={"k": "12", "filter": json.dumps(flt)})
+                r = httpx.post(
+                    live.url + "/v1/search",
+                    files={"file": ("q.png", file, "image/png")},
+                    data={"k": "12", "filter": json.dumps(flt)},
+                )
             else:
                 r = httpx.post(live.url + "/v1/search", json={"id": item, "k": 12, "filter": flt})
             assert r.status_code == 200, r.text
@@ -250,8 +283,11 @@ def test_filters_by_class_and_folder(browser, index_folder, index_template, tmp_
         folder.send_keys("cifar10:test:1", Keys.ENTER)
         both = {"label": 3, "source": {"prefix": "cifar10:test:1"}}
         expected = api(both, file=png)
-        matching = [i for i in range(len(index_template["labels"]))
-                    if index_template["labels"][i] == 3 and f"cifar10:test:{i}".startswith("cifar10:test:1")]
+        matching = [
+            i
+            for i in range(len(index_template["labels"]))
+            if index_template["labels"][i] == 3 and f"cifar10:test:{i}".startswith("cifar10:test:1")
+        ]
         assert len(expected) == min(12, len(matching)) and set(expected) <= set(matching)  # fewer only when fewer match
         _wait(browser, lambda d: _hit_ids(d) == expected)
         _wait(browser, lambda d: _all_pictures_loaded(d, "#results"))
@@ -261,8 +297,7 @@ def test_filters_by_class_and_folder(browser, index_folder, index_template, tmp_
         first = _hit_ids(browser)[0]
         browser.find_elements(by, "#results .hit")[0].click()
         expected = api(both, item=first)
-        _wait(browser, lambda d: f"item #{first}" in d.find_element("id", "query-caption").text
-              and _hit_ids(d) == expected)
+        _wait(browser, lambda d: f"item #{first}" in d.find_element("id", "query-caption").text and _hit_ids(d) == expected)
 
         # a folder nothing is in
         folder.clear()
@@ -296,7 +331,7 @@ def _heat(driver) -> list:
 
 
 def _cells(pixels: list[int], w: int, h: int) -> list[list[tuple[int, int, int]]]:
-    return [[tuple(pixels[4 * (y * w + x): 4 * (y * w + x) + 3]) for x in range(w)] for y in range(h)]
+    return [[tuple(pixels[4 * (y * w + x) : 4 * (y * w + x) + 3]) for x in range(w)] for y in range(h)]
 
 
 def _placed(driver) -> bool:
@@ -329,8 +364,13 @@ def _assert_drawn(cards: list, answer: dict, lo=None, hi=None) -> None:
                 assert colour == _BOTTOM, (n["id"], colour)
 
 
-def test_why_overlays_each_result_with_where_it_agrees(browser, index_folder, index_template, tmp_path,  # noqa: F811
-                                                        tiny_artifact):
+def test_why_overlays_each_result_with_where_it_agrees(
+    browser,
+    index_folder,
+    index_template,
+    tmp_path,  # noqa: F811
+    tiny_artifact,
+):
     """The "why?" toggle: searches ask for explain and each result gets its heat map drawn over
     it (the maps of the API, per picture or on one scale), by upload and by click; off hides them."""
     from selenium.webdriver.support.ui import Select
@@ -355,8 +395,9 @@ def test_why_overlays_each_result_with_where_it_agrees(browser, index_folder, in
         toggle.click()
         _wait(browser, lambda d: len(_heat(d)) == 12 and _placed(d))
         assert browser.find_element("id", "explain-legend").is_displayed()
-        answer = httpx.post(live.url + "/v1/search", files={"file": ("q.png", png, "image/png")},
-                            data={"k": "12", "explain": "true"}).json()
+        answer = httpx.post(
+            live.url + "/v1/search", files={"file": ("q.png", png, "image/png")}, data={"k": "12", "explain": "true"}
+        ).json()
         _assert_drawn(_heat(browser), answer)
         pic = browser.find_elements(by, "#results .hit .pic")[0]
         assert "agrees with the query" in pic.get_attribute("title")
@@ -366,8 +407,7 @@ def test_why_overlays_each_result_with_where_it_agrees(browser, index_folder, in
         Select(browser.find_element("id", "explain-scale")).select_by_value("all")
         lo = min(n["explain"]["min"] for n in answer["neighbors"])
         hi = max(n["explain"]["max"] for n in answer["neighbors"])
-        _wait(browser, lambda d: sum(_TOP in (c for row in _cells(x[3], x[1], x[2]) for c in row)
-                                     for x in _heat(d)) == 1)
+        _wait(browser, lambda d: sum(_TOP in (c for row in _cells(x[3], x[1], x[2]) for c in row) for x in _heat(d)) == 1)
         _assert_drawn(_heat(browser), answer, lo, hi)
         Select(browser.find_element("id", "explain-scale")).select_by_value("each")
 
@@ -385,12 +425,22 @@ def test_why_overlays_each_result_with_where_it_agrees(browser, index_folder, in
         again = tmp_path / "again.png"  # another file: choosing the same one fires no change event
         again.write_bytes(png)
         browser.find_element("id", "file").send_keys(str(again))
-        _wait(browser, lambda d: "again.png" in d.find_element("id", "query-caption").text
-              and _hit_ids(d) == [n["id"] for n in answer["neighbors"]] and all(len(c) == 1 for c in _heat(d)))
+        _wait(
+            browser,
+            lambda d: (
+                "again.png" in d.find_element("id", "query-caption").text
+                and _hit_ids(d) == [n["id"] for n in answer["neighbors"]]
+                and all(len(c) == 1 for c in _heat(d))
+            ),
+        )
 
 
-def test_why_is_disabled_with_the_reason_when_the_model_cannot_explain(browser, index_folder, tmp_path,  # noqa: F811
-                                                                        tiny_artifact):
+def test_why_is_disabled_with_the_reason_when_the_model_cannot_explain(
+    browser,
+    index_folder,
+    tmp_path,  # noqa: F811
+    tiny_artifact,
+):
     from infomax.explain import remove_local_critic
 
     plain = tmp_path / "no-critic"

@@ -113,8 +113,12 @@ def _adapt_checkpoint_monitor(trainer, dm) -> None:
         if isinstance(cb, ModelCheckpoint) and cb.monitor == "val/knn_top1" and not (has_val and labelled):
             monitor, mode = ("val/loss", "min") if has_val else (None, "min")
             trainer.callbacks[i] = ModelCheckpoint(
-                dirpath=cb.dirpath, filename="best-{epoch:03d}" if monitor else "epoch-{epoch:03d}",
-                monitor=monitor, mode=mode, save_last=True, auto_insert_metric_name=False,
+                dirpath=cb.dirpath,
+                filename="best-{epoch:03d}" if monitor else "epoch-{epoch:03d}",
+                monitor=monitor,
+                mode=mode,
+                save_last=True,
+                auto_insert_metric_name=False,
             )
 
 
@@ -126,8 +130,15 @@ def _keep_last_every_epoch(trainer) -> None:
     for cb in list(trainer.checkpoint_callbacks):
         if cb.monitor is not None and cb.save_last:
             cb.save_last = False
-            trainer.callbacks.append(ModelCheckpoint(dirpath=cb.dirpath, filename=ModelCheckpoint.CHECKPOINT_NAME_LAST,
-                                                     monitor=None, save_top_k=1, enable_version_counter=False))
+            trainer.callbacks.append(
+                ModelCheckpoint(
+                    dirpath=cb.dirpath,
+                    filename=ModelCheckpoint.CHECKPOINT_NAME_LAST,
+                    monitor=None,
+                    save_top_k=1,
+                    enable_version_counter=False,
+                )
+            )
 
 
 def _next_version(folder: Path) -> int:
@@ -157,8 +168,13 @@ def build_cli(argv: list[str]) -> InfomaxCLI:
 
 # The classes behind each group of options: a bare setting a UserError names is spelled as the
 # flag of the one group whose class takes it (lr -> --model.lr).
-FLAG_GROUPS = {"model": [DeepInfoMax], "data": [CIFAR10, FashionMNIST, MNIST, ImageFolder], "knn": [KNNMonitor],
-               "export": [ExportArtifact], "checkpoint": [ModelCheckpoint]}
+FLAG_GROUPS = {
+    "model": [DeepInfoMax],
+    "data": [CIFAR10, FashionMNIST, MNIST, ImageFolder],
+    "knn": [KNNMonitor],
+    "export": [ExportArtifact],
+    "checkpoint": [ModelCheckpoint],
+}
 
 
 @flag_names(lightning_flags(FLAG_GROUPS))
@@ -221,8 +237,10 @@ def _check_export_target(target: Path, overwrite: bool, ckpt_path: str | None) -
         return
     if ckpt_path and _same_folder(_exported_from(target), Path(ckpt_path).resolve().parent):
         return
-    raise SettingError(f"--export.dirpath {target} already holds files: pass --overwrite to replace them at the "
-                       f"end of training, or choose another --export.dirpath")
+    raise SettingError(
+        f"--export.dirpath {target} already holds files: pass --overwrite to replace them at the "
+        f"end of training, or choose another --export.dirpath"
+    )
 
 
 def _exported_from(artifact: Path) -> Path | None:
@@ -241,7 +259,7 @@ def _same_folder(recorded: Path | None, resumed: Path) -> bool:
         return False
     if recorded.is_absolute():
         return recorded.resolve() == resumed
-    return len(recorded.parts) > 1 and resumed.parts[-len(recorded.parts):] == recorded.parts
+    return len(recorded.parts) > 1 and resumed.parts[-len(recorded.parts) :] == recorded.parts
 
 
 # Below this many training images a run is refused: each image is contrasted with the others of
@@ -257,14 +275,20 @@ def _check_data_size(dm) -> None:
     held_out = 0 if dm.val_images is None else len(dm.val_images)
     where = f"{dm.name}" + (f" ({dm.path})" if getattr(dm, "path", None) else "")
     if n < MIN_TRAIN_IMAGES:
-        raise DataError(f"{where}: {n} training image(s) (after holding out {held_out} for validation); "
-                        f"training needs at least {MIN_TRAIN_IMAGES}: give more images")
+        raise DataError(
+            f"{where}: {n} training image(s) (after holding out {held_out} for validation); "
+            f"training needs at least {MIN_TRAIN_IMAGES}: give more images"
+        )
     if n < FEW_TRAIN_IMAGES:
-        _say(f"warning: only {n} training images in {where}: expect codes little better than a random "
-             f"initialisation (Deep INFOMAX is trained on tens of thousands)")
+        _say(
+            f"warning: only {n} training images in {where}: expect codes little better than a random "
+            f"initialisation (Deep INFOMAX is trained on tens of thousands)"
+        )
     if not held_out:
-        _say("warning: no validation images (--data.val_size): no val/loss or val/knn_top1; the checkpoint kept "
-             "is the last epoch's")
+        _say(
+            "warning: no validation images (--data.val_size): no val/loss or val/knn_top1; the checkpoint kept "
+            "is the last epoch's"
+        )
 
 
 def _report_skipped(dm, trainer) -> None:
@@ -280,8 +304,10 @@ def _report_skipped(dm, trainer) -> None:
     first_path, first_reason = skipped[0]
     first = Path(first_path)
     first = first.relative_to(folder).as_posix() if first.is_relative_to(folder) else first_path
-    _say(f"warning: skipped {len(skipped)} unreadable file(s) in {dm.path}, e.g. {first}: {first_reason}; "
-         f"all of them listed in {listing}")
+    _say(
+        f"warning: skipped {len(skipped)} unreadable file(s) in {dm.path}, e.g. {first}: {first_reason}; "
+        f"all of them listed in {listing}"
+    )
 
 
 def _fit_log_interval(trainer, dm) -> None:
@@ -315,9 +341,12 @@ def _quiet_lightning() -> None:
     and the data module's note on unreadable files (said again by _report_skipped, with where the
     whole list is; a folder is read while the command line is parsed, so the filter is global)."""
     logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_DropTips())
-    for message in (r".*LeafSpec.*", r"Total length of .* across ranks is zero",
-                    r"The number of training batches .* is smaller than the logging interval",
-                    r"skipped \d+ unreadable"):
+    for message in (
+        r".*LeafSpec.*",
+        r"Total length of .* across ranks is zero",
+        r"The number of training batches .* is smaller than the logging interval",
+        r"skipped \d+ unreadable",
+    ):
         warnings.filterwarnings("ignore", message=message)
     warnings.showwarning = _show_warning
 
@@ -335,15 +364,16 @@ def _after_interrupt(cli, export: ExportArtifact, typed: list[str]) -> int:
     best = getattr(ckpt, "best_model_path", "") if ckpt is not None else ""
     where = f"epoch {trainer.current_epoch + 1}, step {trainer.global_step}"
     if not best or not Path(best).is_file():
-        _say(f"interrupted at {where}, before the first checkpoint (written at the end of an epoch): "
-             f"nothing to export")
+        _say(f"interrupted at {where}, before the first checkpoint (written at the end of an epoch): nothing to export")
         return 130
     export._export(trainer, cli.model, export.target(trainer))
     resume = list(typed)
     if "--ckpt_path" not in resume and not any(a.startswith("--ckpt_path=") for a in resume):
         resume += ["--ckpt_path", "last"]
-    _say(f"interrupted at {where}; exported the best checkpoint so far ({Path(best).name}) to {export.path}; "
-         f"continue training with: {shlex.join(['infomax', 'train', *resume])}")
+    _say(
+        f"interrupted at {where}; exported the best checkpoint so far ({Path(best).name}) to {export.path}; "
+        f"continue training with: {shlex.join(['infomax', 'train', *resume])}"
+    )
     return 130
 
 

@@ -17,8 +17,7 @@ from pathlib import Path
 from infomax.data import canonical_dataset_name
 from infomax.errors import SettingError
 
-DATASET_CLASSES = {"cifar10": "infomax.data.CIFAR10", "fmnist": "infomax.data.FashionMNIST",
-                   "mnist": "infomax.data.MNIST"}
+DATASET_CLASSES = {"cifar10": "infomax.data.CIFAR10", "fmnist": "infomax.data.FashionMNIST", "mnist": "infomax.data.MNIST"}
 FOLDER_CLASS = "infomax.data.ImageFolder"
 # What `--data X` may name besides a data set or a folder: Lightning's own forms (a class of
 # infomax.data or a dotted class path, a YAML/JSON file of the data section, inline JSON).
@@ -53,8 +52,10 @@ def data_args(value: str) -> list[str]:
     if Path(value).expanduser().exists():
         raise SettingError(f"--data {value!r} is a file, not a folder: give the folder that holds the images")
     names = ", ".join(DATASET_CLASSES)
-    raise SettingError(f"--data {value!r} is neither a data set name ({names}) nor an existing folder: "
-                       f"give one of those names or the path of a folder of images")
+    raise SettingError(
+        f"--data {value!r} is neither a data set name ({names}) nor an existing folder: "
+        f"give one of those names or the path of a folder of images"
+    )
 
 
 def _split(argv: list[str]) -> list[tuple[str, str | None]]:
@@ -110,6 +111,6 @@ def one_line(message: str) -> str:
         hint = " (for a folder of images pass --data FOLDER)" if "'path'" in reason else ""
         return f"--{key.group(1)}: {reason} by {cls}{hint}; `infomax train --help` lists every option"
     if key:
-        rest = text[key.end():].strip(" :\n")
+        rest = text[key.end() :].strip(" :\n")
         return f"--{key.group(1)}: {' '.join(rest.split())}"
     return f"{' '.join(text.split())}; `infomax train --help` lists every option"

@@ -44,21 +44,21 @@ CONFIG = Path(__file__).parent / "configs" / "folder.yaml"
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="infomax up", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="infomax up", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("folder", metavar="FOLDER", help="folder of images (searched recursively)")
-    p.add_argument("--minutes", type=float, default=None,
-                   help="training budget in minutes (default: the recipe's, 10); ignored with --model")
+    p.add_argument(
+        "--minutes", type=float, default=None, help="training budget in minutes (default: the recipe's, 10); ignored with --model"
+    )
     p.add_argument("--model", metavar="ART", default=None, help="serving artifact to use instead of training one")
     p.add_argument("--retrain", action="store_true", help="train again even though WORK/model is there")
-    p.add_argument("--work", metavar="DIR", default=None,
-                   help="where the model, embeddings, index and state go (default: FOLDER/.infomax)")
+    p.add_argument(
+        "--work", metavar="DIR", default=None, help="where the model, embeddings, index and state go (default: FOLDER/.infomax)"
+    )
     p.add_argument("--no-serve", action="store_true", help="stop once the index is ready")
     p.add_argument("--host", default="127.0.0.1", help="interface to serve on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="TCP port to serve on (default 8000)")
     p.add_argument("--batch-size", type=int, default=256, help="images per forward pass when embedding (default 256)")
-    p.add_argument("--num-workers", type=int, default=None,
-                   help="processes decoding files when embedding (default: up to 8)")
+    p.add_argument("--num-workers", type=int, default=None, help="processes decoding files when embedding (default: up to 8)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
@@ -100,8 +100,13 @@ def item_metadata(rel: str, size: int, mtime_ns: int) -> dict:
     """What an item of a folder's file holds: its path, its folder (as the class the page shows),
     size in bytes and modified time (UTC, ISO 8601)."""
     parent = str(PurePosixPath(rel).parent)
-    meta = {"source": rel, "label": None, "folder": "" if parent == "." else parent, "size": size,
-            "modified": _dt.datetime.fromtimestamp(mtime_ns / 1e9, _dt.timezone.utc).isoformat(timespec="seconds")}
+    meta = {
+        "source": rel,
+        "label": None,
+        "folder": "" if parent == "." else parent,
+        "size": size,
+        "modified": _dt.datetime.fromtimestamp(mtime_ns / 1e9, _dt.timezone.utc).isoformat(timespec="seconds"),
+    }
     if parent != ".":
         meta["class"] = parent
     return meta
@@ -122,8 +127,17 @@ def train(folder: Path, work: Path, minutes: float | None, progress: bool) -> Pa
     from training import train as train_cmd
 
     model = work / "model"
-    argv = ["--config", str(CONFIG), "--data.path", str(folder), "--trainer.default_root_dir", str(work / "runs"),
-            "--export.dirpath", str(model), "--overwrite"]
+    argv = [
+        "--config",
+        str(CONFIG),
+        "--data.path",
+        str(folder),
+        "--trainer.default_root_dir",
+        str(work / "runs"),
+        "--export.dirpath",
+        str(model),
+        "--overwrite",
+    ]
     if minutes is not None:
         argv += ["--trainer.max_time", max_time(minutes)]
     argv += ["--trainer.callbacks+=training.timeleft.TimeLeftBar"] if progress else ["--trainer.enable_progress_bar", "false"]
@@ -139,8 +153,16 @@ def train(folder: Path, work: Path, minutes: float | None, progress: bool) -> Pa
 # -- 2 and 3. embed and index --------------------------------------------------------------------
 
 
-def update(folder: Path, work: Path, artifact: Path, *, batch_size: int = 256, num_workers: int | None = None,
-           progress: bool = True, command: str | None = None) -> dict:
+def update(
+    folder: Path,
+    work: Path,
+    artifact: Path,
+    *,
+    batch_size: int = 256,
+    num_workers: int | None = None,
+    progress: bool = True,
+    command: str | None = None,
+) -> dict:
     """Brings WORK/index up to date with ``folder`` for ``artifact``; returns what was done."""
     import torch
 
@@ -165,21 +187,42 @@ def update(folder: Path, work: Path, artifact: Path, *, batch_size: int = 256, n
         old_skipped = state.get("skipped", {}) if index is not None else {}
         present = set(index.ids().tolist()) if index is not None else set()
         unchanged = {rel for rel, st in files.items() if old_files.get(rel) == list(st) and path_id(rel) in present}
-        skipped = {rel: s["reason"] for rel, s in old_skipped.items()
-                   if rel in files and [s.get("size"), s.get("mtime_ns")] == list(files[rel])}
+        skipped = {
+            rel: s["reason"]
+            for rel, s in old_skipped.items()
+            if rel in files and [s.get("size"), s.get("mtime_ns")] == list(files[rel])
+        }
         todo = sorted(rel for rel in files if rel not in unchanged and rel not in skipped)
         removed = sorted(present - {path_id(rel) for rel in unchanged})
-        _say(f"[2/4] embedding {len(todo)} new or changed file(s) of {len(files) + len(failed)} "
-             f"({len(unchanged)} up to date, {len(skipped)} unreadable as before)")
+        _say(
+            f"[2/4] embedding {len(todo)} new or changed file(s) of {len(files) + len(failed)} "
+            f"({len(unchanged)} up to date, {len(skipped)} unreadable as before)"
+        )
         emb = None
         if todo:
-            source = ImageSource(name=str(folder), kind="folder", split=None, ids=folder_ids(todo, folder),
-                                 labels=torch.full((len(todo),), -1, dtype=torch.int64), sources=todo, classes=None,
-                                 paths=[folder / rel for rel in todo], size=encoder.input_size,
-                                 channels=encoder.in_channels)
+            source = ImageSource(
+                name=str(folder),
+                kind="folder",
+                split=None,
+                ids=folder_ids(todo, folder),
+                labels=torch.full((len(todo),), -1, dtype=torch.int64),
+                sources=todo,
+                classes=None,
+                paths=[folder / rel for rel in todo],
+                size=encoder.input_size,
+                channels=encoder.in_channels,
+            )
             out = prepare_output(work / "embeddings", overwrite=True)
-            manifest = embed_source(encoder, source, out, batch_size=batch_size, num_workers=num_workers,
-                                    progress=progress, model_path=artifact, command=command)
+            manifest = embed_source(
+                encoder,
+                source,
+                out,
+                batch_size=batch_size,
+                num_workers=num_workers,
+                progress=progress,
+                model_path=artifact,
+                command=command,
+            )
             skipped.update({s["source"]: s["reason"] for s in manifest["skipped"]})
             emb = read_embeddings(out)
         skipped.update(failed)
@@ -194,15 +237,30 @@ def update(folder: Path, work: Path, artifact: Path, *, batch_size: int = 256, n
         if index is not None:
             index.close()
     embedded = set(emb.sources) if emb is not None else set()
-    _write_state(work, {
-        "format": STATE_FORMAT, "version": 1, "folder": str(folder), "artifact": encoder.id, "model": str(artifact),
-        "files": {rel: list(files[rel]) for rel in sorted(unchanged | embedded)},
-        "skipped": {rel: {"size": files.get(rel, (None, None))[0], "mtime_ns": files.get(rel, (None, None))[1],
-                          "reason": reason} for rel, reason in sorted(skipped.items())},
-        "updated_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    })
-    return {"count": count, "embedded": len(embedded), "removed": len(removed), "unchanged": len(unchanged),
-            "skipped": dict(sorted(skipped.items())), "index": index_dir}
+    _write_state(
+        work,
+        {
+            "format": STATE_FORMAT,
+            "version": 1,
+            "folder": str(folder),
+            "artifact": encoder.id,
+            "model": str(artifact),
+            "files": {rel: list(files[rel]) for rel in sorted(unchanged | embedded)},
+            "skipped": {
+                rel: {"size": files.get(rel, (None, None))[0], "mtime_ns": files.get(rel, (None, None))[1], "reason": reason}
+                for rel, reason in sorted(skipped.items())
+            },
+            "updated_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        },
+    )
+    return {
+        "count": count,
+        "embedded": len(embedded),
+        "removed": len(removed),
+        "unchanged": len(unchanged),
+        "skipped": dict(sorted(skipped.items())),
+        "index": index_dir,
+    }
 
 
 def _build(index_dir: Path, emb, metadata: list[dict], encoder, artifact: Path, folder: Path):
@@ -210,13 +268,28 @@ def _build(index_dir: Path, emb, metadata: list[dict], encoder, artifact: Path, 
     from infomax.index import EmbeddingIndex
 
     if emb is None or len(emb) == 0:
-        raise DataError(f"no readable image in {folder}: nothing to index (the unreadable files are listed in "
-                        f"{index_dir.parent / SKIPPED})")
-    record = {"id": encoder.id, "z_dim": int(encoder.dim), "path": str(artifact),
-              "dataset": encoder.config.get("dataset"), "data": str(folder), "split": None, "classes": None,
-              "embeddings": str(index_dir.parent / "embeddings")}
-    return EmbeddingIndex.build(emb.vectors, ids=emb.ids, metadata=metadata, artifact=record, path=index_dir,
-                                overwrite=True, prepare=lambda tmp: store_pictures(tmp, emb, None))
+        raise DataError(
+            f"no readable image in {folder}: nothing to index (the unreadable files are listed in {index_dir.parent / SKIPPED})"
+        )
+    record = {
+        "id": encoder.id,
+        "z_dim": int(encoder.dim),
+        "path": str(artifact),
+        "dataset": encoder.config.get("dataset"),
+        "data": str(folder),
+        "split": None,
+        "classes": None,
+        "embeddings": str(index_dir.parent / "embeddings"),
+    }
+    return EmbeddingIndex.build(
+        emb.vectors,
+        ids=emb.ids,
+        metadata=metadata,
+        artifact=record,
+        path=index_dir,
+        overwrite=True,
+        prepare=lambda tmp: store_pictures(tmp, emb, None),
+    )
 
 
 def _apply(index, index_dir: Path, emb, metadata: list[dict], removed: list[int]) -> None:
@@ -232,8 +305,9 @@ def _apply(index, index_dir: Path, emb, metadata: list[dict], removed: list[int]
         if removed:
             items.remove(removed)
         if emb is not None and len(emb):
-            items.add(emb.vectors, emb.ids.tolist(), metadata,
-                      item_pictures(emb.manifest, emb.ids.tolist(), emb.sources, data_dir=None))
+            items.add(
+                emb.vectors, emb.ids.tolist(), metadata, item_pictures(emb.manifest, emb.ids.tolist(), emb.sources, data_dir=None)
+            )
     finally:
         store.close()
 
@@ -280,10 +354,19 @@ def main(argv: list[str]) -> int:
         if artifact is None:
             return 130
 
-    done = update(folder, work, artifact, batch_size=args.batch_size, num_workers=args.num_workers,
-                  progress=progress, command="infomax up " + shlex.join(argv))
-    _say(f"index ready: {done['count']} item(s) in {done['index']} ({done['embedded']} embedded, "
-         f"{done['removed']} removed, {done['unchanged']} unchanged)")
+    done = update(
+        folder,
+        work,
+        artifact,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        progress=progress,
+        command="infomax up " + shlex.join(argv),
+    )
+    _say(
+        f"index ready: {done['count']} item(s) in {done['index']} ({done['embedded']} embedded, "
+        f"{done['removed']} removed, {done['unchanged']} unchanged)"
+    )
     if done["skipped"]:
         _say(f"{len(done['skipped'])} unreadable file(s), each listed with its reason in {work / SKIPPED}:")
         for rel, reason in list(done["skipped"].items())[:20]:
@@ -295,8 +378,7 @@ def main(argv: list[str]) -> int:
     from service import serve
 
     _say(f"[4/4] serving http://{args.host}:{args.port}/ (Ctrl-C stops)")
-    return serve.main(["--model", str(artifact), "--index", str(done["index"]), "--host", args.host,
-                       "--port", str(args.port)])
+    return serve.main(["--model", str(artifact), "--index", str(done["index"]), "--host", args.host, "--port", str(args.port)])
 
 
 if __name__ == "__main__":

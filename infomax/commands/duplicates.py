@@ -25,11 +25,16 @@ from infomax.errors import SettingError
 def parser() -> argparse.ArgumentParser:
     from infomax.duplicates import DEFAULT_THRESHOLD
 
-    p = argparse.ArgumentParser(prog="infomax duplicates", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="infomax duplicates", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--index", required=True, help="index folder (infomax index build)")
-    p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
-                   help=f"cosine similarity at or above which two images are duplicates (default: {DEFAULT_THRESHOLD})")
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=DEFAULT_THRESHOLD,
+        help=f"cosine similarity at or above which two images are duplicates (default: {DEFAULT_THRESHOLD})",
+    )
     p.add_argument("--format", default="csv", choices=["csv", "json"], help="output format (default: csv)")
     p.add_argument("--out", default=None, help="file to write (default: standard output)")
     return p
@@ -62,6 +67,5 @@ def main(argv: list[str]) -> int:
     else:
         sys.stdout.write(text)
     in_groups = sum(g.size for g in groups)
-    print(f"infomax duplicates: {len(groups)} groups, {in_groups} of {n} items (threshold {threshold})",
-          file=sys.stderr)
+    print(f"infomax duplicates: {len(groups)} groups, {in_groups} of {n} items (threshold {threshold})", file=sys.stderr)
     return 0

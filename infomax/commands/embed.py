@@ -22,21 +22,26 @@ from infomax.validate import non_negative_int
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="infomax embed", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="infomax embed", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="artifact folder (encoder.json + encoder.safetensors)")
-    p.add_argument("--data", required=True,
-                   help="cifar10, fmnist, mnist, or a folder of images (subfolders are classes when there are 2+)")
+    p.add_argument(
+        "--data", required=True, help="cifar10, fmnist, mnist, or a folder of images (subfolders are classes when there are 2+)"
+    )
     p.add_argument("--split", default="test", choices=["train", "test"], help="split of a data set (default: test)")
     p.add_argument("--out", required=True, help="folder to write the embeddings into (must be empty or absent)")
     p.add_argument("--overwrite", action="store_true", help="replace the embeddings already in --out")
     p.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default: 256)")
     p.add_argument("--devices", type=int, default=1, help="devices (processes) per node (default: 1)")
-    p.add_argument("--accelerator", default="auto", choices=["auto", "cpu", "gpu"],
-                   help="auto: a GPU when there is one (default)")
+    p.add_argument(
+        "--accelerator", default="auto", choices=["auto", "cpu", "gpu"], help="auto: a GPU when there is one (default)"
+    )
     p.add_argument("--num-nodes", type=int, default=1, help="nodes of a multi-node run (default: 1)")
-    p.add_argument("--num-workers", type=int, default=None,
-                   help="DataLoader workers (default: up to 8 for folders, which are decoded in them; 0 for data sets)")
+    p.add_argument(
+        "--num-workers",
+        type=int,
+        default=None,
+        help="DataLoader workers (default: up to 8 for folders, which are decoded in them; 0 for data sets)",
+    )
     p.add_argument("--limit", type=int, default=None, help="embed only the first N images (a quick trial)")
     p.add_argument("--data-dir", default=None, help="folder holding the data sets (default: $INFOMAX_DATA_DIR)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -62,9 +67,19 @@ def main(argv: list[str]) -> int:
     interrupted = _watch_sigint()
     try:
         manifest = embed(
-            args.model, args.data, args.out, split=args.split, batch_size=args.batch_size, devices=args.devices,
-            accelerator=args.accelerator, num_nodes=args.num_nodes, overwrite=args.overwrite, limit=args.limit,
-            data_dir=args.data_dir, num_workers=args.num_workers, progress=not args.no_progress,
+            args.model,
+            args.data,
+            args.out,
+            split=args.split,
+            batch_size=args.batch_size,
+            devices=args.devices,
+            accelerator=args.accelerator,
+            num_nodes=args.num_nodes,
+            overwrite=args.overwrite,
+            limit=args.limit,
+            data_dir=args.data_dir,
+            num_workers=args.num_workers,
+            progress=not args.no_progress,
             command="infomax embed " + shlex.join(argv),
         )
     except (KeyboardInterrupt, SystemExit) as e:
@@ -74,13 +89,18 @@ def main(argv: list[str]) -> int:
         return _after_interrupt(out, fresh, existed)
     if manifest is not None:  # global rank 0 only
         what = f"{manifest['data']}:{manifest['split']}" if manifest["split"] else manifest["data"]
-        print(f"infomax embed: {manifest['count']} vectors (z_dim {manifest['z_dim']}) of {what} written to "
-              f"{args.out} in {len(manifest['shards'])} shard(s), {manifest['seconds']:.1f} s")
+        print(
+            f"infomax embed: {manifest['count']} vectors (z_dim {manifest['z_dim']}) of {what} written to "
+            f"{args.out} in {len(manifest['shards'])} shard(s), {manifest['seconds']:.1f} s"
+        )
         if manifest["skipped"]:
             first = manifest["skipped"][0]
-            print(f"infomax embed: skipped {len(manifest['skipped'])} unreadable file(s), e.g. "
-                  f"{first['source']}: {first['reason']}; all of them listed under \"skipped\" in "
-                  f"{out / 'embeddings.json'}", file=sys.stderr)
+            print(
+                f"infomax embed: skipped {len(manifest['skipped'])} unreadable file(s), e.g. "
+                f'{first["source"]}: {first["reason"]}; all of them listed under "skipped" in '
+                f"{out / 'embeddings.json'}",
+                file=sys.stderr,
+            )
     return 0
 
 
@@ -112,8 +132,10 @@ def _after_interrupt(out: Path, fresh: bool, existed: bool) -> int:
             out.mkdir(exist_ok=True)
         print(f"infomax embed: interrupted; removed the incomplete embeddings from {out}", file=sys.stderr)
     elif out.is_dir():
-        print(f"infomax embed: interrupted; {out} is incomplete (no {MANIFEST}): run the command again with "
-              f"--overwrite", file=sys.stderr)
+        print(
+            f"infomax embed: interrupted; {out} is incomplete (no {MANIFEST}): run the command again with --overwrite",
+            file=sys.stderr,
+        )
     else:
         print("infomax embed: interrupted before anything was written", file=sys.stderr)
     return 130

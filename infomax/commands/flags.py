@@ -70,8 +70,9 @@ def lightning_flags(groups: Mapping[str, Iterable[type]]) -> Spelling:
     def spell(setting: str) -> str | None:
         if "." in setting:
             return "--" + setting
-        owners = [group for group, classes in groups.items()
-                  if any(setting in inspect.signature(cls).parameters for cls in classes)]
+        owners = [
+            group for group, classes in groups.items() if any(setting in inspect.signature(cls).parameters for cls in classes)
+        ]
         return f"--{owners[0]}.{setting}" if len(owners) == 1 else None
 
     return spell

@@ -20,26 +20,33 @@ from infomax.errors import DataError, SettingError
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="infomax index", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="infomax index", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="action", metavar="ACTION")
-    b = sub.add_parser("build", help="build an index folder from an embeddings folder",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    b = sub.add_parser(
+        "build",
+        help="build an index folder from an embeddings folder",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     b.add_argument("--embeddings", required=True, help="folder written by `infomax embed`")
     b.add_argument("--out", required=True, help="index folder to write (must be empty or absent)")
-    b.add_argument("--factory", default=None,
-                   help="FAISS factory string (Flat, HNSW32, IVF1024,Flat, IVF1024,PQ64x8...); default: chosen "
-                        "from the count, dimension and memory budget")
+    b.add_argument(
+        "--factory",
+        default=None,
+        help="FAISS factory string (Flat, HNSW32, IVF1024,Flat, IVF1024,PQ64x8...); default: chosen "
+        "from the count, dimension and memory budget",
+    )
     b.add_argument("--memory-budget", default="4GB", help="memory the index may use (default: 4GB)")
-    b.add_argument("--recall-target", type=float, default=0.95,
-                   help="recall@10 the search parameter is tuned to (default: 0.95)")
+    b.add_argument("--recall-target", type=float, default=0.95, help="recall@10 the search parameter is tuned to (default: 0.95)")
     b.add_argument("--overwrite", action="store_true", help="replace an index already in --out")
-    b.add_argument("--images", action="store_true",
-                   help="also store each item's picture in the folder (images.sqlite), for the service's "
-                        "/v1/items/{id}/image and its web page: data-set images as PNG, files as they are "
-                        "or as a 256 px JPEG thumbnail")
-    b.add_argument("--data-dir", default=None,
-                   help="with --images: folder holding the data sets (default: $INFOMAX_DATA_DIR)")
+    b.add_argument(
+        "--images",
+        action="store_true",
+        help="also store each item's picture in the folder (images.sqlite), for the service's "
+        "/v1/items/{id}/image and its web page: data-set images as PNG, files as they are "
+        "or as a 256 px JPEG thumbnail",
+    )
+    b.add_argument("--data-dir", default=None, help="with --images: folder holding the data sets (default: $INFOMAX_DATA_DIR)")
     return p
 
 
@@ -77,8 +84,10 @@ def build(args: argparse.Namespace) -> dict:
     }
     classes = m.get("classes") or []
     # the class name beside the label, for people (the web page shows it under each picture)
-    metadata = [{"source": s, "label": lab} | ({"class": classes[lab]} if lab is not None and 0 <= lab < len(classes) else {})
-                for s, lab in zip(emb.sources, emb.labels)]
+    metadata = [
+        {"source": s, "label": lab} | ({"class": classes[lab]} if lab is not None and 0 <= lab < len(classes) else {})
+        for s, lab in zip(emb.sources, emb.labels)
+    ]
     pictures: list[int] = []
 
     def prepare(tmp: Path) -> None:
@@ -87,10 +96,18 @@ def build(args: argparse.Namespace) -> dict:
         pictures.append(store_pictures(tmp, emb, args.data_dir))
 
     try:
-        index = EmbeddingIndex.build(emb.vectors, ids=emb.ids, metadata=metadata, factory=args.factory,
-                                     memory_budget=args.memory_budget, recall_target=args.recall_target,
-                                     artifact=artifact, path=out, overwrite=args.overwrite,
-                                     prepare=prepare if getattr(args, "images", False) else None)
+        index = EmbeddingIndex.build(
+            emb.vectors,
+            ids=emb.ids,
+            metadata=metadata,
+            factory=args.factory,
+            memory_budget=args.memory_budget,
+            recall_target=args.recall_target,
+            artifact=artifact,
+            path=out,
+            overwrite=args.overwrite,
+            prepare=prepare if getattr(args, "images", False) else None,
+        )
     except FileExistsError as e:  # an OSError, not one of the errors the CLI prints as one line
         raise SettingError(str(e).replace("overwrite=True", "--overwrite")) from None
     except RuntimeError as e:  # FAISS refuses a factory string it cannot parse

@@ -26,17 +26,18 @@ from infomax.errors import MissingFileError, SettingError
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="infomax search", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="infomax search", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--index", required=True, help="index folder (infomax index build)")
     query = p.add_mutually_exclusive_group(required=True)
     query.add_argument("--image", metavar="FILE", help="an image file: PNG, JPEG, GIF, WebP or BMP")
     query.add_argument("--id", type=int, metavar="N", help="an indexed item (left out of its own results)")
     p.add_argument("--k", type=int, default=10, help="number of neighbours (default: 10)")
-    p.add_argument("--filter", metavar="JSON", default=None,
-                   help='only items whose metadata matches, e.g. \'{"label": 3}\' (see above)')
-    p.add_argument("--model", metavar="ART", default=None,
-                   help="encoder artifact for --image (default: the one index.json records)")
+    p.add_argument(
+        "--filter", metavar="JSON", default=None, help="only items whose metadata matches, e.g. '{\"label\": 3}' (see above)"
+    )
+    p.add_argument(
+        "--model", metavar="ART", default=None, help="encoder artifact for --image (default: the one index.json records)"
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return p
 
@@ -73,11 +74,31 @@ def main(argv: list[str]) -> int:
         classes = _classes(index)
     finally:
         index.close()
-    neighbors = [{"id": i, "score": s, "source": (m or {}).get("source"), "label": (m or {}).get("label"),
-                  "meta": (m or {}).get("meta") or {}} for (s, i), m in zip(found, metadata) if m is not None]
+    neighbors = [
+        {
+            "id": i,
+            "score": s,
+            "source": (m or {}).get("source"),
+            "label": (m or {}).get("label"),
+            "meta": (m or {}).get("meta") or {},
+        }
+        for (s, i), m in zip(found, metadata)
+        if m is not None
+    ]
     if args.json:
-        print(json.dumps({"query": query, "k": args.k, "filter": flt.to_dict() if flt is not None else None,
-                          "matching": matching, "neighbors": neighbors}, indent=1, ensure_ascii=False))
+        print(
+            json.dumps(
+                {
+                    "query": query,
+                    "k": args.k,
+                    "filter": flt.to_dict() if flt is not None else None,
+                    "matching": matching,
+                    "neighbors": neighbors,
+                },
+                indent=1,
+                ensure_ascii=False,
+            )
+        )
     else:
         _print_table(neighbors, classes)
     of = f"item {args.id}" if args.id is not None else args.image
@@ -97,13 +118,17 @@ def _encode(image: str, model: str | None, index: Any) -> Any:
     if model is None:
         path = recorded.get("path")
         if not path or not Path(path).is_dir():
-            raise SettingError("--model: give the encoder artifact for --image (index.json records "
-                             + (f"{path!r}, which is not there)" if path else "none)"))
+            raise SettingError(
+                "--model: give the encoder artifact for --image (index.json records "
+                + (f"{path!r}, which is not there)" if path else "none)")
+            )
         model = path
     enc = load_encoder(model)
     if recorded.get("id") and recorded["id"] != enc.id:
-        raise SettingError(f"--model: {model} is encoder {enc.id[:12]}, but the index holds the vectors of "
-                         f"{recorded['id'][:12]} (give the artifact the index was built with)")
+        raise SettingError(
+            f"--model: {model} is encoder {enc.id[:12]}, but the index holds the vectors of "
+            f"{recorded['id'][:12]} (give the artifact the index was built with)"
+        )
     try:
         pixels = load_image(image, enc.input_size, enc.in_channels)
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:

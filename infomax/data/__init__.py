@@ -20,14 +20,40 @@ import importlib
 
 # name -> the submodule that defines it.
 _EXPORTS = {
-    **dict.fromkeys(["CLASS_NAMES", "DATASET_STATS", "SPLITS", "canonical_dataset_name", "check_fits", "check_split",
-                     "is_dataset_name", "recorded_classes"], "registry"),
+    **dict.fromkeys(
+        [
+            "CLASS_NAMES",
+            "DATASET_STATS",
+            "SPLITS",
+            "canonical_dataset_name",
+            "check_fits",
+            "check_split",
+            "is_dataset_name",
+            "recorded_classes",
+        ],
+        "registry",
+    ),
     **dict.fromkeys(["DATA_DIR_ENV", "DEFAULT_DATA_DIR", "DataNotFoundError", "resolve_data_dir"], "datadir"),
-    **dict.fromkeys(["CIFAR10_FOLDER", "load_cifar10", "load_dataset", "load_fashion_mnist", "load_mnist",
-                     "read_idx"], "readers"),
-    **dict.fromkeys(["FileImages", "FolderData", "ID_BITS", "IMAGE_EXTENSIONS", "UNREADABLE_ERRORS", "error_reason",
-                     "folder_ids", "folder_labels", "folder_labels_note", "list_images", "load_image_folder",
-                     "path_id"], "folder"),
+    **dict.fromkeys(
+        ["CIFAR10_FOLDER", "load_cifar10", "load_dataset", "load_fashion_mnist", "load_mnist", "read_idx"], "readers"
+    ),
+    **dict.fromkeys(
+        [
+            "FileImages",
+            "FolderData",
+            "ID_BITS",
+            "IMAGE_EXTENSIONS",
+            "UNREADABLE_ERRORS",
+            "error_reason",
+            "folder_ids",
+            "folder_labels",
+            "folder_labels_note",
+            "list_images",
+            "load_image_folder",
+            "path_id",
+        ],
+        "folder",
+    ),
     **dict.fromkeys(["resolve_source"], "sources"),
     **dict.fromkeys(["DeviceBatches", "InMemoryDataset", "collate_batch"], "datasets"),
     **dict.fromkeys(["CIFAR10", "FashionMNIST", "ImageFolder", "InMemoryDataModule", "MNIST"], "datamodules"),

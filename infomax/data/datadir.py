@@ -18,10 +18,7 @@ DEFAULT_DATA_DIR = Path("~/.cache/infomax/data")
 class DataNotFoundError(UserError, FileNotFoundError):
     """Data files are missing: says where we looked, what we expected and how to fix it."""
 
-    DEFAULT_HINT = (
-        f"Set {DATA_DIR_ENV} to the folder holding the data, pass data_dir=..., "
-        "or use download=True to fetch it."
-    )
+    DEFAULT_HINT = f"Set {DATA_DIR_ENV} to the folder holding the data, pass data_dir=..., or use download=True to fetch it."
 
     def __init__(self, folder: PathLike, expected: Sequence[str] = (), hint: str | None = None) -> None:
         self.folder = Path(folder)

@@ -123,7 +123,9 @@ class InMemoryDataModule(pl.LightningDataModule):
             setattr(self, f"{split}_labels", labels.to(torch.int64))
         self._loaded = True
         logger.info(
-            "%s: %d train, %d val, %d test images", self.name, len(self.train_images),
+            "%s: %d train, %d val, %d test images",
+            self.name,
+            len(self.train_images),
             0 if self.val_images is None else len(self.val_images),
             0 if self.test_images is None else len(self.test_images),
         )
@@ -133,8 +135,7 @@ class InMemoryDataModule(pl.LightningDataModule):
             self.setup()
 
     # -- loaders ----------------------------------------------------------------------------
-    def _loader(self, images: torch.Tensor | None, labels: torch.Tensor | None, train: bool = False
-                ) -> DataLoader | list:
+    def _loader(self, images: torch.Tensor | None, labels: torch.Tensor | None, train: bool = False) -> DataLoader | list:
         self._ensure_loaded()
         if images is None or len(images) == 0:
             return []
@@ -142,8 +143,7 @@ class InMemoryDataModule(pl.LightningDataModule):
         if train and len(images) < self.batch_size:
             # drop_last would leave zero batches: better a short batch than silently no training.
             warnings.warn(
-                f"{self.name}: only {len(images)} train images for batch_size={self.batch_size}; "
-                "keeping the partial batch",
+                f"{self.name}: only {len(images)} train images for batch_size={self.batch_size}; keeping the partial batch",
                 stacklevel=3,
             )
             drop_last = False
@@ -167,11 +167,17 @@ class InMemoryDataModule(pl.LightningDataModule):
             if len(self.train_images) < self.batch_size * trainer.world_size:
                 raise SettingError(
                     f"{self.name}: {len(self.train_images)} train images are too few for batch_size="
-                    f"{self.batch_size} on {trainer.world_size} device(s) with on_device=True", setting="batch_size"
+                    f"{self.batch_size} on {trainer.world_size} device(s) with on_device=True",
+                    setting="batch_size",
                 )
             return DeviceBatches(
-                self.train_images, self.train_labels, self.batch_size, trainer.strategy.root_device,
-                seed=self.seed, rank=trainer.global_rank, world_size=trainer.world_size,
+                self.train_images,
+                self.train_labels,
+                self.batch_size,
+                trainer.strategy.root_device,
+                seed=self.seed,
+                rank=trainer.global_rank,
+                world_size=trainer.world_size,
             )
         return self._loader(self.train_images, self.train_labels, train=True)
 
@@ -256,8 +262,9 @@ class _StandardDataModule(InMemoryDataModule):
     def _load(self) -> _Splits:
         images, labels = load_dataset(self.dataset_name, self.data_dir, "train", download=self.download)
         if self.val_size >= len(images):
-            raise SettingError(f"val_size={self.val_size} must be smaller than the {len(images)} train images",
-                               setting="val_size")
+            raise SettingError(
+                f"val_size={self.val_size} must be smaller than the {len(images)} train images", setting="val_size"
+            )
         train_idx, val_idx = _split_indices(len(images), self.val_size, self.seed)
         if self.limit_train is not None:
             train_idx = train_idx[: self.limit_train]
@@ -265,9 +272,12 @@ class _StandardDataModule(InMemoryDataModule):
         test_images, test_labels = load_dataset(self.dataset_name, self.data_dir, "test", download=self.download)
         has_val = len(val_idx) > 0
         return _Splits(
-            images[train_idx], labels[train_idx],
-            images[val_idx] if has_val else None, labels[val_idx] if has_val else None,
-            test_images, test_labels,
+            images[train_idx],
+            labels[train_idx],
+            images[val_idx] if has_val else None,
+            labels[val_idx] if has_val else None,
+            test_images,
+            test_labels,
         )
 
 
@@ -330,9 +340,12 @@ def _labelled_only(data: FolderData, folder: PathLike) -> FolderData:
     if not data.classes or bool(keep.all()):
         return data
     left_out = [Path(p).name for p, k in zip(data.paths, keep.tolist()) if not k]
-    warnings.warn(f"{len(left_out)} image(s) of {folder} without a class (e.g. {left_out[0]}) are left out of "
-                  f"training, so that the other {int(keep.sum())} keep their labels (val/knn_top1 and the best "
-                  f"checkpoint by it); move them into a class subfolder to train on them", stacklevel=3)
+    warnings.warn(
+        f"{len(left_out)} image(s) of {folder} without a class (e.g. {left_out[0]}) are left out of "
+        f"training, so that the other {int(keep.sum())} keep their labels (val/knn_top1 and the best "
+        f"checkpoint by it); move them into a class subfolder to train on them",
+        stacklevel=3,
+    )
     paths = [p for p, k in zip(data.paths, keep.tolist()) if k]
     return FolderData(data.images[keep], data.labels[keep], paths, data.classes, data.skipped)
 
@@ -406,8 +419,9 @@ class ImageFolder(InMemoryDataModule):
         return count
 
     def _load(self) -> _Splits:
-        data = _labelled_only(load_image_folder(self.path, self._input_size, self._channels,
-                                                num_workers=self.num_workers), self.path)
+        data = _labelled_only(
+            load_image_folder(self.path, self._input_size, self._channels, num_workers=self.num_workers), self.path
+        )
         self.classes, self.paths, self.skipped = data.classes, data.paths, data.skipped
         train_idx, val_idx = _split_indices(len(data.images), self._val_count(len(data.images)), self.seed)
         self.train_indices, self.val_indices = train_idx, val_idx
@@ -415,6 +429,8 @@ class ImageFolder(InMemoryDataModule):
         self._mean, self._std = _channel_stats(train_images)
         has_val = len(val_idx) > 0
         return _Splits(
-            train_images, data.labels[train_idx],
-            data.images[val_idx] if has_val else None, data.labels[val_idx] if has_val else None,
+            train_images,
+            data.labels[train_idx],
+            data.images[val_idx] if has_val else None,
+            data.labels[val_idx] if has_val else None,
         )

@@ -23,8 +23,19 @@ from infomax.data.datadir import DataNotFoundError, PathLike
 from infomax.errors import DataError
 from infomax.imageio import _check_size_channels, load_image
 
-__all__ = ["FileImages", "FolderData", "IMAGE_EXTENSIONS", "UNREADABLE_ERRORS", "error_reason", "folder_ids",
-           "folder_labels", "folder_labels_note", "list_images", "load_image_folder", "path_id"]
+__all__ = [
+    "FileImages",
+    "FolderData",
+    "IMAGE_EXTENSIONS",
+    "UNREADABLE_ERRORS",
+    "error_reason",
+    "folder_ids",
+    "folder_labels",
+    "folder_labels_note",
+    "list_images",
+    "load_image_folder",
+    "path_id",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +51,8 @@ def list_images(folder: PathLike) -> list[Path]:
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise DataNotFoundError(
-            folder, [f"a folder of images ({', '.join(IMAGE_EXTENSIONS)})"],
+            folder,
+            [f"a folder of images ({', '.join(IMAGE_EXTENSIONS)})"],
             hint="Pass the path of an existing folder of images.",
         )
     found: list[Path] = []
@@ -82,7 +94,8 @@ def folder_ids(relative_paths: Sequence[PathLike], folder: PathLike = "") -> tor
             raise DataError(
                 f"{a!r} and {b!r} in {folder or 'the folder'} "
                 f"get the same id {id_} (their names are the same text once Unicode-normalised, or collide "
-                f"by chance): rename one of them")
+                f"by chance): rename one of them"
+            )
     return torch.tensor(ids, dtype=torch.int64)
 
 
@@ -134,12 +147,16 @@ def folder_labels_note(folder: PathLike, relative_paths: Sequence[Path], classes
     n, example = len(outside), PurePath(outside[0]).as_posix()
     them, are = ("it has", "is") if n == 1 else ("they have", "are")
     if classes:
-        return (f"{n} of {len(relative_paths)} images of {folder} {are} not in a class subfolder (e.g. {example}): "
-                f"{them} no label; the others keep the labels of their {len(classes)} subfolders. "
-                f"Move {'it' if n == 1 else 'them'} into a class subfolder to label {'it' if n == 1 else 'them'}")
-    return (f"{n} of {len(relative_paths)} images of {folder} {are} at its top (e.g. {example}), so its subfolders "
-            f"are not taken as classes and no image has a label; put every image in a class subfolder (two or "
-            f"more) for labels")
+        return (
+            f"{n} of {len(relative_paths)} images of {folder} {are} not in a class subfolder (e.g. {example}): "
+            f"{them} no label; the others keep the labels of their {len(classes)} subfolders. "
+            f"Move {'it' if n == 1 else 'them'} into a class subfolder to label {'it' if n == 1 else 'them'}"
+        )
+    return (
+        f"{n} of {len(relative_paths)} images of {folder} {are} at its top (e.g. {example}), so its subfolders "
+        f"are not taken as classes and no image has a label; put every image in a class subfolder (two or "
+        f"more) for labels"
+    )
 
 
 def load_image_folder(folder: PathLike, size: int, channels: int = 3, num_workers: int = 0) -> FolderData:
@@ -189,7 +206,8 @@ def load_image_folder(folder: PathLike, size: int, channels: int = 3, num_worker
         )
     if not tensors:
         raise DataNotFoundError(
-            folder, expected,
+            folder,
+            expected,
             hint=f"None of the {len(candidates)} image files could be read (e.g. {skipped[0][0]}: {skipped[0][1]}).",
         )
     relative = [p.relative_to(folder) for p in kept]

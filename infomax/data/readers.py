@@ -78,9 +78,7 @@ def read_idx(path: PathLike) -> np.ndarray:
     actual = len(data) - header
     if actual != expected:
         what = "truncated" if actual < expected else "has trailing bytes"
-        raise ValueError(
-            f"{path}: idx file {what}: dims {list(dims)} need {expected} data bytes, found {actual}"
-        )
+        raise ValueError(f"{path}: idx file {what}: dims {list(dims)} need {expected} data bytes, found {actual}")
     array = np.frombuffer(data, dtype=dtype, offset=header).reshape(dims)
     # astype copies into native byte order and gives a writable array (torch.from_numpy wants one).
     return array.astype(dtype.newbyteorder("="))
@@ -99,8 +97,9 @@ def _idx_stems(split: str) -> tuple[str, str]:
     return f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte"
 
 
-def _load_idx_dataset(root: PathLike | None, folder_name: str, split: str, download: bool,
-                      downloader: Callable[[Path, str], None]) -> tuple[torch.Tensor, torch.Tensor]:
+def _load_idx_dataset(
+    root: PathLike | None, folder_name: str, split: str, download: bool, downloader: Callable[[Path, str], None]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Load an MNIST-layout data set from ``root/folder_name/raw``."""
     check_split(split)
     root = resolve_data_dir(root)
@@ -136,14 +135,14 @@ def _torchvision_download(cls_name: str) -> Callable[[Path, str], None]:
     return download
 
 
-def load_mnist(root: PathLike | None = None, split: str = "train",
-               download: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def load_mnist(root: PathLike | None = None, split: str = "train", download: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """MNIST from ``root/MNIST/raw``: uint8 images [N, 1, 28, 28] and int64 labels [N]."""
     return _load_idx_dataset(root, "MNIST", split, download, _torchvision_download("MNIST"))
 
 
-def load_fashion_mnist(root: PathLike | None = None, split: str = "train",
-                       download: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def load_fashion_mnist(
+    root: PathLike | None = None, split: str = "train", download: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Fashion-MNIST from ``root/FashionMNIST/raw``: uint8 images [N, 1, 28, 28], int64 labels [N]."""
     return _load_idx_dataset(root, "FashionMNIST", split, download, _torchvision_download("FashionMNIST"))
 
@@ -208,8 +207,7 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return data, labels
 
 
-def load_cifar10(root: PathLike | None = None, split: str = "train",
-                 download: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def load_cifar10(root: PathLike | None = None, split: str = "train", download: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """CIFAR-10 from ``root/cifar-10-batches-py``: uint8 images [N, 3, 32, 32], int64 labels [N]."""
     check_split(split)
     root = resolve_data_dir(root)
@@ -235,7 +233,8 @@ _LOADERS: dict[str, Callable[..., tuple[torch.Tensor, torch.Tensor]]] = {
 }
 
 
-def load_dataset(name: str, root: PathLike | None = None, split: str = "train",
-                 download: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def load_dataset(
+    name: str, root: PathLike | None = None, split: str = "train", download: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Load a standard data set by name ("cifar10", "fmnist"/"fashion-mnist", "mnist")."""
     return _LOADERS[canonical_dataset_name(name)](root, split=split, download=download)

@@ -13,9 +13,7 @@ SPLITS = ("train", "test")
 
 # Standard per-channel statistics of the official training splits (pixel values in [0, 1]).
 DATASET_STATS: dict[str, dict[str, Any]] = {
-    "cifar10": dict(
-        mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616), size=32, channels=3, num_classes=10
-    ),
+    "cifar10": dict(mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616), size=32, channels=3, num_classes=10),
     "fmnist": dict(mean=(0.2860,), std=(0.3530,), size=28, channels=1, num_classes=10),
     "mnist": dict(mean=(0.1307,), std=(0.3081,), size=28, channels=1, num_classes=10),
 }
@@ -35,8 +33,7 @@ _DATASET_ALIASES = {
 # The class names of each data set, in label order.
 CLASS_NAMES: dict[str, list[str]] = {
     "cifar10": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"],
-    "fmnist": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
-               "Ankle boot"],
+    "fmnist": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"],
     "mnist": [str(i) for i in range(10)],
 }
 

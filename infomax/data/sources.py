@@ -66,8 +66,16 @@ class ImageSource:
         return None if label < 0 else label
 
 
-def resolve_source(data: str, split: str = "test", *, channels: int, size: int, data_dir: str | Path | None = None,
-                   limit: int | None = None, model: str | Path | None = None) -> ImageSource:
+def resolve_source(
+    data: str,
+    split: str = "test",
+    *,
+    channels: int,
+    size: int,
+    data_dir: str | Path | None = None,
+    limit: int | None = None,
+    model: str | Path | None = None,
+) -> ImageSource:
     """The images named by ``data``: a data set name (cifar10, fmnist, mnist: ``split`` of it,
     read from ``data_dir`` / $INFOMAX_DATA_DIR) or an image folder (all images under it, sorted).
 
@@ -85,26 +93,34 @@ def resolve_source(data: str, split: str = "test", *, channels: int, size: int, 
             images, labels = images[:limit], labels[:limit]
         n = len(images)
         return ImageSource(
-            name=name, kind="dataset", split=split, ids=torch.arange(n, dtype=torch.int64), labels=labels,
-            sources=[f"{name}:{split}:{i}" for i in range(n)], classes=CLASS_NAMES.get(name), images=images,
-            size=size, channels=channels,
+            name=name,
+            kind="dataset",
+            split=split,
+            ids=torch.arange(n, dtype=torch.int64),
+            labels=labels,
+            sources=[f"{name}:{split}:{i}" for i in range(n)],
+            classes=CLASS_NAMES.get(name),
+            images=images,
+            size=size,
+            channels=channels,
         )
     folder = Path(data).expanduser()
     if not folder.exists():
         names = ", ".join(sorted(CLASS_NAMES))
         raise SettingError(
             f"data {data!r} is neither a data set name ({names}) nor an existing folder: "
-            f"give one of those names or the path of a folder of images", setting="data"
+            f"give one of those names or the path of a folder of images",
+            setting="data",
         )
     if not folder.is_dir():
-        raise SettingError(f"data {data!r} is a file, not a folder: give the folder that holds the images",
-                           setting="data")
+        raise SettingError(f"data {data!r} is a file, not a folder: give the folder that holds the images", setting="data")
     folder = folder.absolute()
     paths = list_images(folder)
     if not paths:
         raise MissingFileError(
             f"no image files in {folder} (looked for {', '.join(IMAGE_EXTENSIONS)}, hidden files skipped): "
-            f"give a folder that holds images", setting="data"
+            f"give a folder that holds images",
+            setting="data",
         )
     if limit is not None:
         paths = paths[:limit]
@@ -114,7 +130,14 @@ def resolve_source(data: str, split: str = "test", *, channels: int, size: int, 
     if note:
         warnings.warn(note, stacklevel=2)
     return ImageSource(
-        name=str(folder), kind="folder", split=None, ids=folder_ids(relative, folder),
-        labels=labels, sources=[r.as_posix() for r in relative], classes=classes or None, paths=paths,
-        size=size, channels=channels,
+        name=str(folder),
+        kind="folder",
+        split=None,
+        ids=folder_ids(relative, folder),
+        labels=labels,
+        sources=[r.as_posix() for r in relative],
+        classes=classes or None,
+        paths=paths,
+        size=size,
+        channels=channels,
     )

@@ -31,11 +31,24 @@ class Building:
     """EmbeddingIndex.build (a mixin: ``cls`` is EmbeddingIndex)."""
 
     @classmethod
-    def build(cls, vectors: Any, *, ids: Any = None, metadata: list[dict] | None = None, factory: str | None = None,
-              memory_budget: int | str = "4GB", recall_target: float = 0.95, artifact: dict | None = None,
-              path: str | os.PathLike | None = None, seed: int = 0, overwrite: bool = False,
-              tune_queries: int = 1000, k: int = 10, durable: bool = True,
-              prepare: Any = None) -> EmbeddingIndex:
+    def build(
+        cls,
+        vectors: Any,
+        *,
+        ids: Any = None,
+        metadata: list[dict] | None = None,
+        factory: str | None = None,
+        memory_budget: int | str = "4GB",
+        recall_target: float = 0.95,
+        artifact: dict | None = None,
+        path: str | os.PathLike | None = None,
+        seed: int = 0,
+        overwrite: bool = False,
+        tune_queries: int = 1000,
+        k: int = 10,
+        durable: bool = True,
+        prepare: Any = None,
+    ) -> EmbeddingIndex:
         """Build an index from ``vectors`` (n, dim).
 
         ``factory`` None -> :func:`choose_factory` (n, dim, ``memory_budget``).
@@ -109,8 +122,18 @@ class Building:
         self._folder_id = folder_id(target)
         self._logging = True
 
-    def _build_into(self, raw: np.ndarray, ids: Any, metadata: Any, budget: int, recall_target: float, seed: int,
-                    tune_queries: int, k: int, t_start: float) -> None:
+    def _build_into(
+        self,
+        raw: np.ndarray,
+        ids: Any,
+        metadata: Any,
+        budget: int,
+        recall_target: float,
+        seed: int,
+        tune_queries: int,
+        k: int,
+        t_start: float,
+    ) -> None:
         n, dim = raw.shape
         factory = self.factory
         x = self._prepare(raw, "vectors")
@@ -137,7 +160,9 @@ class Building:
                 with self._rw.write():
                     self._index.train(x[train_pos])
             except RuntimeError as e:
-                raise SettingError(f"cannot train {factory!r} on {len(train_pos)} vectors: {str(e).strip().splitlines()[-1]}") from None
+                raise SettingError(
+                    f"cannot train {factory!r} on {len(train_pos)} vectors: {str(e).strip().splitlines()[-1]}"
+                ) from None
             train_info = {"train_size": int(len(train_pos))}
         t_train = time.perf_counter() - t0
         # The tuning queries are truly held out: they enter the index only after the search

@@ -56,8 +56,13 @@ class Collection:
     def __init__(self, index: EmbeddingIndex, images: ImageStore | None) -> None:
         self.index, self.images = index, images
 
-    def add(self, vectors: np.ndarray, ids: Sequence[int], metadata: Sequence[dict[str, Any]] | None = None,
-            pictures: Iterable[tuple[int, bytes, str]] | None = None) -> list[int]:
+    def add(
+        self,
+        vectors: np.ndarray,
+        ids: Sequence[int],
+        metadata: Sequence[dict[str, Any]] | None = None,
+        pictures: Iterable[tuple[int, bytes, str]] | None = None,
+    ) -> list[int]:
         """Adds items ``ids`` (their vectors and metadata) after their ``pictures``; returns the ids
         once all of it is durable. ``ValueError`` before anything is written when an id is already
         in the index (its picture would be replaced); when the index refuses the vectors, the
@@ -72,8 +77,7 @@ class Collection:
         stored: list[int] = []
         if pictures is not None:
             if self.images is None:
-                raise ValueError("this index has no image store: add the items without pictures, or build it "
-                                 "with pictures")
+                raise ValueError("this index has no image store: add the items without pictures, or build it with pictures")
             unknown = set()
             wanted = set(ids)
 

@@ -66,9 +66,20 @@ class EmbeddingIndex(Loading, Saving, Building, Tuning, Searching, Items):
 
     # ------------------------------------------------------------------ construction
 
-    def __init__(self, *, index: Any, info: dict, path: Path | None, conn: sqlite3.Connection,
-                 read_conn: sqlite3.Connection | None, read_only: bool, durable: bool, mmapped: bool,
-                 applied_seq: int, logging_enabled: bool) -> None:
+    def __init__(
+        self,
+        *,
+        index: Any,
+        info: dict,
+        path: Path | None,
+        conn: sqlite3.Connection,
+        read_conn: sqlite3.Connection | None,
+        read_only: bool,
+        durable: bool,
+        mmapped: bool,
+        applied_seq: int,
+        logging_enabled: bool,
+    ) -> None:
         # Private: use create(), build() or load().
         self._index = index
         self._kind = index_kind(index)
@@ -102,8 +113,16 @@ class EmbeddingIndex(Loading, Saving, Building, Tuning, Searching, Items):
             self._quantizer_hnsw = isinstance(faiss.downcast_index(ivf.quantizer), faiss.IndexHNSW)
 
     @classmethod
-    def create(cls, dim: int, factory: str | None = None, *, path: str | os.PathLike | None = None,
-               artifact: dict | None = None, overwrite: bool = False, durable: bool = True) -> EmbeddingIndex:
+    def create(
+        cls,
+        dim: int,
+        factory: str | None = None,
+        *,
+        path: str | os.PathLike | None = None,
+        artifact: dict | None = None,
+        overwrite: bool = False,
+        durable: bool = True,
+    ) -> EmbeddingIndex:
         """An empty index of dimension ``dim`` (``factory`` None -> ``"Flat"``).
 
         With ``path`` the folder is written immediately (it must not already hold
@@ -128,8 +147,18 @@ class EmbeddingIndex(Loading, Saving, Building, Tuning, Searching, Items):
         with transaction(conn):
             kv_set(conn, "schema_version", SCHEMA_VERSION)
             kv_set(conn, "dim", dim)
-        return cls(index=index, info=info, path=None, conn=conn, read_conn=None, read_only=False,
-                   durable=durable, mmapped=False, applied_seq=0, logging_enabled=False)
+        return cls(
+            index=index,
+            info=info,
+            path=None,
+            conn=conn,
+            read_conn=None,
+            read_only=False,
+            durable=durable,
+            mmapped=False,
+            applied_seq=0,
+            logging_enabled=False,
+        )
 
     # ------------------------------------------------------------------ properties
 
@@ -170,8 +199,10 @@ class EmbeddingIndex(Loading, Saving, Building, Tuning, Searching, Items):
         clean = {}
         for key, value in dict(params).items():
             if key not in allowed:
-                raise SettingError(f"search parameter {key!r} does not apply to a {self.factory!r} index (allowed: {sorted(allowed)})",
-                                   setting="search_params")
+                raise SettingError(
+                    f"search parameter {key!r} does not apply to a {self.factory!r} index (allowed: {sorted(allowed)})",
+                    setting="search_params",
+                )
             positive_int(key, value, what="a positive integer (a search parameter)")
             clean[key] = int(value)
         self._info["search_params"] = clean
@@ -254,8 +285,12 @@ class EmbeddingIndex(Loading, Saving, Building, Tuning, Searching, Items):
         if plan is None:
             return
         if plan.full:
-            log.warning("index %s: FAISS snapshot and metadata store disagreed; reconciled %d removals and %d additions",
-                        self._path, len(plan.remove), len(plan.add_ids))
+            log.warning(
+                "index %s: FAISS snapshot and metadata store disagreed; reconciled %d removals and %d additions",
+                self._path,
+                len(plan.remove),
+                len(plan.add_ids),
+            )
         self._faiss_remove(plan.remove)
         self._faiss_add(plan.add_ids, plan.add_vecs)
         self._applied_seq = max(self._applied_seq, plan.seq)
@@ -339,14 +374,18 @@ class EmbeddingIndex(Loading, Saving, Building, Tuning, Searching, Items):
                         le = x.astype("<f4", copy=False)
                         conn.executemany(
                             "INSERT INTO items(id, source, label, meta, vector, seq) VALUES(?, ?, ?, ?, ?, ?)",
-                            ((int(i), s, lab, m, le[r].tobytes(), new_seq)
-                             for r, (i, (s, lab, m)) in enumerate(zip(ids_a.tolist(), rows))),
+                            (
+                                (int(i), s, lab, m, le[r].tobytes(), new_seq)
+                                for r, (i, (s, lab, m)) in enumerate(zip(ids_a.tolist(), rows))
+                            ),
                         )
                         kv_set(conn, "next_id", max(next_id, int(ids_a.max()) + 1))
             except sqlite3.IntegrityError:
                 dups = existing_ids(conn, ids_a) if ids_a is not None else np.zeros(0, np.int64)
-                raise DataError(f"ids already present in the index: {dups[:10].tolist()}"
-                                + (f" (and {len(dups) - 10} more)" if len(dups) > 10 else "")) from None
+                raise DataError(
+                    f"ids already present in the index: {dups[:10].tolist()}"
+                    + (f" (and {len(dups) - 10} more)" if len(dups) > 10 else "")
+                ) from None
         self._apply_plan(plan)
         if n:
             self._faiss_add(ids_a, x)

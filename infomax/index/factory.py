@@ -11,9 +11,20 @@ import numpy as np
 from infomax.errors import SettingError
 
 _UNITS = {
-    "": 1, "b": 1,
-    "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3, "t": 1000**4, "tb": 1000**4,
-    "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4,
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "t": 1000**4,
+    "tb": 1000**4,
+    "kib": 1024,
+    "mib": 1024**2,
+    "gib": 1024**3,
+    "tib": 1024**4,
 }
 
 
@@ -29,12 +40,14 @@ def parse_memory(s: str | int) -> int:
             raise SettingError(f"invalid memory size {s!r}: must be positive", setting="memory_budget")
         return int(s)
     if not isinstance(s, str):
-        raise SettingError(f"invalid memory size {s!r}: expected e.g. '4GB', '512MB' or a number of bytes",
-                           setting="memory_budget")
+        raise SettingError(
+            f"invalid memory size {s!r}: expected e.g. '4GB', '512MB' or a number of bytes", setting="memory_budget"
+        )
     m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([A-Za-z]*)\s*", s)
     if not m or m.group(2).lower() not in _UNITS:
-        raise SettingError(f"invalid memory size {s!r}: expected e.g. '4GB', '512MB', '1.5GiB' or a number of bytes",
-                           setting="memory_budget")
+        raise SettingError(
+            f"invalid memory size {s!r}: expected e.g. '4GB', '512MB', '1.5GiB' or a number of bytes", setting="memory_budget"
+        )
     value = float(m.group(1)) * _UNITS[m.group(2).lower()]
     if not math.isfinite(value) or value < 1:
         raise SettingError(f"invalid memory size {s!r}: must be at least 1 byte", setting="memory_budget")
@@ -131,12 +144,13 @@ def choose_factory(n: int, dim: int, memory_budget_bytes: int) -> str:
         smallest = f"{quant},PQ{_divisors_desc(dim, 1)[0]}x8"
         raise SettingError(
             f"no index fits a memory budget of {budget} bytes for n={n}, dim={dim}: even {smallest!r} "
-            f"needs ~{estimate_memory(smallest, n, dim)} bytes", setting="memory_budget"
+            f"needs ~{estimate_memory(smallest, n, dim)} bytes",
+            setting="memory_budget",
         )
     raise SettingError(
         f"no index fits a memory budget of {budget} bytes for n={n}, dim={dim}: Flat needs "
         f"~{estimate_memory('Flat', n, dim)} bytes and product quantization needs at least 10000 vectors to train",
-        setting="memory_budget"
+        setting="memory_budget",
     )
 
 

@@ -283,8 +283,14 @@ class FilteredSearching:
                 return D, np.where(P >= 0, id_map[np.maximum(P, 0)], -1)
             pos = match.positions(id_map, self._generation)
             try:
-                return top_k(q, k, ((id_map[pos[a:a + _EXACT_CHUNK]], inner.reconstruct_batch(pos[a:a + _EXACT_CHUNK]))
-                                    for a in range(0, len(pos), _EXACT_CHUNK)))
+                return top_k(
+                    q,
+                    k,
+                    (
+                        (id_map[pos[a : a + _EXACT_CHUNK]], inner.reconstruct_batch(pos[a : a + _EXACT_CHUNK]))
+                        for a in range(0, len(pos), _EXACT_CHUNK)
+                    ),
+                )
             except RuntimeError:  # an inner type that cannot reconstruct: the stored vectors
                 pass
         return top_k(q, k, self._stored_vectors(match.ids))
@@ -292,7 +298,7 @@ class FilteredSearching:
     def _stored_vectors(self, ids: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         for a in range(0, len(ids), _EXACT_CHUNK):
             with self._rconn_lock:
-                present, vecs = fetch_vectors(self._rconn, ids[a:a + _EXACT_CHUNK], self._dim)
+                present, vecs = fetch_vectors(self._rconn, ids[a : a + _EXACT_CHUNK], self._dim)
             yield present, vecs
 
 

@@ -49,8 +49,8 @@ _INT64 = (-(2**63), 2**63 - 1)
 
 Scalar = str | int | float | bool
 
-FORMS = ('a value, {"in": [values]} or {"prefix": "text"} (prefix: strings only); '
-         'keys: "label", "source" or "meta.<key>"')
+FORMS = 'a value, {"in": [values]} or {"prefix": "text"} (prefix: strings only); keys: "label", "source" or "meta.<key>"'
+
 
 @dataclass(frozen=True)
 class Condition:
@@ -151,14 +151,16 @@ def _parse_condition(key: str, value: Any) -> Condition:
     if isinstance(value, Mapping):
         if len(value) != 1:
             ops = ", ".join(map(repr, value)) or "none"
-            raise _bad(f"filter {name}: give exactly one operator, \"in\" or \"prefix\" (got {ops}); {FORMS}")
+            raise _bad(f'filter {name}: give exactly one operator, "in" or "prefix" (got {ops}); {FORMS}')
         ((op, arg),) = value.items()
         if op == "in":
             if not isinstance(arg, (list, tuple)):
                 raise _bad(f'filter {name}: "in" takes a list of values, got {_type(arg)}')
             if len(arg) > MAX_IN_VALUES:
-                raise _bad(f'filter {name}: "in" holds {len(arg)} values; at most {MAX_IN_VALUES} are allowed '
-                                 "(split the search, or filter on a coarser key)")
+                raise _bad(
+                    f'filter {name}: "in" holds {len(arg)} values; at most {MAX_IN_VALUES} are allowed '
+                    "(split the search, or filter on a coarser key)"
+                )
             values = [_check_value(name, field, v, f"in[{i}]") for i, v in enumerate(arg)]
             return Condition(key, "in", _unique(values))
         if op == "prefix":
@@ -176,13 +178,15 @@ def _check_key(key: str) -> str:
     if key in ("label", "source"):
         return key
     if key.startswith("meta."):
-        names = key[len("meta."):].split(".")
+        names = key[len("meta.") :].split(".")
         if len(names) > MAX_DEPTH:
             raise _bad(f"filter key {key[:200]!r}: at most {MAX_DEPTH} nested names after 'meta.'")
         for n in names:
             if not n or len(n) > _MAX_NAME or not n.isprintable() or '"' in n or "\\" in n:
-                raise _bad(f"filter key {key[:200]!r}: each name after 'meta.' must be 1 to {_MAX_NAME} "
-                                 'printable characters other than ", \\ and . (dots separate nested keys)')
+                raise _bad(
+                    f"filter key {key[:200]!r}: each name after 'meta.' must be 1 to {_MAX_NAME} "
+                    'printable characters other than ", \\ and . (dots separate nested keys)'
+                )
         return "meta"
     hint = " (meta keys are written meta.<key>)" if key == "meta" else ""
     raise _bad(f"filter key {key[:200]!r} is not filterable{hint}; {FORMS}")
@@ -233,7 +237,8 @@ def _unique(values: list[Scalar]) -> tuple[Scalar, ...]:
 
 def _type(v: Any) -> str:
     return {dict: "an object", list: "a list", str: "a string", type(None): "null", bool: "a boolean"}.get(
-        type(v), type(v).__name__)
+        type(v), type(v).__name__
+    )
 
 
 def _show(v: Any) -> str:
@@ -246,7 +251,7 @@ def _show(v: Any) -> str:
 
 def _json_path(key: str) -> str:
     """'meta.a.b' -> '$."a"."b"' (names are checked: no quote, backslash or dot inside)."""
-    return "$" + "".join(f'."{n}"' for n in key[len("meta."):].split("."))
+    return "$" + "".join(f'."{n}"' for n in key[len("meta.") :].split("."))
 
 
 def _prefix_range(prefix: str) -> str | None:
@@ -282,8 +287,7 @@ def _condition_sql(c: Condition) -> tuple[str, list[Any]]:
     path = _json_path(c.key)
     if c.op == "prefix":
         prefix = str(c.values[0])
-        return ("json_type(meta, ?) = 'text' AND substr(json_extract(meta, ?), 1, ?) = ?",
-                [path, path, len(prefix), prefix])
+        return ("json_type(meta, ?) = 'text' AND substr(json_extract(meta, ?), 1, ?) = ?", [path, path, len(prefix), prefix])
     # one group per JSON type, so that "3" never matches 3 nor true match 1
     texts = [v for v in c.values if isinstance(v, str)]
     numbers = [v for v in c.values if not isinstance(v, (str, bool))]
@@ -294,8 +298,7 @@ def _condition_sql(c: Condition) -> tuple[str, list[Any]]:
         groups.append("(json_type(meta, ?) = 'text' AND json_extract(meta, ?) IN (SELECT value FROM json_each(?)))")
         params += [path, path, json.dumps(texts, ensure_ascii=False)]
     if numbers:
-        groups.append("(json_type(meta, ?) IN ('integer', 'real') AND json_extract(meta, ?) IN "
-                      "(SELECT value FROM json_each(?)))")
+        groups.append("(json_type(meta, ?) IN ('integer', 'real') AND json_extract(meta, ?) IN (SELECT value FROM json_each(?)))")
         params += [path, path, json.dumps(numbers)]
     for b in sorted(bools):
         groups.append("json_type(meta, ?) = ?")
@@ -320,6 +323,7 @@ def matching_ids(conn: sqlite3.Connection, flt: Filter) -> np.ndarray:
 
 def distinct_labels(conn: sqlite3.Connection, limit: int = MAX_IN_VALUES) -> list[int]:
     """The labels items carry, ascending, at most ``limit`` of them (the label index answers)."""
-    rows = conn.execute("SELECT DISTINCT label FROM items WHERE label IS NOT NULL ORDER BY label LIMIT ?",
-                        (int(limit),)).fetchall()
+    rows = conn.execute(
+        "SELECT DISTINCT label FROM items WHERE label IS NOT NULL ORDER BY label LIMIT ?", (int(limit),)
+    ).fetchall()
     return [int(r[0]) for r in rows]

@@ -34,9 +34,11 @@ def lock_for_writing(folder: Path, doing: str, fix: str | None = None) -> Writer
     except IndexLockedError:
         raise
     except PermissionError as e:
-        raise PermissionError(f"{folder}: cannot {doing}: no permission to write there ({e.strerror}); open it "
-                              f"read-only (read_only=True; `infomax serve --read-only`) or fix the folder's "
-                              f"permissions") from None
+        raise PermissionError(
+            f"{folder}: cannot {doing}: no permission to write there ({e.strerror}); open it "
+            f"read-only (read_only=True; `infomax serve --read-only`) or fix the folder's "
+            f"permissions"
+        ) from None
 
 
 def install_as_writer(tmpdir: Path, target: Path, *, bind: bool) -> WriterLock | None:

@@ -88,7 +88,9 @@ def normalized(vectors: Any, dim: int, what: str) -> np.ndarray:
     norms = np.sqrt(np.einsum("ij,ij->i", a64, a64))
     zero = np.flatnonzero(norms == 0)
     if len(zero):
-        raise DataError(f"{what} contain {len(zero)} zero vector(s) (cosine similarity undefined), first rows {zero[:10].tolist()}")
+        raise DataError(
+            f"{what} contain {len(zero)} zero vector(s) (cosine similarity undefined), first rows {zero[:10].tolist()}"
+        )
     return np.ascontiguousarray(a64 / norms[:, None], dtype=np.float32)
 
 

@@ -38,9 +38,17 @@ class Loading:
     """EmbeddingIndex.load (a mixin: ``cls`` is EmbeddingIndex)."""
 
     @classmethod
-    def load(cls, path: str | os.PathLike, *, mmap: bool = True, expected_dim: int | None = None,
-             expected_artifact_id: str | None = None, read_only: bool = False, durable: bool = True,
-             verify: bool | None = None) -> EmbeddingIndex:
+    def load(
+        cls,
+        path: str | os.PathLike,
+        *,
+        mmap: bool = True,
+        expected_dim: int | None = None,
+        expected_artifact_id: str | None = None,
+        read_only: bool = False,
+        durable: bool = True,
+        verify: bool | None = None,
+    ) -> EmbeddingIndex:
         """Open an index folder.
 
         ``mmap``: memory-map the FAISS data where the type allows it (flat codes,
@@ -59,13 +67,22 @@ class Loading:
         if not folder.exists():
             raise IndexLoadError(f"{folder}: index folder does not exist")
         if not folder.is_dir():
-            raise IndexLoadError(f"{folder}: not an index folder (expected a directory with {INDEX_FILE}, {RECORD_FILE}, {METADATA_FILE})")
+            raise IndexLoadError(
+                f"{folder}: not an index folder (expected a directory with {INDEX_FILE}, {RECORD_FILE}, {METADATA_FILE})"
+            )
         # The lock first: what is read below must not be swapped by a rebuild meanwhile.
         lock = None if read_only else lock_for_writing(folder, "open it for writing")
         try:
-            self = cls._open_folder(folder, mmap=mmap, expected_dim=expected_dim,
-                                    expected_artifact_id=expected_artifact_id, read_only=read_only,
-                                    durable=durable, verify=verify, lock=lock)
+            self = cls._open_folder(
+                folder,
+                mmap=mmap,
+                expected_dim=expected_dim,
+                expected_artifact_id=expected_artifact_id,
+                read_only=read_only,
+                durable=durable,
+                verify=verify,
+                lock=lock,
+            )
         except BaseException:
             if lock is not None:
                 lock.release()
@@ -73,21 +90,33 @@ class Loading:
         return self
 
     @classmethod
-    def _open_folder(cls, folder: Path, *, mmap: bool, expected_dim: int | None, expected_artifact_id: str | None,
-                     read_only: bool, durable: bool, verify: bool | None, lock: WriterLock | None) -> EmbeddingIndex:
+    def _open_folder(
+        cls,
+        folder: Path,
+        *,
+        mmap: bool,
+        expected_dim: int | None,
+        expected_artifact_id: str | None,
+        read_only: bool,
+        durable: bool,
+        verify: bool | None,
+        lock: WriterLock | None,
+    ) -> EmbeddingIndex:
         rec = read_record(folder / RECORD_FILE)
         dim = int(rec["dim"])
         if expected_dim is not None and int(expected_dim) != dim:
             raise IndexMismatchError(
                 f"dimension mismatch: the encoder produces {int(expected_dim)}-dimensional embeddings but the index at "
-                f"{folder} holds {dim}-dimensional vectors (expected {int(expected_dim)}, found {dim})")
+                f"{folder} holds {dim}-dimensional vectors (expected {int(expected_dim)}, found {dim})"
+            )
         if expected_artifact_id is not None:
             art = rec.get("artifact")
             found = art.get("id") if isinstance(art, dict) else None
             if found != expected_artifact_id:
                 raise IndexMismatchError(
                     f"artifact mismatch: the index at {folder} was built with encoder artifact "
-                    f"{found!r} but the encoder in use is {expected_artifact_id!r} (expected {expected_artifact_id!r}, found {found!r})")
+                    f"{found!r} but the encoder in use is {expected_artifact_id!r} (expected {expected_artifact_id!r}, found {found!r})"
+                )
         index, seq, mmapped = read_snapshot(folder, mmap=mmap, verify=verify)
         fpath = folder / INDEX_FILE
         if index.d != dim:
@@ -131,8 +160,18 @@ class Loading:
             # the writer lock taken in load() means no live writer is about to rename one.
             for name in (INDEX_FILE, RECORD_FILE):
                 remove_stale_temps(folder, name)
-        self = cls(index=index, info=rec, path=folder, conn=conn, read_conn=rconn, read_only=read_only,
-                   durable=durable, mmapped=mmapped, applied_seq=seq, logging_enabled=True)
+        self = cls(
+            index=index,
+            info=rec,
+            path=folder,
+            conn=conn,
+            read_conn=rconn,
+            read_only=read_only,
+            durable=durable,
+            mmapped=mmapped,
+            applied_seq=seq,
+            logging_enabled=True,
+        )
         self._lock = lock
         try:
             self._recover()
@@ -157,14 +196,20 @@ class Loading:
                     stored = int(conn.execute("SELECT COUNT(*) FROM items").fetchone()[0])
                 self._apply_plan(plan)
                 if plan is not None:
-                    log.info("index %s: replayed log after snapshot %d (%d ids re-synchronised)",
-                             self._path, self._applied_seq, len(plan.remove) + len(plan.add_ids))
+                    log.info(
+                        "index %s: replayed log after snapshot %d (%d ids re-synchronised)",
+                        self._path,
+                        self._applied_seq,
+                        len(plan.remove) + len(plan.add_ids),
+                    )
                 if stored != len(self):
                     self._materialize()
                     with lock, transaction(conn, "DEFERRED"):
                         plan = self._plan(conn, force_full=True)
                     self._apply_plan(plan)
                     if int(len(self)) != stored:
-                        raise IndexLoadError(f"{self._path / INDEX_FILE}: holds {len(self)} items but {METADATA_FILE} holds {stored} and they cannot be reconciled")
+                        raise IndexLoadError(
+                            f"{self._path / INDEX_FILE}: holds {len(self)} items but {METADATA_FILE} holds {stored} and they cannot be reconciled"
+                        )
             except sqlite3.DatabaseError as e:
                 raise IndexLoadError(f"{self._path / METADATA_FILE}: corrupt or unreadable: {e}") from None

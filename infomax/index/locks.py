@@ -51,8 +51,10 @@ class IndexLockedError(UserError, PermissionError):
     def __init__(self, folder: Path, holder: dict | None, doing: str, fix: str = READ_ONLY_FIX) -> None:
         self.folder = folder
         self.holder = holder
-        super().__init__(f"{folder}: cannot {doing}: {describe(holder)} has it open for writing, and an index "
-                         f"folder has one writer at a time. Stop that process first, or {fix}")
+        super().__init__(
+            f"{folder}: cannot {doing}: {describe(holder)} has it open for writing, and an index "
+            f"folder has one writer at a time. Stop that process first, or {fix}"
+        )
 
 
 def describe(holder: dict | None) -> str:
@@ -87,8 +89,7 @@ class WriterLock:
         self._fd = fd
 
     @classmethod
-    def acquire(cls, folder: str | os.PathLike, *, doing: str = "open it for writing",
-                fix: str = READ_ONLY_FIX) -> WriterLock:
+    def acquire(cls, folder: str | os.PathLike, *, doing: str = "open it for writing", fix: str = READ_ONLY_FIX) -> WriterLock:
         folder = Path(folder)
         if fcntl is None:  # pragma: no cover
             return cls(folder, None)

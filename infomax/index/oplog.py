@@ -17,8 +17,10 @@ from infomax.index.store import fetch_vectors, kv_get, last_seq
 def log_entry(conn: sqlite3.Connection, op: str, ids: np.ndarray) -> int:
     """Append an 'add' or 'remove' of ``ids`` (inside the caller's transaction, with the items it
     changes); returns its sequence number."""
-    cur = conn.execute("INSERT INTO oplog(op, ids, n, created_at) VALUES(?, ?, ?, ?)",
-                       (op, np.ascontiguousarray(ids, dtype="<i8").tobytes(), len(ids), time.time()))
+    cur = conn.execute(
+        "INSERT INTO oplog(op, ids, n, created_at) VALUES(?, ?, ?, ?)",
+        (op, np.ascontiguousarray(ids, dtype="<i8").tobytes(), len(ids), time.time()),
+    )
     return int(cur.lastrowid)
 
 
@@ -35,8 +37,9 @@ class Plan:
         self.remove, self.add_ids, self.add_vecs, self.seq, self.full = remove, add_ids, add_vecs, seq, full
 
 
-def catch_up(conn: sqlite3.Connection, applied_seq: int, index: Any, kind: str, dim: int, *,
-             force_full: bool = False) -> Plan | None:
+def catch_up(
+    conn: sqlite3.Connection, applied_seq: int, index: Any, kind: str, dim: int, *, force_full: bool = False
+) -> Plan | None:
     """Inside a transaction on ``conn``: what to apply to catch up with the log."""
     last = last_seq(conn)
     if last <= applied_seq and not force_full:

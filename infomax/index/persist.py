@@ -74,7 +74,9 @@ class Saving:
             with self._conn_lock:
                 if last_seq(conn) <= self._applied_seq:
                     # snapshot on disk is current; just refresh the record
-                    atomic_write_json(folder / RECORD_FILE, self._record_for_disk(self._applied_seq, (folder / INDEX_FILE).stat().st_size))
+                    atomic_write_json(
+                        folder / RECORD_FILE, self._record_for_disk(self._applied_seq, (folder / INDEX_FILE).stat().st_size)
+                    )
                     return
             self._materialize()
         with self._conn_lock, transaction(conn, "DEFERRED"):

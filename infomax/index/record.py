@@ -80,7 +80,9 @@ def check_artifact(artifact: Any) -> None:
     if artifact is None:
         return
     if not isinstance(artifact, Mapping):
-        raise ValueError(f"artifact must be a dict identifying the encoder (e.g. {{'id': sha256, 'path': ...}}) or None, got {type(artifact).__name__}")
+        raise ValueError(
+            f"artifact must be a dict identifying the encoder (e.g. {{'id': sha256, 'path': ...}}) or None, got {type(artifact).__name__}"
+        )
     if "id" in artifact and not isinstance(artifact["id"], str):
         raise ValueError(f"artifact['id'] must be a string, got {artifact['id']!r}")
     try:
@@ -111,7 +113,9 @@ def read_record(p: Path) -> dict:
     if fv > FORMAT_VERSION:
         raise IndexLoadError(f"{p}: format_version {fv} was written by a newer infomax (this one reads <= {FORMAT_VERSION})")
     if rec["metric"] != "inner_product" or rec["normalized"] is not True:
-        raise IndexLoadError(f"{p}: unsupported metric {rec['metric']!r} / normalized={rec['normalized']!r} (expected inner_product, true)")
+        raise IndexLoadError(
+            f"{p}: unsupported metric {rec['metric']!r} / normalized={rec['normalized']!r} (expected inner_product, true)"
+        )
     dim = rec["dim"]
     if not isinstance(dim, int) or isinstance(dim, bool) or dim <= 0:
         raise IndexLoadError(f"{p}: invalid dim {dim!r}")

@@ -28,8 +28,9 @@ class Searching(FilteredSearching):
             if p is None:
                 nprobe = int(value or 1)
                 if self._quantizer_hnsw:
-                    p = faiss.SearchParametersIVF(nprobe=nprobe,
-                                                  quantizer_params=faiss.SearchParametersHNSW(efSearch=max(64, 2 * nprobe)))
+                    p = faiss.SearchParametersIVF(
+                        nprobe=nprobe, quantizer_params=faiss.SearchParametersHNSW(efSearch=max(64, 2 * nprobe))
+                    )
                 else:
                     p = faiss.SearchParametersIVF(nprobe=nprobe)
                 self._params_cache[key] = p
@@ -53,8 +54,9 @@ class Searching(FilteredSearching):
             return int(sp.get("efSearch", 16))
         return None
 
-    def _search_locked(self, q: np.ndarray, k: int, value: int | None,
-                       match: Match | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def _search_locked(
+        self, q: np.ndarray, k: int, value: int | None, match: Match | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         if len(q) < _SINGLE_THREAD_BELOW:
             # FAISS parallelises over queries: a parallel region for 1-3 queries buys
             # nothing and, on a busy machine, waits for a second core to be scheduled
@@ -68,8 +70,7 @@ class Searching(FilteredSearching):
                     faiss.omp_set_num_threads(prev)
         return self._search_locked_omp(q, k, value, match)
 
-    def _search_locked_omp(self, q: np.ndarray, k: int, value: int | None,
-                           match: Match | None) -> tuple[np.ndarray, np.ndarray]:
+    def _search_locked_omp(self, q: np.ndarray, k: int, value: int | None, match: Match | None) -> tuple[np.ndarray, np.ndarray]:
         if match is not None:
             return self._filtered_locked(q, k, match)
         index = self._index
@@ -87,8 +88,7 @@ class Searching(FilteredSearching):
                     short = short[I2[:, need - 1] < 0]
         return D, I
 
-    def search(self, queries: Any, k: int = 10, *,
-               filter: Filter | dict | str | None = None) -> tuple[np.ndarray, np.ndarray]:  # noqa: A002
+    def search(self, queries: Any, k: int = 10, *, filter: Filter | dict | str | None = None) -> tuple[np.ndarray, np.ndarray]:  # noqa: A002
         """Nearest neighbours by cosine similarity.
 
         ``queries``: (n, dim) or (dim,) array (normalised here). Returns
@@ -120,8 +120,9 @@ class Searching(FilteredSearching):
             D[missing] = -np.inf
         return D, I
 
-    def search_by_id(self, id: int, k: int = 10, *, exclude_self: bool = True,
-                     filter: Filter | dict | str | None = None) -> tuple[np.ndarray, np.ndarray]:  # noqa: A002
+    def search_by_id(
+        self, id: int, k: int = 10, *, exclude_self: bool = True, filter: Filter | dict | str | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:  # noqa: A002
         """Like :meth:`search` (returns (1, k) arrays) for the stored vector of item
         ``id``; the item itself is left out of its results unless ``exclude_self``
         is False (it need not match ``filter``). Raises ``KeyError`` for an unknown id."""

@@ -55,8 +55,9 @@ def connect(db: Path | str, *, read_only: bool, durable: bool) -> sqlite3.Connec
     if db == ":memory:":
         conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
     elif read_only:
-        conn = sqlite3.connect(Path(db).resolve().as_uri() + "?mode=ro", uri=True, timeout=60.0,
-                               isolation_level=None, check_same_thread=False)
+        conn = sqlite3.connect(
+            Path(db).resolve().as_uri() + "?mode=ro", uri=True, timeout=60.0, isolation_level=None, check_same_thread=False
+        )
     else:
         conn = sqlite3.connect(str(db), timeout=60.0, isolation_level=None, check_same_thread=False)
     if db != ":memory:" and not read_only:
@@ -78,8 +79,9 @@ def first_free_id(conn: sqlite3.Connection) -> int:
 
 
 def kv_set(conn: sqlite3.Connection, key: str, value: int) -> None:
-    conn.execute("INSERT INTO kv(key, value) VALUES(?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
-                 (key, str(int(value))))
+    conn.execute(
+        "INSERT INTO kv(key, value) VALUES(?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value", (key, str(int(value)))
+    )
 
 
 def last_seq(conn: sqlite3.Connection) -> int:

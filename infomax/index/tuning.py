@@ -70,8 +70,11 @@ class Tuning:
                     break
             if chosen is None:
                 chosen = best_val
-                warnings.warn(f"{self.factory}: recall@10 target {target} not reached (best {best:.4f} at {name}={chosen})",
-                              RuntimeWarning, stacklevel=4)
+                warnings.warn(
+                    f"{self.factory}: recall@10 target {target} not reached (best {best:.4f} at {name}={chosen})",
+                    RuntimeWarning,
+                    stacklevel=4,
+                )
             out["search_params"] = {name: int(chosen)}
         self._info["search_params"] = out["search_params"]
         self._params_cache.clear()

@@ -14,8 +14,9 @@ def image_url(item_id: int) -> str:
 
 
 def to_item(md: dict) -> Item:
-    return Item(id=md["id"], source=md.get("source"), label=md.get("label"), meta=md.get("meta") or {},
-                image_url=image_url(md["id"]))
+    return Item(
+        id=md["id"], source=md.get("source"), label=md.get("label"), meta=md.get("meta") or {}, image_url=image_url(md["id"])
+    )
 
 
 def to_neighbors(scores: np.ndarray, ids: np.ndarray, metadata: list[dict | None]) -> list[Neighbor]:
@@ -25,8 +26,16 @@ def to_neighbors(scores: np.ndarray, ids: np.ndarray, metadata: list[dict | None
     for score, item_id, md in zip(scores.tolist(), ids.tolist(), metadata):
         if item_id < 0 or md is None:
             continue
-        out.append(Neighbor.model_construct(id=item_id, source=md.get("source"), label=md.get("label"),
-                                            meta=md.get("meta") or {}, image_url=image_url(item_id), score=score))
+        out.append(
+            Neighbor.model_construct(
+                id=item_id,
+                source=md.get("source"),
+                label=md.get("label"),
+                meta=md.get("meta") or {},
+                image_url=image_url(item_id),
+                score=score,
+            )
+        )
     return out
 
 

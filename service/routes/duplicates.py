@@ -63,9 +63,15 @@ def _find(state, item_id: int, threshold: float, limit: int):
 async def get_duplicates(
     state: ReadyState,
     item_id: Annotated[int, Path(ge=0, le=MAX_ID, description="item id")],
-    threshold: Annotated[float, Query(gt=-1.0, le=1.0, allow_inf_nan=False,
-                                      description=f"cosine similarity, (-1, 1] (default {DEFAULT_THRESHOLD}, chosen "
-                                                  "on planted copies: docs/BENCHMARKS.md)")] = DEFAULT_THRESHOLD,
+    threshold: Annotated[
+        float,
+        Query(
+            gt=-1.0,
+            le=1.0,
+            allow_inf_nan=False,
+            description=f"cosine similarity, (-1, 1] (default {DEFAULT_THRESHOLD}, chosen on planted copies: docs/BENCHMARKS.md)",
+        ),
+    ] = DEFAULT_THRESHOLD,
     limit: Annotated[int, Query(ge=1, le=MAX_MEMBERS, description=f"most members returned, 1..{MAX_MEMBERS}")] = 100,
 ):
     if not math.isfinite(threshold):  # belt and braces: NaN passes comparisons
@@ -74,8 +80,20 @@ async def get_duplicates(
     if found is None:
         raise ApiError(404, "not_found", f"no item with id {item_id}")
     group, truncated = found
-    dups = [Duplicate.model_construct(id=m.id, source=m.source, label=m.label, meta=m.meta, image_url=image_url(m.id),
-                                      similarity=m.similarity) for m in group.members if m.id != item_id]
-    return json_response(DuplicatesResponse.model_construct(
-        id=item_id, threshold=threshold, size=group.size, truncated=truncated, duplicates=dups,
-        pairs=[DuplicatePair.model_construct(a=a, b=b, similarity=s) for a, b, s in group.pairs]))
+    dups = [
+        Duplicate.model_construct(
+            id=m.id, source=m.source, label=m.label, meta=m.meta, image_url=image_url(m.id), similarity=m.similarity
+        )
+        for m in group.members
+        if m.id != item_id
+    ]
+    return json_response(
+        DuplicatesResponse.model_construct(
+            id=item_id,
+            threshold=threshold,
+            size=group.size,
+            truncated=truncated,
+            duplicates=dups,
+            pairs=[DuplicatePair.model_construct(a=a, b=b, similarity=s) for a, b, s in group.pairs],
+        )
+    )

@@ -19,16 +19,18 @@ _MULTIPART = {"type": "object", "required": ["file"], "properties": {"file": fil
     "/embed",
     response_model=EmbedResponse,
     summary="Encode images into codes",
-    openapi_extra=request_body("EmbedRequest", _MULTIPART,
-                               "one or several images: multipart field `file` (repeated), or JSON base64"),
+    openapi_extra=request_body(
+        "EmbedRequest", _MULTIPART, "one or several images: multipart field `file` (repeated), or JSON base64"
+    ),
 )
 async def embed(request: Request, state: ReadyState) -> EmbedResponse:
     s = state.settings
     if body_kind(request) == "json":
         req = await read_json(request, EmbedRequest)
         if len(req.images) > s.max_images_per_request:
-            raise ApiError(422, "invalid_request",
-                           f"{len(req.images)} images in one request; the limit is {s.max_images_per_request}")
+            raise ApiError(
+                422, "invalid_request", f"{len(req.images)} images in one request; the limit is {s.max_images_per_request}"
+            )
         blobs = [(f"images[{i}]", b64) for i, b64 in enumerate(req.images)]
     else:
         blobs = await uploads(await read_form(request, s.max_images_per_request), s.max_images_per_request)

@@ -38,10 +38,16 @@ _MULTIPART = {
     "required": ["file"],
     "properties": {
         "file": file_schema(many=True),
-        "id": {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": MAX_CALLER_ID},
-               "description": "optional: one id per file, in the same order"},
-        "metadata": {"type": "array", "items": {"type": "string"},
-                     "description": "optional: one JSON object per file ({\"source\": str, \"label\": int, ...})"},
+        "id": {
+            "type": "array",
+            "items": {"type": "integer", "minimum": 0, "maximum": MAX_CALLER_ID},
+            "description": "optional: one id per file, in the same order",
+        },
+        "metadata": {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": 'optional: one JSON object per file ({"source": str, "label": int, ...})',
+        },
     },
 }
 
@@ -58,8 +64,7 @@ def _metadata(value: Any, name: str) -> dict[str, Any]:
 def _with_file_names(metadata: list[dict[str, Any]], names: list[str | None]) -> list[dict[str, Any]]:
     """An upload's file name is its source unless the metadata gives one: without it an item added
     from the web page or curl could not be told apart from the others."""
-    return [md if md.get("source") is not None or name is None else {**md, "source": name}
-            for md, name in zip(metadata, names)]
+    return [md if md.get("source") is not None or name is None else {**md, "source": name} for md, name in zip(metadata, names)]
 
 
 async def _parse_new_items(request: Request, state) -> tuple[list[tuple[str, Any]], list[int] | None, list[dict]]:
@@ -71,8 +76,10 @@ async def _parse_new_items(request: Request, state) -> tuple[list[tuple[str, Any
             raise ApiError(422, "invalid_request", f"{len(req.items)} items in one request; the limit is {limit}")
         blobs = [(f"items[{i}].image", it.image) for i, it in enumerate(req.items)]
         given = [it.id for it in req.items]
-        metadata = [_metadata(it.metadata.model_dump(exclude_none=True) if it.metadata else {}, f"items[{i}].metadata")
-                    for i, it in enumerate(req.items)]
+        metadata = [
+            _metadata(it.metadata.model_dump(exclude_none=True) if it.metadata else {}, f"items[{i}].metadata")
+            for i, it in enumerate(req.items)
+        ]
         if all(i is None for i in given):
             ids = None
         elif any(i is None for i in given):
@@ -85,8 +92,9 @@ async def _parse_new_items(request: Request, state) -> tuple[list[tuple[str, Any
         id_text, md_text = form_text(form, "id"), form_text(form, "metadata")
         for name, values in (("id", id_text), ("metadata", md_text)):
             if values and len(values) != len(blobs):
-                raise ApiError(422, "invalid_request",
-                               f"{len(values)} '{name}' fields for {len(blobs)} files: give one per file, or none")
+                raise ApiError(
+                    422, "invalid_request", f"{len(values)} '{name}' fields for {len(blobs)} files: give one per file, or none"
+                )
         ids = [form_int(v, f"id[{i}]") for i, v in enumerate(id_text)] or None
         if ids and not all(0 <= i <= MAX_CALLER_ID for i in ids):
             raise ApiError(422, "invalid_request", f"ids must be integers from 0 to {MAX_CALLER_ID} (2^53 - 1)")
@@ -104,9 +112,11 @@ async def _parse_new_items(request: Request, state) -> tuple[list[tuple[str, Any
     response_model=ItemsAdded,
     dependencies=[WriteAccess],
     summary="Add images to the index (answered once durable)",
-    openapi_extra=request_body("AddItemsRequest", _MULTIPART,
-                               "images with optional ids and metadata: multipart (`file`, `id`, `metadata` "
-                               "repeated in the same order) or JSON"),
+    openapi_extra=request_body(
+        "AddItemsRequest",
+        _MULTIPART,
+        "images with optional ids and metadata: multipart (`file`, `id`, `metadata` repeated in the same order) or JSON",
+    ),
     responses={403: {"description": "the server is read-only"}, 409: {"description": "an id is already taken"}},
 )
 async def add_items(request: Request, state: ReadyState) -> ItemsAdded:
@@ -154,8 +164,13 @@ async def get_image(item_id: ItemId, state: ReadyState) -> Response:
     return Response(data, media_type=mime, headers={"Cache-Control": "private, max-age=3600"})
 
 
-@router.delete("/{item_id}", response_model=ItemDeleted, dependencies=[WriteAccess], summary="Delete an item",
-               responses={403: {"description": "the server is read-only"}})
+@router.delete(
+    "/{item_id}",
+    response_model=ItemDeleted,
+    dependencies=[WriteAccess],
+    summary="Delete an item",
+    responses={403: {"description": "the server is read-only"}},
+)
 async def delete_item(item_id: ItemId, state: ReadyState) -> ItemDeleted:
     async with state.writer():
         deleted = await to_thread.run_sync(state.delete_item, item_id)

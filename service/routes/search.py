@@ -35,16 +35,21 @@ router = APIRouter(prefix="/v1", tags=["search"], dependencies=[ReadAccess], res
 _MULTIPART = {
     "type": "object",
     "required": ["file"],
-    "properties": {"file": file_schema(many=False), "k": {"type": "integer", "minimum": 1},
-                   "filter": FILTER_FIELD_SCHEMA,
-                   "explain": {"type": "boolean", "default": False,
-                               "description": EXPLAIN_DESCRIPTION + " (as text: true/false or 1/0)"}},
+    "properties": {
+        "file": file_schema(many=False),
+        "k": {"type": "integer", "minimum": 1},
+        "filter": FILTER_FIELD_SCHEMA,
+        "explain": {"type": "boolean", "default": False, "description": EXPLAIN_DESCRIPTION + " (as text: true/false or 1/0)"},
+    },
 }
 
 _EXPLAIN_RESPONSES: dict[int | str, dict] = {
-    409: {"model": ErrorBody, "description": "explain asked of a model without a local critic "
-                                             "(explain_unavailable), or by the id of an item without a stored "
-                                             "picture (no_picture)"},
+    409: {
+        "model": ErrorBody,
+        "description": "explain asked of a model without a local critic "
+        "(explain_unavailable), or by the id of an item without a stored "
+        "picture (no_picture)",
+    },
 }
 
 
@@ -53,10 +58,13 @@ _EXPLAIN_RESPONSES: dict[int | str, dict] = {
     response_model=SearchResponse,
     summary="Find the k nearest items",
     responses=_EXPLAIN_RESPONSES,
-    openapi_extra=request_body("SearchRequest", _MULTIPART,
-                               "an uploaded image (multipart `file`, optional `k`, `filter` and `explain`), or "
-                               "JSON with one of image (base64), vector, id, and optional `k`, `filter` and "
-                               "`explain`"),
+    openapi_extra=request_body(
+        "SearchRequest",
+        _MULTIPART,
+        "an uploaded image (multipart `file`, optional `k`, `filter` and `explain`), or "
+        "JSON with one of image (base64), vector, id, and optional `k`, `filter` and "
+        "`explain`",
+    ),
 )
 async def search(request: Request, state: ReadyState) -> Response:
     image = vector = item_id = None
@@ -100,12 +108,14 @@ async def search(request: Request, state: ReadyState) -> Response:
         query = {"item_id": item_id}
     neighbors = to_neighbors(scores, ids, metadata)
     if explain:
-        maps = await to_thread.run_sync(functools.partial(state.explain, [n.id for n in neighbors], **query),
-                                        limiter=state.explain_limiter)
+        maps = await to_thread.run_sync(
+            functools.partial(state.explain, [n.id for n in neighbors], **query), limiter=state.explain_limiter
+        )
         for n, m in zip(neighbors, maps):
             n.explain = Explanation.model_construct(**m) if m is not None else None
-    answer = SearchResponse.model_construct(model=state.model.id, k=k, query=kind,
-                                            filter=flt.to_dict() if flt is not None else None, neighbors=neighbors)
+    answer = SearchResponse.model_construct(
+        model=state.model.id, k=k, query=kind, filter=flt.to_dict() if flt is not None else None, neighbors=neighbors
+    )
     # exclude_unset: a neighbour has the key "explain" only when the search asked for it (the
     # answer without explain stays as it always was). Serialised once: see common.json_response.
     return Response(answer.model_dump_json(exclude_unset=True), media_type="application/json")
@@ -117,6 +127,9 @@ def check_explain(state: ServiceState, kind: str) -> None:
     if state.explainer is None:
         raise state.explain_refusal()
     if kind == "vector" and state.model.output != "mu":
-        raise ApiError(422, "invalid_request",
-                       f"explain with a vector query needs the model's code (mu), but this model serves "
-                       f"{state.model.output} vectors: search by image or by id to explain the matches")
+        raise ApiError(
+            422,
+            "invalid_request",
+            f"explain with a vector query needs the model's code (mu), but this model serves "
+            f"{state.model.output} vectors: search by image or by id to explain the matches",
+        )

@@ -23,8 +23,7 @@ QUERIES = Path(os.environ.get("E2E_QUERIES", ""))
 K = 5
 
 if not BASE_URL or not (QUERIES / "manifest.json").is_file():
-    pytest.fail("set BASE_URL (a running service) and E2E_QUERIES (the queries/ folder of tests/e2e/prepare.py)",
-                pytrace=False)
+    pytest.fail("set BASE_URL (a running service) and E2E_QUERIES (the queries/ folder of tests/e2e/prepare.py)", pytrace=False)
 
 MANIFEST = json.loads((QUERIES / "manifest.json").read_text())
 STATE: dict = {}
@@ -102,8 +101,11 @@ def test_stored_image_of_result(client):
 def test_add_item(client):
     data = png(MANIFEST["new"])
     before = search_png(client, data)["neighbors"]
-    r = client.post("/v1/items", files={"file": ("new.png", data, "image/png")},
-                    data={"metadata": json.dumps({"source": "e2e:new", "label": 3, "note": "docker"})})
+    r = client.post(
+        "/v1/items",
+        files={"file": ("new.png", data, "image/png")},
+        data={"metadata": json.dumps({"source": "e2e:new", "label": 3, "note": "docker"})},
+    )
     assert r.status_code == 201, r.text
     body = r.json()
     assert len(body["ids"]) == 1, body

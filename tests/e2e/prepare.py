@@ -62,8 +62,22 @@ def main() -> int:
     model_id = load_encoder(data / "model", "cpu").id
 
     # The documented way to an index folder: embed, then build.
-    infomax("embed", "--model", str(data / "model"), "--data", "cifar10", "--split", "test", "--limit", str(n),
-            "--out", str(out / "embeddings"), "--accelerator", "cpu", "--no-progress")
+    infomax(
+        "embed",
+        "--model",
+        str(data / "model"),
+        "--data",
+        "cifar10",
+        "--split",
+        "test",
+        "--limit",
+        str(n),
+        "--out",
+        str(out / "embeddings"),
+        "--accelerator",
+        "cpu",
+        "--no-progress",
+    )
     infomax("index", "build", "--embeddings", str(out / "embeddings"), "--out", str(data / "index"))
     shutil.rmtree(out / "embeddings")
 
@@ -78,8 +92,7 @@ def main() -> int:
         (queries / f"{i}.png").write_bytes(png(hwc[i]))
     new = n + 100  # a test image that is not in the index
     (queries / "new.png").write_bytes(png(hwc[new]))
-    manifest = {"count": n, "model": model_id, "dim": 32, "queries": {str(i): f"{i}.png" for i in picks},
-                "new": "new.png"}
+    manifest = {"count": n, "model": model_id, "dim": 32, "queries": {str(i): f"{i}.png" for i in picks}, "new": "new.png"}
     (queries / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     print(f"prepared {out}: artifact {model_id[:12]}, {n} indexed images, {len(picks) + 1} queries")
     return 0

@@ -77,8 +77,16 @@ class Problems(list):
             self.append(msg)
 
 
-def _client_loop(srv: ServerProcess, ledger: Ledger, stop: threading.Event, client_no: int, cycle: int,
-                 rng: random.Random, present: dict[int, Write], present_lock: threading.Lock) -> None:
+def _client_loop(
+    srv: ServerProcess,
+    ledger: Ledger,
+    stop: threading.Event,
+    client_no: int,
+    cycle: int,
+    rng: random.Random,
+    present: dict[int, Write],
+    present_lock: threading.Lock,
+) -> None:
     with httpx.Client(base_url=srv.url, headers=srv.headers(), timeout=30) as c:
         while not stop.is_set():
             n = ledger.next()
@@ -145,8 +153,10 @@ def offline_check(folder: Path, problems: Problems) -> dict:
     with contextlib.closing(sqlite3.connect(f"file:{folder / METADATA_FILE}?mode=ro", uri=True)) as conn:
         stored = {r[0] for r in conn.execute("SELECT id FROM items")}
     if faiss_ids != stored or n != len(stored):
-        problems.add(f"index and metadata store disagree: {len(faiss_ids)} ids in FAISS, {len(stored)} in items "
-                     f"(only in FAISS: {sorted(faiss_ids - stored)[:5]}, only in items: {sorted(stored - faiss_ids)[:5]})")
+        problems.add(
+            f"index and metadata store disagree: {len(faiss_ids)} ids in FAISS, {len(stored)} in items "
+            f"(only in FAISS: {sorted(faiss_ids - stored)[:5]}, only in items: {sorted(stored - faiss_ids)[:5]})"
+        )
     images = ImageStore(folder, read_only=True)
     try:
         with images._lock:  # noqa: SLF001 - a read-only look at the whole table
@@ -219,7 +229,7 @@ def verify(srv: ServerProcess, ledger: Ledger, base_items: int, problems: Proble
             if all(f is None for f in found):
                 unacked_absent += 1
                 w.state = "not_applied"
-                for i in (w.ids or []):
+                for i in w.ids or []:
                     err = _check_absent(c, i)
                     if err:
                         half += 1
@@ -270,14 +280,31 @@ def verify(srv: ServerProcess, ledger: Ledger, base_items: int, problems: Proble
     expected = base_items + len(present)
     if items != expected:
         problems.add(f"/readyz counts {items} items, the clients know of {expected}")
-    return {"present_checked": len(present), "lost": lost, "deletes_undone": undone,
-            "unacked_present": unacked_present, "unacked_absent": unacked_absent, "half_present": half,
-            "items": items, "expected_items": expected}
+    return {
+        "present_checked": len(present),
+        "lost": lost,
+        "deletes_undone": undone,
+        "unacked_present": unacked_present,
+        "unacked_absent": unacked_absent,
+        "half_present": half,
+        "items": items,
+        "expected_items": expected,
+    }
 
 
-def run_crashes(workdir: Path, *, kills: int, clients: int = 4, seed: int = 0, min_delay: float = 0.3,
-                max_delay: float = 2.0, artifact: Path | None = None, base_items: int = 50,
-                server: ServerProcess | None = None, log=print) -> dict:
+def run_crashes(
+    workdir: Path,
+    *,
+    kills: int,
+    clients: int = 4,
+    seed: int = 0,
+    min_delay: float = 0.3,
+    max_delay: float = 2.0,
+    artifact: Path | None = None,
+    base_items: int = 50,
+    server: ServerProcess | None = None,
+    log=print,
+) -> dict:
     """The whole experiment: ``kills`` x (concurrent writes, SIGKILL at a random moment, offline
     check of the folder, restart, verification), then a clean stop and a last offline check.
 
@@ -293,8 +320,9 @@ def run_crashes(workdir: Path, *, kills: int, clients: int = 4, seed: int = 0, m
     if server is None:
         artifact = artifact or make_artifact(workdir / "artifact")
         build_index(workdir / "index", artifact, n=base_items)
-        srv = ServerProcess(artifact, workdir / "index", workdir / "server.log", args=["--no-access-log"],
-                            api_key="crash-test-key")
+        srv = ServerProcess(
+            artifact, workdir / "index", workdir / "server.log", args=["--no-access-log"], api_key="crash-test-key"
+        )
         srv.start()
     else:
         srv = server
@@ -313,9 +341,14 @@ def run_crashes(workdir: Path, *, kills: int, clients: int = 4, seed: int = 0, m
             lock = threading.Lock()
             stop = threading.Event()
             before = len(ledger.writes)
-            threads = [threading.Thread(target=_client_loop, daemon=True,
-                                        args=(srv, ledger, stop, k, cycle, random.Random(rng.random()), present, lock))
-                       for k in range(clients)]
+            threads = [
+                threading.Thread(
+                    target=_client_loop,
+                    daemon=True,
+                    args=(srv, ledger, stop, k, cycle, random.Random(rng.random()), present, lock),
+                )
+                for k in range(clients)
+            ]
             for t in threads:
                 t.start()
             delay = rng.uniform(min_delay, max_delay)
@@ -331,18 +364,26 @@ def run_crashes(workdir: Path, *, kills: int, clients: int = 4, seed: int = 0, m
             off = offline_check(folder, problems)
             srv.start()
             counts = verify(srv, ledger, base_items, problems)
-            cycle_figures = {"cycle": cycle + 1, "kill_after_s": round(delay, 2), "writes": len(new),
-                             "acked": sum(w.state == "acked" for w in new),
-                             "unacked": sum(w.state != "acked" for w in new),
-                             "restart_s": round(srv.ready_s, 1), **off, **counts}
+            cycle_figures = {
+                "cycle": cycle + 1,
+                "kill_after_s": round(delay, 2),
+                "writes": len(new),
+                "acked": sum(w.state == "acked" for w in new),
+                "unacked": sum(w.state != "acked" for w in new),
+                "restart_s": round(srv.ready_s, 1),
+                **off,
+                **counts,
+            }
             cycles.append(cycle_figures)
             log(f"kill {cycle + 1}/{kills}: {json.dumps(cycle_figures)}")
         if server is None:
             srv.stop()
             final = offline_check(folder, problems)
         else:
-            final = {"offline_items": httpx.get(srv.url + "/readyz", timeout=30).json()["items"],
-                     "orphan_images": cycles[-1]["orphan_images"] if cycles else 0}
+            final = {
+                "offline_items": httpx.get(srv.url + "/readyz", timeout=30).json()["items"],
+                "orphan_images": cycles[-1]["orphan_images"] if cycles else 0,
+            }
     finally:
         if server is None and srv.alive():
             srv.kill9()

@@ -33,33 +33,71 @@ def st_command() -> list[str]:
     return [str(script)] if script.is_file() else [sys.executable, "-m", "schemathesis.cli"]
 
 
-def run_schemathesis(base_url: str, out_dir: Path, *, examples: int, phases: str = "examples,coverage,fuzzing",
-                     seed: int = 1, api_key: str | None = None, workers: int = 1, max_time: float | None = None,
-                     timeout: float = 3600) -> dict:
+def run_schemathesis(
+    base_url: str,
+    out_dir: Path,
+    *,
+    examples: int,
+    phases: str = "examples,coverage,fuzzing",
+    seed: int = 1,
+    api_key: str | None = None,
+    workers: int = 1,
+    max_time: float | None = None,
+    timeout: float = 3600,
+) -> dict:
     """Runs ``st run`` against ``base_url`` and returns the figures (see :func:`read_reports`)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    cmd = [*st_command(), "run", f"{base_url}/openapi.json", "--checks", ",".join(CHECKS),
-           "--max-examples", str(examples), "--phases", phases, "--seed", str(seed), "--no-shrink",
-           "--continue-on-failure", "--workers", str(workers), "--request-timeout", "60",
-           "--report", "har,json,ndjson", "--report-dir", str(out_dir),
-           "--report-har-path", str(out_dir / "requests.har.json"),
-           "--report-json-path", str(out_dir / "report.json"),
-           "--report-ndjson-path", str(out_dir / "events.ndjson"),
-           "--suppress-health-check", "all", "--warnings", "off"]
+    cmd = [
+        *st_command(),
+        "run",
+        f"{base_url}/openapi.json",
+        "--checks",
+        ",".join(CHECKS),
+        "--max-examples",
+        str(examples),
+        "--phases",
+        phases,
+        "--seed",
+        str(seed),
+        "--no-shrink",
+        "--continue-on-failure",
+        "--workers",
+        str(workers),
+        "--request-timeout",
+        "60",
+        "--report",
+        "har,json,ndjson",
+        "--report-dir",
+        str(out_dir),
+        "--report-har-path",
+        str(out_dir / "requests.har.json"),
+        "--report-json-path",
+        str(out_dir / "report.json"),
+        "--report-ndjson-path",
+        str(out_dir / "events.ndjson"),
+        "--suppress-health-check",
+        "all",
+        "--warnings",
+        "off",
+    ]
     if max_time:
         cmd += ["--max-time", str(int(max_time))]
     if api_key:
         cmd += ["--header", f"X-API-Key: {api_key}"]
-    env = {**os.environ, "SCHEMATHESIS_HOOKS": "stress.st_hooks",
-           "PYTHONPATH": os.pathsep.join([str(harness.TESTS_DIR), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    env = {
+        **os.environ,
+        "SCHEMATHESIS_HOOKS": "stress.st_hooks",
+        "PYTHONPATH": os.pathsep.join([str(harness.TESTS_DIR), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+    }
     t0 = time.monotonic()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, cwd=out_dir)
     elapsed = time.monotonic() - t0
     (out_dir / "st-output.txt").write_text(proc.stdout + proc.stderr)
     figures = read_reports(out_dir, base_url)
-    figures.update(exit_code=proc.returncode, seconds=round(elapsed, 1), examples_per_operation=examples,
-                   phases=phases, seed=seed)
+    figures.update(
+        exit_code=proc.returncode, seconds=round(elapsed, 1), examples_per_operation=examples, phases=phases, seed=seed
+    )
     if not (out_dir / "requests.har.json").is_file():
         raise RuntimeError(f"schemathesis wrote no report (exit {proc.returncode}):\n{(proc.stdout + proc.stderr)[-4000:]}")
     return figures
@@ -105,7 +143,8 @@ def read_reports(out_dir: Path, base_url: str) -> dict:
                         if len(failure_examples[r["name"]]) < 5:
                             failure_examples[r["name"]].append(
                                 f"{info.get('operation', rec.get('label'))}: {info.get('title', '')}: "
-                                f"{info.get('message', '')[:300]}")
+                                f"{info.get('message', '')[:300]}"
+                            )
     return {
         "requests": len(entries),
         "server_errors": len(five),
@@ -123,8 +162,17 @@ def probe_unlisted(base_url: str) -> dict:
     """The routes the schema leaves out (the web page and its static files), by hand."""
     out = {}
     with httpx.Client(base_url=base_url, timeout=30) as c:
-        for path in ("/", "/static/app.js", "/static/style.css", "/static/index.html", "/static/nope.js",
-                     "/static/", "/openapi.json", "/docs", "/nowhere"):
+        for path in (
+            "/",
+            "/static/app.js",
+            "/static/style.css",
+            "/static/index.html",
+            "/static/nope.js",
+            "/static/",
+            "/openapi.json",
+            "/docs",
+            "/nowhere",
+        ):
             r = c.get(path)
             out[path] = r.status_code
     return out

@@ -45,8 +45,9 @@ def data_dir() -> Path:
     a reason to index random pictures: the harness measures the product on real images."""
     path = Path(os.environ.get("INFOMAX_DATA_DIR") or REPO.parent / "shared" / "data")
     if not (path / "cifar-10-batches-py").is_dir():
-        raise FileNotFoundError(f"CIFAR-10 not found: no cifar-10-batches-py/ in {path}; set INFOMAX_DATA_DIR "
-                                f"to the shared data folder")
+        raise FileNotFoundError(
+            f"CIFAR-10 not found: no cifar-10-batches-py/ in {path}; set INFOMAX_DATA_DIR to the shared data folder"
+        )
     return path
 
 
@@ -82,15 +83,16 @@ def build_index(folder: Path, artifact: Path, n: int = 200) -> dict:
     import torch
     from PIL import Image
 
-    pixels = torch.stack([torch.from_numpy(np.array(Image.open(io.BytesIO(p)).convert("RGB"))).permute(2, 0, 1)
-                          for p in pngs])
-    index = EmbeddingIndex.create(enc.z_dim, path=folder, artifact={"id": enc.id, "path": str(artifact),
-                                                                     "z_dim": enc.z_dim})
+    pixels = torch.stack([torch.from_numpy(np.array(Image.open(io.BytesIO(p)).convert("RGB"))).permute(2, 0, 1) for p in pngs])
+    index = EmbeddingIndex.create(enc.z_dim, path=folder, artifact={"id": enc.id, "path": str(artifact), "z_dim": enc.z_dim})
     store = ImageStore(folder)
     try:
         store.put_many((i, pngs[i], "image/png") for i in range(n))
-        index.add(enc.embed(pixels).numpy(), ids=np.arange(n),
-                  metadata=[{"source": sources[i], "label": int(labels[i])} for i in range(n)])
+        index.add(
+            enc.embed(pixels).numpy(),
+            ids=np.arange(n),
+            metadata=[{"source": sources[i], "label": int(labels[i])} for i in range(n)],
+        )
         index.save()
     finally:
         index.close()
@@ -143,8 +145,17 @@ class ServerProcess:
     (appended across restarts), read back with ``srv.log()``.
     """
 
-    def __init__(self, artifact: Path, index: Path, log_path: Path, *, args: list[str] = (),
-                 api_key: str | None = None, env: dict[str, str] | None = None, port: int | None = None) -> None:
+    def __init__(
+        self,
+        artifact: Path,
+        index: Path,
+        log_path: Path,
+        *,
+        args: list[str] = (),
+        api_key: str | None = None,
+        env: dict[str, str] | None = None,
+        port: int | None = None,
+    ) -> None:
         self.artifact, self.index, self.log_path = Path(artifact), Path(index), Path(log_path)
         self.args = list(args)
         self.api_key = api_key
@@ -160,8 +171,19 @@ class ServerProcess:
     # -- lifecycle
 
     def command(self) -> list[str]:
-        return [*infomax_command(), "serve", "--model", str(self.artifact), "--index", str(self.index),
-                "--host", "127.0.0.1", "--port", str(self.port), *self.args]
+        return [
+            *infomax_command(),
+            "serve",
+            "--model",
+            str(self.artifact),
+            "--index",
+            str(self.index),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            *self.args,
+        ]
 
     def start(self, timeout: float = 120.0) -> ServerProcess:
         self.spawn()
@@ -172,8 +194,9 @@ class ServerProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             self._t0 = time.monotonic()
-            self.proc = subprocess.Popen(self.command(), cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, env=self.env)
+            self.proc = subprocess.Popen(
+                self.command(), cwd=REPO, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env
+            )
         self.starts += 1
         return self.proc
 
@@ -181,8 +204,7 @@ class ServerProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"infomax serve exited with {self.proc.returncode} before it was ready:\n"
-                                   f"{self.log()[-3000:]}")
+                raise RuntimeError(f"infomax serve exited with {self.proc.returncode} before it was ready:\n{self.log()[-3000:]}")
             try:
                 if httpx.get(self.url + "/readyz", timeout=2.0).status_code == 200:
                     self.ready_s = time.monotonic() - self._t0

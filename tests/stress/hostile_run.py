@@ -38,8 +38,11 @@ def send_corpus(srv: ServerProcess, *, rounds: int = 1, stream_bytes: int = 200 
                 answers["embed"] = (r.status_code, None if r.status_code == 200 else r.json().get("code"))
                 r = c.post("/v1/search", json={"image": base64.b64encode(case.data).decode(), "k": 3})
                 answers["search"] = (r.status_code, None if r.status_code == 200 else r.json().get("code"))
-                r = c.post("/v1/items", files={"file": (case.filename, case.data, case.mime)},
-                           data={"metadata": json.dumps({"source": f"hostile:{case.name}"})})
+                r = c.post(
+                    "/v1/items",
+                    files={"file": (case.filename, case.data, case.mime)},
+                    data={"metadata": json.dumps({"source": f"hostile:{case.name}"})},
+                )
                 answers["items"] = (r.status_code, None if r.status_code == 201 else r.json().get("code"))
                 if r.status_code == 201:
                     new_id = r.json()["ids"][0]
@@ -71,8 +74,11 @@ def send_corpus(srv: ServerProcess, *, rounds: int = 1, stream_bytes: int = 200 
         "vm_hwm_mb_after_stream": round(srv.hwm_kb() / 1024, 1),
         "vm_rss_mb_before": round(rss_before / 1024, 1),
         "vm_rss_mb_after": round(srv.rss_kb() / 1024, 1),
-        "stream_200mb": {"status": streamed.status, "bytes_sent_before_answer": streamed.bytes_sent,
-                         "seconds": round(streamed.seconds, 3)},
+        "stream_200mb": {
+            "status": streamed.status,
+            "bytes_sent_before_answer": streamed.bytes_sent,
+            "seconds": round(streamed.seconds, 3),
+        },
         "seconds": round(corpus_s, 1),
         "results": results,
     }
@@ -102,17 +108,26 @@ def send_filters(srv: ServerProcess, *, dim: int | None = None) -> dict:
                 got_code = body.get("code") if r.status_code != 200 else None
                 results.append({"case": case.name, "via": how, "status": r.status_code, "code": got_code})
                 if (r.status_code, got_code) != (status, code):
-                    mismatches.append(f"{case.name} via {how}: {r.status_code} {got_code}, expected {status} {code}: "
-                                      f"{str(body.get('detail'))[:200]}")
+                    mismatches.append(
+                        f"{case.name} via {how}: {r.status_code} {got_code}, expected {status} {code}: "
+                        f"{str(body.get('detail'))[:200]}"
+                    )
                 elif status != 200 and case.expected_fragment(how) not in body.get("detail", ""):
-                    mismatches.append(f"{case.name} via {how}: detail {body.get('detail', '')[:200]!r} lacks "
-                                      f"{case.expected_fragment(how)!r}")
+                    mismatches.append(
+                        f"{case.name} via {how}: detail {body.get('detail', '')[:200]!r} lacks {case.expected_fragment(how)!r}"
+                    )
                 elif status == 200 and case.max_results is not None and len(body["neighbors"]) > case.max_results:
-                    mismatches.append(f"{case.name} via {how}: {len(body['neighbors'])} neighbours, at most "
-                                      f"{case.max_results} expected")
-    return {"cases": len(filter_corpus()), "requests": len(results), "mismatches": mismatches,
-            "server_errors": sum(r["status"] >= 500 for r in results), "seconds": round(time.monotonic() - t0, 1),
-            "results": results}
+                    mismatches.append(
+                        f"{case.name} via {how}: {len(body['neighbors'])} neighbours, at most {case.max_results} expected"
+                    )
+    return {
+        "cases": len(filter_corpus()),
+        "requests": len(results),
+        "mismatches": mismatches,
+        "server_errors": sum(r["status"] >= 500 for r in results),
+        "seconds": round(time.monotonic() - t0, 1),
+        "results": results,
+    }
 
 
 def send_explain(srv: ServerProcess) -> dict:
@@ -135,12 +150,16 @@ def send_explain(srv: ServerProcess) -> dict:
             for how in ("json", "form"):
                 if how == "json" and case.json is not None:
                     want = case.status
-                    r = c.post("/v1/search", content=(head + ', "explain": ' + case.json + "}").encode("utf-8", "surrogatepass"),
-                               headers={"content-type": "application/json"})
+                    r = c.post(
+                        "/v1/search",
+                        content=(head + ', "explain": ' + case.json + "}").encode("utf-8", "surrogatepass"),
+                        headers={"content-type": "application/json"},
+                    )
                 elif how == "form" and case.form is not None:
                     want = case.form_status
-                    r = c.post("/v1/search", files=[("file", ("q.png", png, "image/png")),
-                                                    *[("explain", (None, v)) for v in case.form]])
+                    r = c.post(
+                        "/v1/search", files=[("file", ("q.png", png, "image/png")), *[("explain", (None, v)) for v in case.form]]
+                    )
                 else:
                     continue
                 body = r.json() if r.headers.get("content-type", "").startswith("application/json") else {}
@@ -152,8 +171,10 @@ def send_explain(srv: ServerProcess) -> dict:
                 got_code = body.get("code") if r.status_code != 200 else None
                 results.append({"case": case.name, "via": how, "status": r.status_code, "code": got_code})
                 if (r.status_code, got_code) != (want, code):
-                    mismatches.append(f"{case.name} via {how}: {r.status_code} {got_code}, expected {want} {code}: "
-                                      f"{str(body.get('detail'))[:200]}")
+                    mismatches.append(
+                        f"{case.name} via {how}: {r.status_code} {got_code}, expected {want} {code}: "
+                        f"{str(body.get('detail'))[:200]}"
+                    )
                 elif want == 422 and "explain" not in body.get("detail", ""):
                     mismatches.append(f"{case.name} via {how}: detail {body.get('detail', '')[:200]!r} does not name explain")
                 elif want == 200:
@@ -163,6 +184,12 @@ def send_explain(srv: ServerProcess) -> dict:
                     if not asked_true and any("explain" in n for n in body["neighbors"]):
                         mismatches.append(f"{case.name} via {how}: explain false, yet heat maps came back")
                     explained += asked_true
-    return {"cases": len(explain_corpus()), "requests": len(results), "mismatches": mismatches, "explained": explained,
-            "server_errors": sum(r["status"] >= 500 for r in results), "seconds": round(time.monotonic() - t0, 1),
-            "results": results}
+    return {
+        "cases": len(explain_corpus()),
+        "requests": len(results),
+        "mismatches": mismatches,
+        "explained": explained,
+        "server_errors": sum(r["status"] >= 500 for r in results),
+        "seconds": round(time.monotonic() - t0, 1),
+        "results": results,
+    }

@@ -59,9 +59,12 @@ def main(argv: list[str] | None = None) -> int:
         a.kills, a.fuzz_examples, a.hostile_rounds = 3, 10, 1
     out = a.out
     out.mkdir(parents=True, exist_ok=True)
-    figures: dict = {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "machine": machine(),
-                     "command": "python -m tests.stress.run_all " + " ".join(argv if argv is not None else sys.argv[1:]),
-                     "git": _git_head()}
+    figures: dict = {
+        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+        "machine": machine(),
+        "command": "python -m tests.stress.run_all " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "git": _git_head(),
+    }
     verdicts: dict[str, bool] = {}
     t_all = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="infomax-stress-") as tmp:
@@ -109,8 +112,14 @@ def main(argv: list[str] | None = None) -> int:
             from stress.fuzz import probe_unlisted, run_schemathesis
 
             log("fuzzing ...")
-            f = run_schemathesis(srv.url, out / "fuzz", examples=a.fuzz_examples,
-                                 phases="examples,coverage,fuzzing,stateful", api_key=API_KEY, seed=a.seed)
+            f = run_schemathesis(
+                srv.url,
+                out / "fuzz",
+                examples=a.fuzz_examples,
+                phases="examples,coverage,fuzzing,stateful",
+                api_key=API_KEY,
+                seed=a.seed,
+            )
             f["unlisted_routes"] = probe_unlisted(srv.url)
             figures["fuzz"] = f
             verdicts["fuzz: >= 1000 requests"] = f["requests"] >= 1000 or a.quick
@@ -122,8 +131,11 @@ def main(argv: list[str] | None = None) -> int:
             from stress import security
 
             log("security ...")
-            sec = {"auth": security.check_auth(srv, API_KEY), "traversal": security.check_traversal(srv),
-                   "oversize": security.check_oversize(srv)}
+            sec = {
+                "auth": security.check_auth(srv, API_KEY),
+                "traversal": security.check_traversal(srv),
+                "oversize": security.check_oversize(srv),
+            }
             security.exercise_with_key(srv, API_KEY)
             sec["key_in_log"] = security.check_key_not_logged(srv, API_KEY)
             security.send_key_in_query(srv, API_KEY)
@@ -132,8 +144,9 @@ def main(argv: list[str] | None = None) -> int:
             figures["security"] = sec
             verdicts["security: writes without key refused"] = not sec["auth"]["problems"]
             verdicts["security: no traversal"] = not sec["traversal"]["leaks"]
-            verdicts["security: 413 early"] = all(r["status"] == 413 and r["bytes_sent_before_answer"] < 40 << 20
-                                                  for r in sec["oversize"])
+            verdicts["security: 413 early"] = all(
+                r["status"] == 413 and r["bytes_sent_before_answer"] < 40 << 20 for r in sec["oversize"]
+            )
             verdicts["security: key not in log"] = not sec["key_in_log"]["found"]
             log(json.dumps(sec)[:3000])
             figures["server_log_tracebacks"] = srv.log().count("Traceback")
@@ -156,13 +169,23 @@ def main(argv: list[str] | None = None) -> int:
 
         log("startup refusal ...")
         cases = make_cases(tmp / "startup", quick=a.quick, artifact=artifact)
-        cases.append(Refusal("invalid settings, key set", artifact, tmp / "startup" / "good-index", names="workers",
-                             extra_args=("--workers", "2"), env={"INFOMAX_API_KEY": API_KEY}, secret=API_KEY))
+        cases.append(
+            Refusal(
+                "invalid settings, key set",
+                artifact,
+                tmp / "startup" / "good-index",
+                names="workers",
+                extra_args=("--workers", "2"),
+                env={"INFOMAX_API_KEY": API_KEY},
+                secret=API_KEY,
+            )
+        )
         r = run_refusals(cases, parallel=2)
         (out / "startup.json").write_text(json.dumps(r, indent=1))
         figures["startup"] = [{k: v for k, v in x.items() if k != "output_tail"} for x in r]
         verdicts["startup: all refused, file named, never served"] = all(
-            x["exit_code"] not in (0, None) and not x["served"] and x["names_file"] and not x["secret_leaked"] for x in r)
+            x["exit_code"] not in (0, None) and not x["served"] and x["names_file"] and not x["secret_leaked"] for x in r
+        )
         log(json.dumps(figures["startup"], indent=1))
 
         # ------------------------------------------------------------ 6: one writer per folder
@@ -177,8 +200,10 @@ def main(argv: list[str] | None = None) -> int:
     # ---------------------------------------------------------------- 7: soak
     if a.soak_minutes > 0:
         log(f"soak: {a.soak_minutes} min ...")
-        proc = subprocess.run([sys.executable, str(REPO / "bench" / "soak.py"), "--minutes", str(a.soak_minutes),
-                               "--json", str(out / "soak.json")], cwd=REPO)
+        proc = subprocess.run(
+            [sys.executable, str(REPO / "bench" / "soak.py"), "--minutes", str(a.soak_minutes), "--json", str(out / "soak.json")],
+            cwd=REPO,
+        )
         s = json.loads((out / "soak.json").read_text())
         figures["soak"] = {k: v for k, v in s.items() if k != "rss_series_mb"}
         verdicts["soak: no errors, RSS growth < 10%"] = proc.returncode == 0
@@ -193,59 +218,77 @@ def main(argv: list[str] | None = None) -> int:
 
 def _git_head() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                              timeout=10).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "?"
 
 
 def summary(f: dict) -> str:
-    lines = [f"Run {f['date']} on {f['machine']} (commit {f['git']} + working tree), `{f['command']}`, "
-             f"{f.get('seconds', 0) / 60:.1f} min.", ""]
+    lines = [
+        f"Run {f['date']} on {f['machine']} (commit {f['git']} + working tree), `{f['command']}`, "
+        f"{f.get('seconds', 0) / 60:.1f} min.",
+        "",
+    ]
     if "hostile" in f:
         h = f["hostile"]
-        lines += [f"* Hostile corpus: {h['cases']} files ({h['accepted']} accepted, {h['refused']} refused) x "
-                  f"{h['requests'] // max(1, 3 * h['cases'])} rounds x 3 routes + the 200 MB upload: "
-                  f"{len(h['mismatches'])} wrong answers. Server peak RSS (VmHWM) {h['vm_hwm_mb_before']:.0f} MB before, "
-                  f"{h['vm_hwm_mb_after_stream']:.0f} MB after (+{h['vm_hwm_mb_after_stream'] - h['vm_hwm_mb_before']:.0f} MB)."]
+        lines += [
+            f"* Hostile corpus: {h['cases']} files ({h['accepted']} accepted, {h['refused']} refused) x "
+            f"{h['requests'] // max(1, 3 * h['cases'])} rounds x 3 routes + the 200 MB upload: "
+            f"{len(h['mismatches'])} wrong answers. Server peak RSS (VmHWM) {h['vm_hwm_mb_before']:.0f} MB before, "
+            f"{h['vm_hwm_mb_after_stream']:.0f} MB after (+{h['vm_hwm_mb_after_stream'] - h['vm_hwm_mb_before']:.0f} MB)."
+        ]
     if "fuzz" in f:
         z = f["fuzz"]
-        lines += [f"* Fuzzing (Schemathesis, {z['phases']}, {z['examples_per_operation']} examples): {z['requests']} "
-                  f"requests to {z['operations']} method/path pairs, {z['server_errors']} answers 5xx, "
-                  f"{z['schema_violations']} schema violations; other check failures: {z['check_failures'] or 'none'}."]
+        lines += [
+            f"* Fuzzing (Schemathesis, {z['phases']}, {z['examples_per_operation']} examples): {z['requests']} "
+            f"requests to {z['operations']} method/path pairs, {z['server_errors']} answers 5xx, "
+            f"{z['schema_violations']} schema violations; other check failures: {z['check_failures'] or 'none'}."
+        ]
     if "security" in f:
         s = f["security"]
         over = s["oversize"]
-        lines += [f"* Security: {s['auth']['refused']}/{s['auth']['attempts']} writes without a valid key refused (401); "
-                  f"{s['traversal']['requests']} traversal attempts, {len(s['traversal']['leaks'])} leaks; 200 MB uploads "
-                  f"answered 413 after {min(r['bytes_sent_before_answer'] for r in over) / 1e6:.1f}-"
-                  f"{max(r['bytes_sent_before_answer'] for r in over) / 1e6:.1f} MB sent; API key in the server log: "
-                  f"{s['key_in_log']['found'] or 'no'} (after a client put it in a URL: "
-                  f"{s['key_in_log_after_key_in_url']['found'] or 'no'})."]
+        lines += [
+            f"* Security: {s['auth']['refused']}/{s['auth']['attempts']} writes without a valid key refused (401); "
+            f"{s['traversal']['requests']} traversal attempts, {len(s['traversal']['leaks'])} leaks; 200 MB uploads "
+            f"answered 413 after {min(r['bytes_sent_before_answer'] for r in over) / 1e6:.1f}-"
+            f"{max(r['bytes_sent_before_answer'] for r in over) / 1e6:.1f} MB sent; API key in the server log: "
+            f"{s['key_in_log']['found'] or 'no'} (after a client put it in a URL: "
+            f"{s['key_in_log_after_key_in_url']['found'] or 'no'})."
+        ]
     if "crash" in f:
         c = f["crash"]
-        lines += [f"* Crash safety: {c['kills']} SIGKILLs, {c['clients']} writing clients, {c['acknowledged_items']} "
-                  f"acknowledged items + {c['acknowledged_deletes']} deletes, {c['unacknowledged_writes']} writes cut "
-                  f"by a kill ({c['unacknowledged_found_applied']} found applied, whole); items lost: {c['items_lost']}, "
-                  f"half-present: {c['half_present']}; restart to ready: median {c['restart_s_median']} s."]
+        lines += [
+            f"* Crash safety: {c['kills']} SIGKILLs, {c['clients']} writing clients, {c['acknowledged_items']} "
+            f"acknowledged items + {c['acknowledged_deletes']} deletes, {c['unacknowledged_writes']} writes cut "
+            f"by a kill ({c['unacknowledged_found_applied']} found applied, whole); items lost: {c['items_lost']}, "
+            f"half-present: {c['half_present']}; restart to ready: median {c['restart_s_median']} s."
+        ]
     if "startup" in f:
         st = f["startup"]
-        lines += [f"* Startup refusal: {len(st)} setups, {sum(x['exit_code'] not in (0, None) for x in st)} refused "
-                  f"(exit != 0), {sum(x['names_file'] for x in st)} naming the file, {sum(x['served'] for x in st)} "
-                  f"ever served; seconds to exit {min(x['seconds'] for x in st)}-{max(x['seconds'] for x in st)}."]
+        lines += [
+            f"* Startup refusal: {len(st)} setups, {sum(x['exit_code'] not in (0, None) for x in st)} refused "
+            f"(exit != 0), {sum(x['names_file'] for x in st)} naming the file, {sum(x['served'] for x in st)} "
+            f"ever served; seconds to exit {min(x['seconds'] for x in st)}-{max(x['seconds'] for x in st)}."
+        ]
     if "writers" in f:
         w = f["writers"]
         sw, rb = w.get("second_writer", {}), w.get("rebuild_while_served", {})
-        lines += [f"* One writer per folder: second writable server exit {sw.get('exit_code')} after "
-                  f"{sw.get('seconds')} s, rebuild of the served folder exit {rb.get('exit_code')} after "
-                  f"{rb.get('seconds')} s; items after a kill -9 and restart {w.get('items_after_restart')} of 42; "
-                  f"reader caught up with the writer in {w.get('reader_follows_writer_s')} s and with a rebuild in "
-                  f"{w.get('reader_follows_rebuild_s')} s; problems: {len(w['problems'])}."]
+        lines += [
+            f"* One writer per folder: second writable server exit {sw.get('exit_code')} after "
+            f"{sw.get('seconds')} s, rebuild of the served folder exit {rb.get('exit_code')} after "
+            f"{rb.get('seconds')} s; items after a kill -9 and restart {w.get('items_after_restart')} of 42; "
+            f"reader caught up with the writer in {w.get('reader_follows_writer_s')} s and with a rebuild in "
+            f"{w.get('reader_follows_rebuild_s')} s; problems: {len(w['problems'])}."
+        ]
     if "soak" in f:
         s = f["soak"]
-        lines += [f"* Soak: {s['clients']} clients, {s['seconds'] / 60:.1f} min: {s['requests_per_s']} req/s, p50 "
-                  f"{s['p50_ms']} ms, p99 {s['p99_ms']} ms, {s['errors']} errors, RSS {s['rss_mb_start']} -> "
-                  f"{s['rss_mb_end']} MB ({100 * (s['rss_growth'] or 0):+.1f}%)."]
+        lines += [
+            f"* Soak: {s['clients']} clients, {s['seconds'] / 60:.1f} min: {s['requests_per_s']} req/s, p50 "
+            f"{s['p50_ms']} ms, p99 {s['p99_ms']} ms, {s['errors']} errors, RSS {s['rss_mb_start']} -> "
+            f"{s['rss_mb_end']} MB ({100 * (s['rss_growth'] or 0):+.1f}%)."
+        ]
     lines += ["", "| promise | held |", "|---|---|"]
     lines += [f"| {k} | {'yes' if v else '**NO**'} |" for k, v in f.get("verdicts", {}).items()]
     return "\n".join(lines) + "\n"

@@ -28,8 +28,15 @@ PASSWD_MARKERS = (b"root:x:0:0", b"root:*:0:0", b"daemon:")
 SOURCE_MARKERS = (b"def create_app", b"BaseSettings", b"SQLite format 3", b"import ")
 
 
-def raw_request(host: str, port: int, method: str, target: str, headers: dict[str, str] | None = None,
-                body: bytes = b"", timeout: float = 30.0) -> tuple[int | None, bytes]:
+def raw_request(
+    host: str,
+    port: int,
+    method: str,
+    target: str,
+    headers: dict[str, str] | None = None,
+    body: bytes = b"",
+    timeout: float = 30.0,
+) -> tuple[int | None, bytes]:
     """Sends ``method target`` byte for byte (no normalisation of the path); returns (status, body)."""
     lines = [f"{method} {target} HTTP/1.1", f"Host: {host}:{port}", "Connection: close"]
     lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
@@ -55,12 +62,31 @@ def raw_request(host: str, port: int, method: str, target: str, headers: dict[st
 
 
 TRAVERSALS = [
-    "../../etc/passwd", "..%2f..%2fetc%2fpasswd", "..%2F..%2F..%2F..%2Fetc%2Fpasswd", "%2e%2e/%2e%2e/etc/passwd",
-    "%2e%2e%2f%2e%2e%2fetc%2fpasswd", "%252e%252e%252fetc%252fpasswd", "/etc/passwd", "%2fetc%2fpasswd",
-    "..\\..\\etc\\passwd", "..%5c..%5cetc%5cpasswd", "....//....//etc/passwd", "file:%2f%2f%2fetc%2fpasswd",
-    "%00", "1%00.png", "0/../../../../etc/passwd", "~root", "%c0%ae%c0%ae/%c0%ae%c0%ae/etc/passwd",
-    "1;cat%20/etc/passwd", "../metadata.sqlite", "..%2fmetadata.sqlite", "../../service/settings.py",
-    "9" * 40, "-1", "1e3", "0x10",
+    "../../etc/passwd",
+    "..%2f..%2fetc%2fpasswd",
+    "..%2F..%2F..%2F..%2Fetc%2Fpasswd",
+    "%2e%2e/%2e%2e/etc/passwd",
+    "%2e%2e%2f%2e%2e%2fetc%2fpasswd",
+    "%252e%252e%252fetc%252fpasswd",
+    "/etc/passwd",
+    "%2fetc%2fpasswd",
+    "..\\..\\etc\\passwd",
+    "..%5c..%5cetc%5cpasswd",
+    "....//....//etc/passwd",
+    "file:%2f%2f%2fetc%2fpasswd",
+    "%00",
+    "1%00.png",
+    "0/../../../../etc/passwd",
+    "~root",
+    "%c0%ae%c0%ae/%c0%ae%c0%ae/etc/passwd",
+    "1;cat%20/etc/passwd",
+    "../metadata.sqlite",
+    "..%2fmetadata.sqlite",
+    "../../service/settings.py",
+    "9" * 40,
+    "-1",
+    "1e3",
+    "0x10",
 ]
 
 
@@ -68,13 +94,25 @@ def traversal_targets(base_item: int = 0) -> list[tuple[str, str]]:
     """(method, target) pairs: every route with a path parameter, each traversal string."""
     out = []
     for t in TRAVERSALS:
-        out += [("GET", f"/v1/items/{t}"), ("GET", f"/v1/items/{t}/image"), ("DELETE", f"/v1/items/{t}"),
-                ("GET", f"/static/{t}"), ("GET", f"/v1/items/{base_item}/image/{t}"),
-                ("GET", f"/v1/items/{t}/duplicates"), ("GET", f"/v1/items/{base_item}/duplicates?threshold={t}&limit={t}")]
-    out += [("GET", "/static/../../../../etc/passwd"), ("GET", "/static/..%2f..%2f..%2f..%2fetc%2fpasswd"),
-            ("GET", "/static/%2e%2e/routes/web.py"), ("GET", "/static/../settings.py"),
-            ("GET", "/static//etc/passwd"), ("GET", "//etc/passwd"), ("GET", "/../../../etc/passwd"),
-            ("GET", "http://127.0.0.1/../../etc/passwd")]
+        out += [
+            ("GET", f"/v1/items/{t}"),
+            ("GET", f"/v1/items/{t}/image"),
+            ("DELETE", f"/v1/items/{t}"),
+            ("GET", f"/static/{t}"),
+            ("GET", f"/v1/items/{base_item}/image/{t}"),
+            ("GET", f"/v1/items/{t}/duplicates"),
+            ("GET", f"/v1/items/{base_item}/duplicates?threshold={t}&limit={t}"),
+        ]
+    out += [
+        ("GET", "/static/../../../../etc/passwd"),
+        ("GET", "/static/..%2f..%2f..%2f..%2fetc%2fpasswd"),
+        ("GET", "/static/%2e%2e/routes/web.py"),
+        ("GET", "/static/../settings.py"),
+        ("GET", "/static//etc/passwd"),
+        ("GET", "//etc/passwd"),
+        ("GET", "/../../../etc/passwd"),
+        ("GET", "http://127.0.0.1/../../etc/passwd"),
+    ]
     return out
 
 
@@ -91,8 +129,10 @@ def check_traversal(srv: ServerProcess) -> dict:
     # ids in bodies: a path where an integer id belongs
     with srv.client() as c:
         for t in ("../../etc/passwd", "/etc/passwd"):
-            for r in (c.post("/v1/search", json={"id": t}),
-                      c.post("/v1/items", files={"file": ("a.png", unique_png(5), "image/png")}, data={"id": t})):
+            for r in (
+                c.post("/v1/search", json={"id": t}),
+                c.post("/v1/items", files={"file": ("a.png", unique_png(5), "image/png")}, data={"id": t}),
+            ):
                 statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
                 if r.status_code < 400 or r.status_code >= 500 or b"root:" in r.content:
                     leaks.append(f"id {t!r} in a body -> {r.status_code} {r.text[:120]}")
@@ -101,8 +141,11 @@ def check_traversal(srv: ServerProcess) -> dict:
         r = c.post("/v1/items", files={"file": (f"../../../../..{marker}", unique_png(6), "image/png")})
         if r.status_code != 201 or marker.exists():
             leaks.append(f"upload named ../..{marker}: {r.status_code}, file written: {marker.exists()}")
-    return {"requests": sum(statuses.values()), "statuses": {str(k): v for k, v in sorted(statuses.items(), key=str)},
-            "leaks": leaks}
+    return {
+        "requests": sum(statuses.values()),
+        "statuses": {str(k): v for k, v in sorted(statuses.items(), key=str)},
+        "leaks": leaks,
+    }
 
 
 def check_auth(srv: ServerProcess, key: str) -> dict:
@@ -166,9 +209,18 @@ def check_oversize(srv: ServerProcess, total: int = 200 * 10**6) -> list[dict]:
                 code = json.loads(res.body).get("code")
             except (ValueError, AttributeError):
                 pass
-            out.append({"path": path, "transfer": "chunked" if chunked else "content-length", "status": res.status,
-                        "code": code, "bytes_sent_before_answer": res.bytes_sent, "body_bytes": res.total_bytes,
-                        "seconds": round(res.seconds, 3), "client_saw": res.error})
+            out.append(
+                {
+                    "path": path,
+                    "transfer": "chunked" if chunked else "content-length",
+                    "status": res.status,
+                    "code": code,
+                    "bytes_sent_before_answer": res.bytes_sent,
+                    "body_bytes": res.total_bytes,
+                    "seconds": round(res.seconds, 3),
+                    "client_saw": res.error,
+                }
+            )
     return out
 
 
@@ -176,8 +228,10 @@ def send_key_in_query(srv: ServerProcess, key: str) -> list[int]:
     """A client mistake: the key in the URL (which the server does not accept: 401). Whatever the
     server then logs of the URL must not hold the key."""
     with httpx.Client(base_url=srv.url, timeout=30) as c:
-        return [c.post("/v1/items", params={"api_key": key}, files={"file": ("a.png", unique_png(3), "image/png")}).status_code,
-                c.get("/v1/items/sample", params={"n": 1, "key": key}).status_code]
+        return [
+            c.post("/v1/items", params={"api_key": key}, files={"file": ("a.png", unique_png(3), "image/png")}).status_code,
+            c.get("/v1/items/sample", params={"n": 1, "key": key}).status_code,
+        ]
 
 
 def check_key_not_logged(srv: ServerProcess, key: str) -> dict:

@@ -39,14 +39,31 @@ def _png(seed: int, width: int, height: int) -> bytes:
 
 _png_bytes = st.builds(_png, st.integers(0, 2**31), st.integers(1, 64), st.integers(1, 64))
 
-_SCALARS = st.one_of(st.text(max_size=12), st.integers(-(2**70), 2**70), st.integers(0, 9), st.floats(),
-                     st.booleans(), st.none())
-_KEYS = st.one_of(st.sampled_from(["label", "source", "meta.camera", "meta.exif.model", "meta", "meta.", "colour",
-                                   'meta.a"b', "meta.a\\b", "meta.a..b", "id"]),
-                  st.text(max_size=10).map(lambda t: "meta." + t))
-_CONDITIONS = st.one_of(_SCALARS, st.fixed_dictionaries({"in": st.lists(_SCALARS, max_size=6)}),
-                        st.fixed_dictionaries({"prefix": st.one_of(st.text(max_size=8), _SCALARS)}),
-                        st.dictionaries(st.sampled_from(["in", "prefix", "gt", "eq", ""]), _SCALARS, max_size=2))
+_SCALARS = st.one_of(st.text(max_size=12), st.integers(-(2**70), 2**70), st.integers(0, 9), st.floats(), st.booleans(), st.none())
+_KEYS = st.one_of(
+    st.sampled_from(
+        [
+            "label",
+            "source",
+            "meta.camera",
+            "meta.exif.model",
+            "meta",
+            "meta.",
+            "colour",
+            'meta.a"b',
+            "meta.a\\b",
+            "meta.a..b",
+            "id",
+        ]
+    ),
+    st.text(max_size=10).map(lambda t: "meta." + t),
+)
+_CONDITIONS = st.one_of(
+    _SCALARS,
+    st.fixed_dictionaries({"in": st.lists(_SCALARS, max_size=6)}),
+    st.fixed_dictionaries({"prefix": st.one_of(st.text(max_size=8), _SCALARS)}),
+    st.dictionaries(st.sampled_from(["in", "prefix", "gt", "eq", ""]), _SCALARS, max_size=2),
+)
 FILTERS = st.dictionaries(_KEYS, _CONDITIONS, max_size=4)
 
 
@@ -73,8 +90,12 @@ def _swap(body, draw):
     if isinstance(out.get("filter"), str) and draw(st.booleans()):
         out["filter"] = json.dumps(draw(FILTERS))  # the multipart field: JSON text (NaN included)
     if isinstance(out.get("items"), list):
-        out["items"] = [{**it, "image": base64.b64encode(draw(_png_bytes)).decode()}
-                        if isinstance(it, dict) and isinstance(it.get("image"), str) else it for it in out["items"]]
+        out["items"] = [
+            {**it, "image": base64.b64encode(draw(_png_bytes)).decode()}
+            if isinstance(it, dict) and isinstance(it.get("image"), str)
+            else it
+            for it in out["items"]
+        ]
     return out
 
 

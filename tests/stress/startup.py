@@ -74,8 +74,16 @@ def make_cases(workdir: Path, *, quick: bool = False, artifact: Path | None = No
 
     cases: list[Refusal] = []
 
-    def case(name: str, *, damage_index=None, damage_artifact=None, artifact: Path | None = None,
-             names: str, quick_case: bool = False, **kw) -> None:
+    def case(
+        name: str,
+        *,
+        damage_index=None,
+        damage_artifact=None,
+        artifact: Path | None = None,
+        names: str,
+        quick_case: bool = False,
+        **kw,
+    ) -> None:
         if quick and not quick_case:
             return
         idx = index_copy(name)
@@ -87,30 +95,56 @@ def make_cases(workdir: Path, *, quick: bool = False, artifact: Path | None = No
             damage_index(idx)
         cases.append(Refusal(name, a, idx, names(idx, a) if callable(names) else names, **kw))
 
-    case("index.faiss truncated", damage_index=lambda i: _truncate(i / "index.faiss", 0.5),
-         names=lambda i, a: str(i / "index.faiss"), quick_case=True)
-    case("index.faiss bytes flipped", damage_index=lambda i: _flip(i / "index.faiss", 0.6),
-         names=lambda i, a: str(i / "index.faiss"))
-    case("index.faiss empty", damage_index=lambda i: _truncate(i / "index.faiss", 0),
-         names=lambda i, a: str(i / "index.faiss"))
-    case("index.faiss missing", damage_index=lambda i: (i / "index.faiss").unlink(),
-         names=lambda i, a: str(i / "index.faiss"))
-    case("index.json truncated", damage_index=lambda i: _truncate(i / "index.json", 0.5),
-         names=lambda i, a: str(i / "index.json"))
-    case("metadata.sqlite overwritten", damage_index=lambda i: _flip(i / "metadata.sqlite", 0.0, 64),
-         names=lambda i, a: str(i / "metadata.sqlite"))
-    case("metadata.sqlite truncated", damage_index=lambda i: _truncate(i / "metadata.sqlite", 1000),
-         names=lambda i, a: str(i / "metadata.sqlite"))
-    case("images.sqlite overwritten", damage_index=lambda i: _flip(i / "images.sqlite", 0.0, 64),
-         names=lambda i, a: str(i / "images.sqlite"), quick_case=True)
-    case("artifact folder missing", artifact=workdir / "no-such-artifact",
-         names=lambda i, a: str(workdir / "no-such-artifact"), quick_case=True)
-    case("encoder.safetensors bytes flipped", damage_artifact=lambda a: _flip(a / "encoder.safetensors", 0.7),
-         names=lambda i, a: str(a / "encoder.safetensors"), quick_case=True)
-    case("encoder.json not JSON", damage_artifact=lambda a: _truncate(a / "encoder.json", 0.5),
-         names=lambda i, a: str(a / "encoder.json"))
-    case("artifact of other weights", artifact=other_weights, names=lambda i, a: str(i),
-         quick_case=True)
+    case(
+        "index.faiss truncated",
+        damage_index=lambda i: _truncate(i / "index.faiss", 0.5),
+        names=lambda i, a: str(i / "index.faiss"),
+        quick_case=True,
+    )
+    case(
+        "index.faiss bytes flipped",
+        damage_index=lambda i: _flip(i / "index.faiss", 0.6),
+        names=lambda i, a: str(i / "index.faiss"),
+    )
+    case("index.faiss empty", damage_index=lambda i: _truncate(i / "index.faiss", 0), names=lambda i, a: str(i / "index.faiss"))
+    case("index.faiss missing", damage_index=lambda i: (i / "index.faiss").unlink(), names=lambda i, a: str(i / "index.faiss"))
+    case(
+        "index.json truncated", damage_index=lambda i: _truncate(i / "index.json", 0.5), names=lambda i, a: str(i / "index.json")
+    )
+    case(
+        "metadata.sqlite overwritten",
+        damage_index=lambda i: _flip(i / "metadata.sqlite", 0.0, 64),
+        names=lambda i, a: str(i / "metadata.sqlite"),
+    )
+    case(
+        "metadata.sqlite truncated",
+        damage_index=lambda i: _truncate(i / "metadata.sqlite", 1000),
+        names=lambda i, a: str(i / "metadata.sqlite"),
+    )
+    case(
+        "images.sqlite overwritten",
+        damage_index=lambda i: _flip(i / "images.sqlite", 0.0, 64),
+        names=lambda i, a: str(i / "images.sqlite"),
+        quick_case=True,
+    )
+    case(
+        "artifact folder missing",
+        artifact=workdir / "no-such-artifact",
+        names=lambda i, a: str(workdir / "no-such-artifact"),
+        quick_case=True,
+    )
+    case(
+        "encoder.safetensors bytes flipped",
+        damage_artifact=lambda a: _flip(a / "encoder.safetensors", 0.7),
+        names=lambda i, a: str(a / "encoder.safetensors"),
+        quick_case=True,
+    )
+    case(
+        "encoder.json not JSON",
+        damage_artifact=lambda a: _truncate(a / "encoder.json", 0.5),
+        names=lambda i, a: str(a / "encoder.json"),
+    )
+    case("artifact of other weights", artifact=other_weights, names=lambda i, a: str(i), quick_case=True)
     case("artifact of other dimension", artifact=other_dim, names=lambda i, a: str(i))
     return cases
 
@@ -129,8 +163,19 @@ def run_one(c: Refusal, *, timeout: float = 120.0) -> dict:
     """Starts one case and watches it: exit status, seconds to exit, whether its port ever accepted
     a connection, whether the output names the file, the message line."""
     port = free_port()
-    cmd = [*infomax_command(), "serve", "--model", str(c.artifact), "--index", str(c.index),
-           "--host", "127.0.0.1", "--port", str(port), *c.extra_args]
+    cmd = [
+        *infomax_command(),
+        "serve",
+        "--model",
+        str(c.artifact),
+        "--index",
+        str(c.index),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        *c.extra_args,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", **(c.env or {})}
     with tempfile.TemporaryFile() as out:
         t0 = time.monotonic()
@@ -153,8 +198,9 @@ def run_one(c: Refusal, *, timeout: float = 120.0) -> dict:
     # uvicorn says so once it listens: a port that accepted between two looks is still seen here
     served = served or "Uvicorn running on" in text or "Application startup complete" in text
     lines = [ln for ln in text.splitlines() if ln.strip()]
-    message = next((ln for ln in lines if "error" in ln.lower() and not ln.lstrip().startswith("File ")),
-                   lines[-1] if lines else "")
+    message = next(
+        (ln for ln in lines if "error" in ln.lower() and not ln.lstrip().startswith("File ")), lines[-1] if lines else ""
+    )
     return {
         "case": c.name,
         "exit_code": p.returncode,

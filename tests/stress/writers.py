@@ -28,15 +28,19 @@ API_KEY = "writers-test-key-0b7e"
 
 def _run(args: list[str], timeout: float = 120.0) -> tuple[int, str, float]:
     t0 = time.monotonic()
-    p = subprocess.run([*infomax_command(), *args], cwd=REPO, capture_output=True, text=True, timeout=timeout,
-                       stdin=subprocess.DEVNULL)
+    p = subprocess.run(
+        [*infomax_command(), *args], cwd=REPO, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+    )
     return p.returncode, p.stdout + p.stderr, time.monotonic() - t0
 
 
 def _add(srv: ServerProcess, tag: str, seed: int) -> int:
     with srv.client() as c:
-        r = c.post("/v1/items", files=[("file", (f"{tag}.png", unique_png(seed), "image/png"))],
-                   data={"metadata": [json.dumps({"source": tag})]})
+        r = c.post(
+            "/v1/items",
+            files=[("file", (f"{tag}.png", unique_png(seed), "image/png"))],
+            data={"metadata": [json.dumps({"source": tag})]},
+        )
     if r.status_code != 201:
         raise AssertionError(f"add {tag}: {r.status_code} {r.text[:300]}")
     return int(r.json()["ids"][0])
@@ -115,8 +119,10 @@ def run_writers(tmp: Path, artifact: Path, log=print) -> dict:
             rc, out, secs = _run(["index", "build", "--embeddings", str(tmp / "emb"), "--out", str(index), "--overwrite"])
             fig["rebuild_while_served"] = {"exit_code": rc, "seconds": round(secs, 2), "output": out.strip()[-600:]}
             check(rc != 0, f"the rebuild of a served folder went through (exit {rc})")
-            check(f"pid {writer.pid} " in out and "cannot replace it" in out,
-                  f"the rebuild's refusal does not name the server:\n{out[-600:]}")
+            check(
+                f"pid {writer.pid} " in out and "cannot replace it" in out,
+                f"the rebuild's refusal does not name the server:\n{out[-600:]}",
+            )
             check("Traceback" not in out, f"a traceback instead of one line:\n{out[-1500:]}")
             # 4. the writer goes on: an acknowledged write after the refused rebuild survives a restart
             after = _add(writer, "after", 2)
@@ -126,14 +132,17 @@ def run_writers(tmp: Path, artifact: Path, log=print) -> dict:
             with writer.client() as c:
                 for item_id, tag in ((before, "before"), (after, "after")):
                     r = c.get(f"/v1/items/{item_id}")
-                    check(r.status_code == 200 and r.json().get("source") == tag,
-                          f"acknowledged item {item_id} ({tag}) after a restart: {r.status_code} {r.text[:200]}")
+                    check(
+                        r.status_code == 200 and r.json().get("source") == tag,
+                        f"acknowledged item {item_id} ({tag}) after a restart: {r.status_code} {r.text[:200]}",
+                    )
             fig["items_after_restart"] = _items(writer.url)
             check(fig["items_after_restart"] == 42, f"{fig['items_after_restart']} items after the restart, expected 42")
             # 5. the writer gone, a rebuild goes through, and the reader serves the new folder
             writer.stop()
-            rc, out, secs = _run(["index", "build", "--embeddings", str(tmp / "emb"), "--out", str(index),
-                                  "--overwrite", "--images"])
+            rc, out, secs = _run(
+                ["index", "build", "--embeddings", str(tmp / "emb"), "--out", str(index), "--overwrite", "--images"]
+            )
             fig["rebuild_without_writer"] = {"exit_code": rc, "seconds": round(secs, 2)}
             check(rc == 0, f"rebuild without a writer failed ({rc}):\n{out[-1500:]}")
             if rc == 0:
@@ -143,8 +152,10 @@ def run_writers(tmp: Path, artifact: Path, log=print) -> dict:
                     sources = sorted(Path(str(it["source"])).name for it in items)
                     check(sources == [f"p{i:02d}.png" for i in range(12)], f"reader after the rebuild serves {sources}")
                     r = c.get(f"/v1/items/{items[0]['id']}/image")  # the pictures came with the new folder
-                    check(r.status_code == 200 and r.headers["content-type"].startswith("image/"),
-                          f"the rebuilt folder's picture: {r.status_code}")
+                    check(
+                        r.status_code == 200 and r.headers["content-type"].startswith("image/"),
+                        f"the rebuilt folder's picture: {r.status_code}",
+                    )
         finally:
             reader.stop()
     finally:
