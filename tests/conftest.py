@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-# The offline data sets (CIFAR-10, Fashion-MNIST) shipped next to the project: /work/shared/data
-# when the project sits in /work/main. $INFOMAX_DATA_DIR overrides the location.
+# The offline data sets (CIFAR-10, Fashion-MNIST) shipped next to the project: ../shared/data,
+# beside the checkout. $INFOMAX_DATA_DIR overrides the location.
 _DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 

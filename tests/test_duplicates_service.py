@@ -151,11 +151,7 @@ def test_writable_server_and_deleted_items(folder, tiny_artifact, tmp_path):
 
 @pytest.mark.slow
 def test_real_server_fuzzed_and_path_traversal(folder, tiny_artifact, tmp_path):
-    import os
-    import subprocess
-
-    from stress import harness
-    from stress.fuzz import CHECKS, read_reports, st_command
+    from stress.fuzz import run_schemathesis
     from stress.security import PASSWD_MARKERS, SOURCE_MARKERS, TRAVERSALS, raw_request
 
     with ServerProcess(tiny_artifact, folder, tmp_path / "server.log", args=["--read-only"]) as srv:
@@ -167,41 +163,7 @@ def test_real_server_fuzzed_and_path_traversal(folder, tiny_artifact, tmp_path):
                     bad.append((target, status, body[:100]))
         assert bad == []
         out = tmp_path / "fuzz"
-        out.mkdir()
-        cmd = [
-            *st_command(),
-            "run",
-            f"{srv.url}/openapi.json",
-            "--checks",
-            ",".join(CHECKS),
-            "--include-path",
-            "/v1/items/{item_id}/duplicates",
-            "--max-examples",
-            "40",
-            "--phases",
-            "examples,coverage,fuzzing",
-            "--seed",
-            "3",
-            "--no-shrink",
-            "--continue-on-failure",
-            "--report",
-            "har",
-            "--report-dir",
-            str(out),
-            "--report-har-path",
-            str(out / "requests.har.json"),
-            "--suppress-health-check",
-            "all",
-            "--warnings",
-            "off",
-        ]
-        env = {
-            **os.environ,
-            "SCHEMATHESIS_HOOKS": "stress.st_hooks",
-            "PYTHONPATH": os.pathsep.join([str(harness.TESTS_DIR), os.environ.get("PYTHONPATH", "")]),
-        }
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=out)
-        figures = read_reports(out, srv.url)
+        figures = run_schemathesis(srv.url, out, examples=40, seed=3, include_path="/v1/items/{item_id}/duplicates", timeout=600)
         assert "Traceback" not in srv.log()
     assert figures["requests"] >= 40, figures
-    assert figures["server_errors"] == 0 and proc.returncode == 0, (figures, proc.stdout[-3000:])
+    assert figures["server_errors"] == 0 and figures["exit_code"] == 0, (figures, (out / "st-output.txt").read_text()[-3000:])

@@ -372,11 +372,8 @@ def test_real_server_hostile_explain_values_and_fuzzing(artifact, template, tmp_
     gets its documented answer; Schemathesis on POST /v1/search (the hook turns explain on in about
     half the bodies it gives a real image): no 5xx, every answer valid against the schema, some of
     them 200 with heat maps."""
-    import os
-    import subprocess
 
-    from stress import harness
-    from stress.fuzz import CHECKS, read_reports, st_command
+    from stress.fuzz import har_entries, run_schemathesis
     from stress.harness import ServerProcess
     from stress.hostile_run import send_explain
 
@@ -386,46 +383,12 @@ def test_real_server_hostile_explain_values_and_fuzzing(artifact, template, tmp_
         assert sent["mismatches"] == [] and sent["server_errors"] == 0, sent["mismatches"]
         assert sent["requests"] >= len(explain_corpus()) and sent["explained"] > 0
         out = tmp_path / "fuzz"
-        out.mkdir()
-        cmd = [
-            *st_command(),
-            "run",
-            f"{srv.url}/openapi.json",
-            "--checks",
-            ",".join(CHECKS),
-            "--include-path",
-            "/v1/search",
-            "--max-examples",
-            "40",
-            "--phases",
-            "examples,coverage,fuzzing",
-            "--seed",
-            "11",
-            "--no-shrink",
-            "--continue-on-failure",
-            "--report",
-            "har",
-            "--report-dir",
-            str(out),
-            "--report-har-path",
-            str(out / "requests.har.json"),
-            "--suppress-health-check",
-            "all",
-            "--warnings",
-            "off",
-        ]
-        env = {
-            **os.environ,
-            "SCHEMATHESIS_HOOKS": "stress.st_hooks",
-            "PYTHONPATH": os.pathsep.join([str(harness.TESTS_DIR), os.environ.get("PYTHONPATH", "")]),
-        }
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900, cwd=out)
-        figures = read_reports(out, srv.url)
-        har = json.loads((out / "requests.har.json").read_text())["log"]["entries"]
+        figures = run_schemathesis(srv.url, out, examples=40, seed=11, include_path="/v1/search", timeout=900)
+        har = har_entries(out)
         assert "Traceback" not in srv.log()
     explained = [
         e for e in har if e["response"]["status"] == 200 and '"explain":{' in (e["response"].get("content") or {}).get("text", "")
     ]
     asked = [e for e in har if "explain" in (e["request"].get("postData") or {}).get("text", "")]
     assert figures["requests"] >= 40 and len(asked) >= 10 and explained, (figures["requests"], len(asked))
-    assert figures["server_errors"] == 0 and proc.returncode == 0, (figures, proc.stdout[-3000:])
+    assert figures["server_errors"] == 0 and figures["exit_code"] == 0, (figures, (out / "st-output.txt").read_text()[-3000:])

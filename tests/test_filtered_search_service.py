@@ -201,11 +201,8 @@ def test_real_server_hostile_filters_and_fuzzing(folder, tiny_artifact, tmp_path
     gets its documented answer, and Schemathesis on POST /v1/search (the hook gives about half
     the bodies a real image, so that generated filters reach the FAISS search): no 5xx, every
     answer valid against the schema."""
-    import os
-    import subprocess
 
-    from stress import harness
-    from stress.fuzz import CHECKS, read_reports, st_command
+    from stress.fuzz import har_entries, run_schemathesis
     from stress.harness import ServerProcess
     from stress.hostile_run import send_filters
 
@@ -214,42 +211,8 @@ def test_real_server_hostile_filters_and_fuzzing(folder, tiny_artifact, tmp_path
         assert sent["mismatches"] == [], sent["mismatches"]
         assert sent["requests"] >= 2 * len(filter_corpus())
         out = tmp_path / "fuzz"
-        out.mkdir()
-        cmd = [
-            *st_command(),
-            "run",
-            f"{srv.url}/openapi.json",
-            "--checks",
-            ",".join(CHECKS),
-            "--include-path",
-            "/v1/search",
-            "--max-examples",
-            "60",
-            "--phases",
-            "examples,coverage,fuzzing",
-            "--seed",
-            "5",
-            "--no-shrink",
-            "--continue-on-failure",
-            "--report",
-            "har",
-            "--report-dir",
-            str(out),
-            "--report-har-path",
-            str(out / "requests.har.json"),
-            "--suppress-health-check",
-            "all",
-            "--warnings",
-            "off",
-        ]
-        env = {
-            **os.environ,
-            "SCHEMATHESIS_HOOKS": "stress.st_hooks",
-            "PYTHONPATH": os.pathsep.join([str(harness.TESTS_DIR), os.environ.get("PYTHONPATH", "")]),
-        }
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900, cwd=out)
-        figures = read_reports(out, srv.url)
-        har = json.loads((out / "requests.har.json").read_text())["log"]["entries"]
+        figures = run_schemathesis(srv.url, out, examples=60, seed=5, include_path="/v1/search", timeout=900)
+        har = har_entries(out)
         assert "Traceback" not in srv.log()
     with_filter = [
         e
@@ -259,4 +222,4 @@ def test_real_server_hostile_filters_and_fuzzing(folder, tiny_artifact, tmp_path
     ]
     filtered_ok = [e for e in with_filter if e["response"]["status"] == 200]
     assert figures["requests"] >= 60 and len(with_filter) >= 20 and filtered_ok, (figures["requests"], len(with_filter))
-    assert figures["server_errors"] == 0 and proc.returncode == 0, (figures, proc.stdout[-3000:])
+    assert figures["server_errors"] == 0 and figures["exit_code"] == 0, (figures, (out / "st-output.txt").read_text()[-3000:])

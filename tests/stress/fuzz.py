@@ -44,8 +44,11 @@ def run_schemathesis(
     workers: int = 1,
     max_time: float | None = None,
     timeout: float = 3600,
+    include_path: str | None = None,
 ) -> dict:
-    """Runs ``st run`` against ``base_url`` and returns the figures (see :func:`read_reports`)."""
+    """Runs ``st run`` against ``base_url`` (only the operations of ``include_path`` when given) and
+    returns the figures (see :func:`read_reports`); the HAR of every exchange is left in
+    ``out_dir/requests.har.json``, schemathesis's output in ``out_dir/st-output.txt``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     cmd = [
@@ -81,6 +84,8 @@ def run_schemathesis(
         "--warnings",
         "off",
     ]
+    if include_path:
+        cmd += ["--include-path", include_path]
     if max_time:
         cmd += ["--max-time", str(int(max_time))]
     if api_key:
@@ -101,6 +106,11 @@ def run_schemathesis(
     if not (out_dir / "requests.har.json").is_file():
         raise RuntimeError(f"schemathesis wrote no report (exit {proc.returncode}):\n{(proc.stdout + proc.stderr)[-4000:]}")
     return figures
+
+
+def har_entries(out_dir: Path) -> list[dict]:
+    """The exchanges of a :func:`run_schemathesis` run, from its HAR file."""
+    return json.loads((Path(out_dir) / "requests.har.json").read_text())["log"]["entries"]
 
 
 def _endpoint(method: str, url: str, base_url: str) -> str:
