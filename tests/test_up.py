@@ -229,8 +229,9 @@ def test_trains_within_the_budget_then_embeds_indexes(tmp_path, cifar, capsys):
     # folder.yaml trains all three terms: the local critic comes with the model, so searches can explain
     from infomax.explain import Explainer
 
-    assert Explainer.from_artifact(model, work / "model").heatmaps(torch.zeros(model.config["arch_kwargs"]["z_dim"]),
-                                                                    _pil(cifar, 0)).shape == (1, 4, 4)
+    assert Explainer.from_artifact(model, work / "model").heatmaps(
+        torch.zeros(model.config["arch_kwargs"]["z_dim"]), _pil(cifar, 0)
+    ).shape == (1, 4, 4)
     state = json.loads((work / "state.json").read_text())
     assert state["artifact"] == model.id and len(state["files"]) == 200
     assert read_index(work / "index")[1] == {path_id(f"{'a' if i % 2 else 'b'}/{i}.png") for i in range(200)}
