@@ -119,7 +119,10 @@ def load_local_critic(path: str | Path, encoder_sha256: str) -> nn.Module:
     blob = weights.read_bytes()
     if hashlib.sha256(blob).hexdigest() != config.get("weights_sha256"):
         raise ExplainUnavailable(f"{weights} does not match the hash in {cfg_path}; export the artifact again")
-    critic = build_critic(kind, x_dim, y_dim, hidden, temperature)
+    try:
+        critic = build_critic(kind, x_dim, y_dim, hidden, temperature)
+    except ValueError as e:  # a hand-edited record: unknown kind, sizes < 1, temperature <= 0
+        raise ExplainUnavailable(f"{cfg_path} does not describe a critic this infomax builds ({e})") from e
     try:
         critic.load_state_dict(load(blob))
     except (SafetensorError, RuntimeError) as e:

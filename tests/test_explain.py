@@ -72,6 +72,13 @@ def test_a_critic_of_other_weights_or_altered_files_is_refused(tmp_path):
     (tmp_path / "a" / CRITIC_WEIGHTS).write_bytes(bytes(blob))
     with pytest.raises(ExplainUnavailable, match="does not match the hash"):
         load_local_critic(tmp_path / "a", sha)
+    blob[-1] ^= 1
+    (tmp_path / "a" / CRITIC_WEIGHTS).write_bytes(bytes(blob))  # whole again
+    record = json.loads((tmp_path / "a" / CRITIC_CONFIG).read_text())
+    for key, value in (("kind", "mlp"), ("hidden", 0), ("x_dim", 0)):
+        (tmp_path / "a" / CRITIC_CONFIG).write_text(json.dumps({**record, key: value}))
+        with pytest.raises(ExplainUnavailable, match="does not describe a critic"):
+            load_local_critic(tmp_path / "a", sha)
     (tmp_path / "a" / CRITIC_CONFIG).write_text("{not json")
     with pytest.raises(ExplainUnavailable, match="not a readable critic record"):
         load_local_critic(tmp_path / "a", sha)
