@@ -70,6 +70,20 @@ def test_an_id_already_there_is_refused_before_its_picture_is_touched(collection
     assert len(collection.index) == 1
 
 
+def test_a_picture_write_that_fails_midway_takes_the_written_chunks_back_out(collection, monkeypatch):
+    import infomax.index.collection as collection_module
+
+    monkeypatch.setattr(collection_module, "PICTURE_CHUNK", 2)
+
+    def pictures():
+        yield from _pics([1, 2, 3])  # two chunks of two, then the source fails (a file gone, a full disk)
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        collection.add(_vectors(4), [1, 2, 3, 4], None, pictures())
+    assert [collection.images.get(i) for i in (1, 2, 3, 4)] == [None] * 4 and len(collection.index) == 0
+
+
 def test_pictures_of_ids_not_being_added_are_refused(collection):
     with pytest.raises(ValueError, match=r"not being added: \[9\]"):
         collection.add(_vectors(1), [1], None, _pics([1, 9]))

@@ -74,7 +74,6 @@ class Collection:
         taken = [i for i, m in zip(ids, present) if m is not None]
         if taken:
             raise ValueError(f"ids already in the index: {taken[:10]}; remove them first to replace them")
-        stored: list[int] = []
         if pictures is not None:
             if self.images is None:
                 raise ValueError("this index has no image store: add the items without pictures, or build it with pictures")
@@ -88,15 +87,21 @@ class Collection:
                         continue
                     yield p
 
-            stored = store_pictures(self.images, checked())
+            # None of ids is in the index (checked above), so every picture of these ids is this add's
+            # (or an orphan of an earlier crash): a failure takes them all back out.
+            try:
+                store_pictures(self.images, checked())
+            except BaseException:
+                self.images.delete(ids)  # the chunks already written
+                raise
             if unknown:
-                self.images.delete(stored)
+                self.images.delete(ids)
                 raise ValueError(f"pictures of ids that are not being added: {sorted(unknown)[:10]}")
         try:
             self.index.add(vectors, ids=ids, metadata=None if metadata is None else list(metadata))
         except BaseException:
-            if stored and self.images is not None:
-                self.images.delete(stored)  # nothing of the add stays behind, whatever went wrong
+            if pictures is not None and self.images is not None:
+                self.images.delete(ids)  # nothing of the add stays behind, whatever went wrong
             raise
         return ids
 
