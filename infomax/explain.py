@@ -147,6 +147,7 @@ class Explainer(nn.Module):
         self.z_dim = z_dim = int(encoder.config["arch_kwargs"]["z_dim"])
         x_dim, y_dim = _critic_dims(critic)
         local_c = int(getattr(encoder.encoder, "local_channels"))  # noqa: B009 (an nn.Module attribute)
+        self.local_size = int(getattr(encoder.encoder, "local_size"))  # noqa: B009 (square maps: h = w)
         if (x_dim, y_dim) != (z_dim, local_c):
             raise ExplainUnavailable(
                 f"the critic scores codes of {x_dim} against features of {y_dim}; this "
@@ -164,7 +165,7 @@ class Explainer(nn.Module):
         return self.encoder.embed(images, features="mu")
 
     @torch.inference_mode()
-    def heatmaps(self, code: torch.Tensor, images) -> torch.Tensor:
+    def heatmaps(self, code: torch.Tensor, images, batch_size: int = 256) -> torch.Tensor:
         """``code`` (z_dim,) against every position of each image's local map: (N, h, w) float32."""
         code = torch.as_tensor(code, dtype=torch.float32).flatten()
         z_dim = self.z_dim
@@ -172,17 +173,13 @@ class Explainer(nn.Module):
             raise ValueError(f"a code of {code.numel()} values; this encoder's codes have {z_dim}")
         if not torch.isfinite(code).all():
             raise ValueError("the code holds NaN or infinite values")
-        x = self.encoder.to_tensor(images).to(self.encoder.device)
-        was_training = self.encoder.training
-        self.encoder.eval()
-        try:
-            local = self.encoder.encoder(self.encoder.normalize(x)).local  # (N, c, h, w)
-        finally:
-            self.encoder.train(was_training)
-        n, c, h, w = local.shape
-        feats = local.flatten(2).transpose(1, 2)  # (N, P, c): one feature vector per position
-        z = code.to(feats.device).expand(n, h * w, -1)  # the query's code at every position
-        return self.critic(z, feats).reshape(n, h, w).float().cpu()
+        # The encoder's own pass (batched, eval mode): the local maps flattened channel-major, (N, c*h*w).
+        flat = self.encoder.embed_features(images, batch_size, ("local",))["local"]
+        n, h = len(flat), self.local_size
+        feats = flat.view(n, -1, h * h).transpose(1, 2)  # (N, P, c): one feature vector per position
+        feats = feats.to(next(self.critic.parameters()).device)
+        z = code.to(feats.device).expand(n, h * h, -1)  # the query's code at every position
+        return self.critic(z, feats).reshape(n, h, h).float().cpu()
 
 
 def _critic_dims(critic: nn.Module) -> tuple[int, int]:

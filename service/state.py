@@ -30,7 +30,7 @@ from infomax.errors import MissingFileError, SettingError
 from infomax.explain import Explainer, ExplainUnavailable, has_local_critic
 from infomax.imagestore import ImageStore
 from infomax.index import RECORD_FILE, EmbeddingIndex, Filter, IndexMismatchError
-from infomax.index.collection import Collection
+from infomax.index.collection import Collection, IdsTaken
 from service.batching import Batcher
 from service.errors import ApiError
 from service.images import DecodedImage, decode_image
@@ -449,15 +449,14 @@ class ServiceState:
             ids = list(range(start, start + n))
             if ids and ids[-1] > MAX_ID:
                 raise ApiError(409, "ids_exhausted", "no free item ids are left")
-        else:
-            taken = [i for i, m in zip(ids, self.index.get_many(np.asarray(ids, dtype=np.int64))) if m is not None]
-            if taken:
-                raise ApiError(409, "id_exists", f"ids already in the index: {taken[:10]}")
-        # Picture first, then vector; a refused add takes its pictures back out (infomax.index.collection).
+        # Picture first, then vector; ids already there are refused before any picture is written, and
+        # a refused add takes its pictures back out (infomax.index.collection).
         try:
             return Collection(self.index, self.images).add(
                 codes, ids, list(metadata), ((i, im.data, im.mime) for i, im in zip(ids, images))
             )
+        except IdsTaken as e:
+            raise ApiError(409, "id_exists", f"ids already in the index: {e.ids[:10]}") from None
         except ValueError as e:
             raise ApiError(422, "invalid_item", str(e)) from None
 

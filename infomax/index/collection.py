@@ -48,6 +48,14 @@ def store_pictures_in(folder: str | Path, pictures: Iterable[tuple[int, bytes, s
         store.close()
 
 
+class IdsTaken(ValueError):
+    """An add named ids the index already holds (``ids``: those ids, in the order given)."""
+
+    def __init__(self, ids: list[int]) -> None:
+        super().__init__(f"ids already in the index: {ids[:10]}; remove them first to replace them")
+        self.ids = ids
+
+
 class Collection:
     """``index`` with its image store ``images`` (None: an index without pictures, where adds and
     removes touch the index only). Not a lock: the caller holds the index's writer (one writer per
@@ -65,15 +73,15 @@ class Collection:
     ) -> list[int]:
         """Adds items ``ids`` (their vectors and metadata) after their ``pictures``; returns the ids
         once all of it is durable. ``ValueError`` before anything is written when an id is already
-        in the index (its picture would be replaced); when the index refuses the vectors, the
+        in the index (:class:`IdsTaken`: its picture would be replaced); when the index refuses the vectors, the
         pictures just written are removed again and the error goes on."""
         ids = [int(i) for i in ids]
-        if len(set(ids)) != len(ids):
-            raise ValueError("the same id is given twice in one add")
         present = self.index.get_many(np.asarray(ids, dtype=np.int64)) if ids else []
         taken = [i for i, m in zip(ids, present) if m is not None]
         if taken:
-            raise ValueError(f"ids already in the index: {taken[:10]}; remove them first to replace them")
+            raise IdsTaken(taken)
+        if len(set(ids)) != len(ids):
+            raise ValueError("the same id is given twice in one add")
         if pictures is not None:
             if self.images is None:
                 raise ValueError("this index has no image store: add the items without pictures, or build it with pictures")
