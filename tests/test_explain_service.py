@@ -2,7 +2,7 @@
 heat map ``infomax.explain.Explainer.heatmaps`` computes from its stored picture, for a query by
 image (JSON and multipart), by id (the item's stored picture) and by vector (the vector as the
 code); with filters; ``null`` for a neighbour without a usable picture; a clear 409 where the model
-has no local critic (the shipped encoders among them) or the query item no picture, 422 for a
+has no local critic or the query item no picture, 422 for a
 vector the critic cannot read and for every bad ``explain`` value (tests/hostile.py), never a 5xx;
 the answer without explain unchanged. The last test runs a real ``infomax serve`` with the hostile
 values over raw HTTP and Schemathesis on the operation (docs/RELIABILITY.md promises 1 and 2).
@@ -288,12 +288,18 @@ def test_a_damaged_critic_is_not_fatal_and_explain_says_what_is_wrong(artifact, 
     assert (damaged / CRITIC_CONFIG).is_file()
 
 
-def test_the_shipped_encoders_have_no_critic_and_say_so(data_dir, tmp_path):
+def test_the_demo_encoder_explains_its_matches(data_dir, tmp_path):
+    """`make demo` serves models/cifar10: trained with all three terms, it carries its local critic
+    (tests/test_models.py), and its searches come with the maps."""
     model = REPO / "models" / "cifar10"
     built = build_index(tmp_path / "index", model, data_dir, n=12)
+    explainer = Explainer.from_artifact(load_encoder(model), model)
     with TestClient(create_app(Settings(artifact=model, index=built["folder"], read_only=True))) as c:
-        _assert_refused(c, built["pngs"][3], 256, "carries no local critic", "beta 0")
-        assert c.get("/v1/info").json()["explain"] is False
+        assert c.get("/v1/info").json()["explain"] is True
+        png = built["pngs"][3]
+        r = c.post("/v1/search", json={"image": _b64(png), "k": 5, "explain": True})
+        assert r.status_code == 200, r.text
+        _assert_maps(r.json(), explainer, explainer.codes(_pil(png))[0], built["pngs"])
 
 
 def test_a_vector_is_no_code_when_the_model_serves_local_maps(template, data_dir, tmp_path, explainer):
