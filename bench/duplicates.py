@@ -170,11 +170,23 @@ def main() -> int:
     ap.add_argument("--originals", type=int, default=300)
     ap.add_argument("--negatives", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--sweep",
+        default=None,
+        help="cosine thresholds to sweep, comma-separated (default 0.80-0.99; whitened vectors score lower: e.g. 0.4,0.5,...)",
+    )
     ap.add_argument("--json", default=None, help="write every figure here")
     ap.add_argument(
         "--pairs-png", default="out/duplicates-pairs.png", help="pairs of the clean test set by cosine band, to judge by eye"
     )
+    ap.add_argument(
+        "--bands",
+        default=None,
+        help="edges of the cosine bands drawn in --pairs-png, comma-separated (default 0.88,0.90,0.92,...,0.97,1.01)",
+    )
+    ap.add_argument("--default", type=float, default=None, help="the threshold to report as chosen (default: the library's)")
     args = ap.parse_args()
+    sweep = [float(t) for t in args.sweep.split(",")] if args.sweep else COSINE_SWEEP
     t_start = time.perf_counter()
 
     import imagehash
@@ -249,14 +261,17 @@ def main() -> int:
     # either one of CIFAR-10's own near-duplicates or a false pair (judged by eye: --pairs-png).
     clean: dict[str, dict] = {}
     clean_codes = embed(test)
-    clean["infomax cosine"] = count_pairs(clean_codes, COSINE_SWEEP, hamming=False)
+    clean["infomax cosine"] = count_pairs(clean_codes, sweep, hamming=False)
     bands = [(0.88, 0.90), (0.90, 0.92), (0.92, 0.93), (0.93, 0.94), (0.94, 0.95), (0.95, 0.96), (0.96, 0.97), (0.97, 1.01)]
+    if args.bands:
+        edges = [float(e) for e in args.bands.split(",")]
+        bands = list(zip(edges, edges[1:]))
     shown = band_picture(test, clean_codes, bands, Path(args.pairs_png))
     clean_images = [pil(t) for t in test]
     cos = (codes @ codes.T)[iu]
     results["infomax cosine"] = {
         "kind": "cosine >=",
-        "sweep": {t: scores(cos >= t, truth) for t in COSINE_SWEEP},
+        "sweep": {t: scores(cos >= t, truth) for t in sweep},
         "per_kind": lambda t: {k: float(np.mean(cos[m] >= t)) for k, m in by_kind.items()},
     }
 
@@ -290,7 +305,7 @@ def main() -> int:
         print(f"  {name} ({r['kind']}):")
         for t, s in r["sweep"].items():
             print(f"    {t:>6}: P {s['precision']:.3f}  R {s['recall']:.3f}  F1 {s['f1']:.3f}  flagged {s['flagged']}")
-    chosen = DEFAULT_THRESHOLD
+    chosen = DEFAULT_THRESHOLD if args.default is None else args.default
     rows = []
     for name, r in results.items():
         if name == "infomax cosine":

@@ -7,11 +7,15 @@
 
 ``output`` says which vectors the artifact serves: ``"mu"``, the code (the default; format 1),
 ``"pooled"``, the vector the code's heads read, or ``"local"``, the flattened local feature map C(x)
-(format 2: an older infomax refuses these rather than serve codes in their place). ``dim`` is the
+(format 2: an older infomax refuses these rather than serve codes in their place). An artifact may
+also whiten what it serves (``infomax export --whiten``: ``whitening.safetensors``, its sha256 and
+settings under ``whitening`` in the JSON; :mod:`infomax.whitening`): the served vectors are then
+``(v - mean) @ matrix`` of the output (format 3: an older infomax refuses them rather than serve
+unwhitened vectors under their name). ``dim`` is the
 length of the served vectors: the code's dimension (``arch_kwargs.z_dim``), the pooled vector's, or
 c*h*w of the local map; artifacts written before it had that name call it ``z_dim``, and still load.
 The artifact's identity (``artifact_id``) is ``weights_sha256`` for codes
-and a hash of it and the output otherwise: an index records it and refuses an encoder whose
+and a hash of it, the output and the whitening otherwise: an index records it and refuses an encoder whose
 weights, or whose kind of vectors, differ. Both files are written through a temporary file and a
 rename, weights first, so a crash leaves either the previous artifact or a JSON whose hash does not
 match (refused on load).
@@ -35,10 +39,12 @@ from infomax.encoders import VECTORS, build_encoder, check_vectors, pooled_dim
 from infomax.errors import SettingError, UserError
 from infomax.identity import artifact_id, served_dim
 from infomax.transforms import Normalize
+from infomax.whitening import WHITENING as WHITENING_FILE
+from infomax.whitening import Whitening, load_whitening, remove_whitening, save_whitening
 
 WEIGHTS = "encoder.safetensors"
 CONFIG = "encoder.json"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 2: outputs other than mu; 3: whitened vectors
 
 
 def output_dim(encoder: nn.Module, output: str, z_dim: int) -> int:
@@ -73,6 +79,7 @@ DERIVED_KEYS = frozenset(
         "normalization",
         "weights_sha256",
         "created_at",
+        "whitening",
     }
 )
 # What older artifacts recorded under a name save_artifact no longer writes (``z_dim``: now ``dim``):
@@ -91,10 +98,14 @@ def save_artifact(
     metrics: dict | None = None,
     command: str | None = None,
     output: str = "mu",
+    whitening: Whitening | None = None,
+    whitening_info: dict | None = None,
     **extra: Any,
 ) -> Path:
     """Writes ``encoder``'s weights and the JSON that rebuilds it into the folder ``path``;
-    ``output`` chooses the vectors the artifact serves (``"mu"``, ``"pooled"`` or ``"local"``)."""
+    ``output`` chooses the vectors the artifact serves (``"mu"``, ``"pooled"`` or ``"local"``);
+    ``whitening`` (fitted on vectors of that output), when given, whitens them, and
+    ``whitening_info`` (what it was fitted on, its settings) is recorded beside its hash."""
     from safetensors.torch import save
 
     check_vectors("output", output)
@@ -103,15 +114,24 @@ def save_artifact(
         raise ValueError(f"save_artifact derives {clash} itself; do not pass them as extra keys")
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
+    raw_dim = output_dim(encoder, output, arch_kwargs["z_dim"])
+    if whitening is not None and whitening.in_dim != raw_dim:
+        raise ValueError(f"the whitening takes vectors of {whitening.in_dim} values; the encoder's {output} has {raw_dim}")
     state = {k: v.detach().to("cpu").contiguous() for k, v in encoder.state_dict().items()}
     blob = save(state)
+    whitened = None
+    if whitening is not None:  # written first: the JSON that names it comes last
+        whitened = {**(whitening_info or {}), "sha256": save_whitening(whitening, path), "input_dim": raw_dim}
+    else:
+        remove_whitening(path)
     config = {
-        # Codes keep format 1, which every infomax reads; another output needs a reader that knows it.
-        "format_version": 1 if output == "mu" else FORMAT_VERSION,
+        # Codes keep format 1, which every infomax reads; another output needs a reader that knows it,
+        # whitened vectors one that applies the whitening.
+        "format_version": 3 if whitening is not None else 1 if output == "mu" else 2,
         "arch": arch,
         "arch_kwargs": dict(arch_kwargs),
         "output": output,
-        "dim": output_dim(encoder, output, arch_kwargs["z_dim"]),
+        "dim": whitening.out_dim if whitening is not None else raw_dim,
         "input_size": int(arch_kwargs["input_size"]),
         "in_channels": int(arch_kwargs["in_channels"]),
         "normalization": {"mean": list(normalization["mean"]), "std": list(normalization["std"])},
@@ -120,6 +140,7 @@ def save_artifact(
         "metrics": metrics or {},
         "command": command,
         "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        **({"whitening": whitened} if whitened else {}),
         **extra,
     }
     atomic_write_bytes(path / WEIGHTS, blob)
@@ -187,19 +208,23 @@ def record_eval(path: str | Path, report: dict) -> Path:
     return path / CONFIG
 
 
+SERVED = "served"  # embed_features' name for what the artifact serves: its output, whitened if it whitens
+
+
 class InferenceEncoder(nn.Module):
     """An encoder rebuilt from an artifact: images in, the artifact's output (mu, or the flattened
-    local map) out. No Lightning, no critics.
+    local map; whitened when the artifact whitens) out. No Lightning, no critics.
 
     ``embed`` accepts a uint8 tensor (B, C, H, W) or (C, H, W), a uint8 numpy array
     (B, H, W, C), (H, W, C) or (H, W), a PIL image, or a list of PIL images; PIL images of any size
     and mode are converted and resized as the data loaders do.
     """
 
-    def __init__(self, config: dict, encoder: nn.Module) -> None:
+    def __init__(self, config: dict, encoder: nn.Module, whitening: Whitening | None = None) -> None:
         super().__init__()
         self.config = config
         self.encoder = encoder
+        self.whitening = whitening
         self.normalize = Normalize(config["normalization"]["mean"], config["normalization"]["std"])
         self.output = config.get("output", "mu")
         self.dim = served_dim(config)  # length of the served vectors
@@ -217,7 +242,10 @@ class InferenceEncoder(nn.Module):
         return next(self.encoder.parameters()).device
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.encoder(self.normalize(images)).vectors(self.output)
+        return self._serve(self.encoder(self.normalize(images)).vectors(self.output))
+
+    def _serve(self, vectors: torch.Tensor) -> torch.Tensor:
+        return vectors if self.whitening is None else self.whitening(vectors)
 
     def to_tensor(self, images) -> torch.Tensor:
         """Any accepted image input -> uint8 (B, C, S, S) on the CPU."""
@@ -258,21 +286,24 @@ class InferenceEncoder(nn.Module):
 
     @torch.inference_mode()
     def embed(self, images, batch_size: int = 256, features: str | None = None) -> torch.Tensor:
-        """Returns the artifact's output, float32 (B, dim) on the CPU, computed in batches of
-        ``batch_size``; ``features``: ``"mu"``, ``"pooled"`` (what the heads read) or ``"local"`` (the
-        flattened local feature map, (B, c * h * w)) whatever the artifact serves."""
-        features = features or self.output
+        """Returns what the artifact serves, float32 (B, dim) on the CPU, computed in batches of
+        ``batch_size``; ``features``: instead the encoder's own ``"mu"``, ``"pooled"`` (what the heads
+        read) or ``"local"`` (the flattened local feature map, (B, c * h * w)), never whitened,
+        whatever the artifact serves."""
+        features = features or SERVED
         return self.embed_features(images, batch_size, (features,))[features]
 
     @torch.inference_mode()
     def embed_features(self, images, batch_size: int = 256, features: Sequence[str] = ("mu",)) -> dict:
         """Several kinds of features from one pass of the encoder: ``{"mu": (B, z_dim), "pooled":
-        (B, p), "local": (B, c * h * w) (the flattened local feature map C(x))}``, float32 on the CPU,
-        only the kinds asked for."""
+        (B, p), "local": (B, c * h * w) (the flattened local feature map C(x)), "served": (B, dim)
+        (what the artifact serves: its output, whitened if it whitens)}``, float32 on the CPU, only
+        the kinds asked for; the first three are the encoder's own, never whitened."""
         if not features:
-            raise SettingError(f"features={features!r}: ask for at least one of {VECTORS}", setting="features")
+            raise SettingError(f"features={features!r}: ask for at least one of {(*VECTORS, SERVED)}", setting="features")
         for f in features:
-            check_vectors("features", f)
+            if f != SERVED:
+                check_vectors("features", f)
         x = self.to_tensor(images)
         out: dict[str, list[torch.Tensor]] = {f: [] for f in features}
         was_training = self.training
@@ -281,7 +312,8 @@ class InferenceEncoder(nn.Module):
             for i in range(0, len(x), batch_size):
                 enc = self.encoder(self.normalize(x[i : i + batch_size].to(self.device, non_blocking=True)))
                 for f in features:
-                    out[f].append(enc.vectors(f).float().cpu())
+                    v = self._serve(enc.vectors(self.output)) if f == SERVED else enc.vectors(f)
+                    out[f].append(v.float().cpu())
         finally:
             self.train(was_training)
         return {f: torch.cat(v) for f, v in out.items()}
@@ -315,12 +347,24 @@ def load_encoder(path: str | Path, device: str | torch.device = "cpu", *, settin
     except (TypeError, ValueError, RuntimeError) as e:
         raise ArtifactError(f"{path}: cannot rebuild the encoder from {CONFIG} and {WEIGHTS}: {e}") from None
     served = output_dim(encoder, config.get("output", "mu"), config["arch_kwargs"].get("z_dim", 0))
+    whitening = None
+    if "whitening" in config:
+        record = config["whitening"]
+        if not isinstance(record, dict) or not isinstance(record.get("sha256"), str):
+            raise ArtifactError(f"{path / CONFIG}: its whitening record has no sha256; re-export the artifact")
+        whitening = load_whitening(path, record["sha256"])
+        if whitening.in_dim != served:
+            raise ArtifactError(
+                f"{path / WHITENING_FILE} takes vectors of {whitening.in_dim} values, but the encoder's "
+                f"{config.get('output', 'mu')} has {served}: it belongs to another artifact; re-export it"
+            )
+        served = whitening.out_dim
     for key in ("dim", *RENAMED_KEYS):  # the length it records, under either name, is the encoder's
         if key in config and int(config[key]) != served:
             raise ArtifactError(
                 f"{path / CONFIG} says {key} {config[key]}, but its encoder's "
                 f"{config.get('output', 'mu')} has {served} values: the file was edited; re-export it"
             )
-    model = InferenceEncoder(config, encoder).to(device)
+    model = InferenceEncoder(config, encoder, whitening).to(device)
     model.eval()
     return model

@@ -13,9 +13,13 @@ come from the index's own search: exact for ``Flat`` indexes, as good as the tun
 approximate ones (a pair HNSW/IVF does not return is not found). A row whose k-th neighbour is
 still above the threshold is searched again with a larger k, so no pair is lost to k.
 
-``DEFAULT_THRESHOLD`` was chosen by measurement for the shipped CIFAR-10 encoder:
+``DEFAULT_THRESHOLD`` was chosen by measurement for the CIFAR-10 encoder's codes mu:
 ``bench/duplicates.py`` on planted copies of CIFAR-10 test images and on the 10,000 test images as
-they are (docs/BENCHMARKS.md, "Near-duplicates"); another encoder's codes need their own.
+they are (docs/BENCHMARKS.md, "Near-duplicates"); another encoder's vectors need their own (whitened
+ones score far lower). An artifact records the threshold measured for its vectors
+(``duplicates_threshold`` in encoder.json, ``infomax export --duplicates-threshold``), which
+``infomax embed`` and ``index build`` carry into the index's record: :func:`default_threshold` is
+that, else ``DEFAULT_THRESHOLD``.
 """
 
 from __future__ import annotations
@@ -78,6 +82,19 @@ def check_threshold(threshold: Any) -> float:
     if not math.isfinite(t) or not -1.0 < t <= 1.0:
         raise SettingError(f"threshold must be a cosine similarity in (-1, 1], got {threshold!r}", setting="threshold")
     return t
+
+
+def default_threshold(index) -> float:
+    """The threshold measured for the vectors of ``index``: the ``duplicates_threshold`` its build
+    record carries from the artifact that made them, else ``DEFAULT_THRESHOLD``."""
+    art = index.info.get("artifact") or {}
+    recorded = art.get("duplicates_threshold") if isinstance(art, dict) else None
+    if recorded is None:
+        return DEFAULT_THRESHOLD
+    try:
+        return check_threshold(recorded)
+    except SettingError:  # a hand-edited record: the library's default rather than a refusal to serve
+        return DEFAULT_THRESHOLD
 
 
 def stored_vectors(index, ids: np.ndarray) -> np.ndarray:

@@ -272,6 +272,8 @@ def write_manifest(
             "z_dim": int(encoder.dim),
             "dataset": config.get("dataset"),
             "arch": config.get("arch"),
+            # measured for these vectors (bench/duplicates.py); `index build` carries it to the index
+            "duplicates_threshold": config.get("duplicates_threshold"),
             "input_size": int(encoder.input_size),
             "in_channels": int(encoder.in_channels),
         },

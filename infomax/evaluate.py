@@ -482,7 +482,7 @@ def evaluate_encoder(
     encoder's flattened local feature map C(x) (the features the local MI term trains) when the
     artifact serves codes; ``pooled``: also on the vector the code's heads read. Returns the report
     (see :func:`format_report`)."""
-    from infomax.artifact import InferenceEncoder
+    from infomax.artifact import SERVED, InferenceEncoder
     from infomax.data import check_fits
 
     t0 = time.perf_counter()
@@ -516,9 +516,10 @@ def evaluate_encoder(
     timing: dict[str, float] = {}
     if enc is not None:
         # One encoder pass gives the served vectors and, with --pooled / --local, the others: the rows share it.
-        kinds = {"encoder": enc.output}
+        kinds = {"encoder": SERVED}
         for asked, kind in ((pooled, "pooled"), (local, "local")):
-            if asked and enc.output != kind:
+            # a whitened artifact's own output, unwhitened, is a row of its own
+            if asked and (enc.output != kind or enc.whitening is not None):
                 kinds[kind] = kind
         t = time.perf_counter()
         train_feats = enc.embed_features(train_images, batch_size, tuple(kinds.values()))
@@ -565,6 +566,7 @@ def evaluate_encoder(
             "id": enc.id,
             "z_dim": enc.dim,
             "output": enc.output,
+            "whitened": enc.whitening is not None,
             "arch": enc.config.get("arch"),
             "dataset": enc.config.get("dataset"),
             "path": None if isinstance(model, InferenceEncoder) else str(model),
@@ -583,6 +585,8 @@ def format_report(report: dict) -> str:
     """The report as a markdown table: one row per kind of features."""
     art = report.get("artifact")
     served = {"mu": "mu", "pooled": "pooled", "local": "local map C(x)"}.get((art or {}).get("output", "mu"), "mu")
+    if (art or {}).get("whitened"):
+        served += ", whitened"
     names = {
         "encoder": f"encoder ({served})",
         "pooled": "pooled vector (the heads' input)",

@@ -43,6 +43,7 @@ class ServingModel:
         self.id: str = encoder.id
         self.z_dim = encoder.z_dim
         self.output = encoder.output
+        self.whitened = encoder.whitening is not None
         self.input_size = encoder.input_size
         self.in_channels = encoder.in_channels
         self.optimized = False

@@ -173,6 +173,9 @@ class ServiceInfo(BaseModel):
         description="what the vectors are: mu, the code; pooled, the vector the code's heads read; or local, "
         "the flattened local feature map C(x)"
     )
+    whitened: bool = Field(
+        False, description="the output PCA-whitened on the collection the artifact was fitted on (`infomax export --whiten`)"
+    )
     input_size: int
     in_channels: int
     optimized: bool

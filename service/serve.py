@@ -177,7 +177,7 @@ def _check_pairing(artifact: Path, index: Path) -> None:
     if built_with is not None and built_with != ours:
         raise SettingError(
             f"artifact mismatch: the index at {index} was built with encoder artifact {str(built_with)[:12]}, "
-            f"not with {artifact} ({ours[:12]}, output {config.get('output', 'mu')}); serve it with "
+            f"not with {artifact} ({ours[:12]}, output {config.get('output', 'mu')}{', whitened' if config.get('whitening') else ''}); serve it with "
             f"the artifact that built it, or build a new index (`infomax embed` + `infomax index build`)"
         )
     if dim != their_dim:

@@ -233,7 +233,8 @@ def test_save_artifact_derives_its_keys_and_refuses_them_as_extras(tmp_path):
     norm = {"mean": [0.5], "std": [0.25]}
     save_artifact(enc, tmp_path / "a", arch="conv", arch_kwargs=kwargs, normalization=norm, note="kept")
     config = json.loads((tmp_path / "a" / "encoder.json").read_text())
-    assert set(config) - {"dataset", "metrics", "command", "note"} == DERIVED_KEYS and config["note"] == "kept"
+    # ``whitening`` is derived too, and written only when the artifact whitens (tests/test_whitening.py).
+    assert set(config) - {"dataset", "metrics", "command", "note"} == DERIVED_KEYS - {"whitening"} and config["note"] == "kept"
     with pytest.raises(ValueError, match=r"\['z_dim'\]"):
         save_artifact(enc, tmp_path / "b", arch="conv", arch_kwargs=kwargs, normalization=norm, z_dim=99)
     assert not (tmp_path / "b").exists()

@@ -32,8 +32,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--threshold",
         type=float,
-        default=DEFAULT_THRESHOLD,
-        help=f"cosine similarity at or above which two images are duplicates (default: {DEFAULT_THRESHOLD})",
+        default=None,
+        help="cosine similarity at or above which two images are duplicates (default: the threshold measured "
+        f"for the index's encoder, recorded in its artifact; else {DEFAULT_THRESHOLD})",
     )
     p.add_argument("--format", default="csv", choices=["csv", "json"], help="output format (default: csv)")
     p.add_argument("--out", default=None, help="file to write (default: standard output)")
@@ -44,15 +45,16 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
 
-    from infomax.duplicates import check_threshold, find_duplicates, groups_csv
+    from infomax.duplicates import check_threshold, default_threshold, find_duplicates, groups_csv
     from infomax.index import EmbeddingIndex, IndexLoadError
 
-    threshold = check_threshold(args.threshold)  # a SettingError naming the threshold, spelled --threshold
+    given = None if args.threshold is None else check_threshold(args.threshold)  # a SettingError spelled --threshold
     try:
         index = EmbeddingIndex.load(args.index, read_only=True)
     except IndexLoadError as e:
         raise SettingError(f"--index: {e}") from None
     try:
+        threshold = default_threshold(index) if given is None else given
         groups = find_duplicates(index, threshold)
         n = len(index)
     finally:

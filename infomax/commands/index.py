@@ -77,6 +77,12 @@ def build(args: argparse.Namespace) -> dict:
         "z_dim": int(m["z_dim"]),
         "path": m["artifact"].get("path"),
         "dataset": m["artifact"].get("dataset"),  # what the encoder was trained on
+        # the near-duplicate threshold measured for these vectors (infomax duplicates' default)
+        **(
+            {"duplicates_threshold": m["artifact"]["duplicates_threshold"]}
+            if m["artifact"].get("duplicates_threshold") is not None
+            else {}
+        ),
         "data": m["data"],  # what was embedded
         "split": m["split"],
         "classes": m.get("classes"),

@@ -12,7 +12,7 @@ from anyio import to_thread
 from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel, Field
 
-from infomax.duplicates import DEFAULT_THRESHOLD, duplicates_of
+from infomax.duplicates import DEFAULT_THRESHOLD, default_threshold, duplicates_of
 from service.deps import ReadAccess, ReadyState
 from service.errors import ERROR_RESPONSES, ApiError
 from service.routes.common import image_url, json_response
@@ -64,16 +64,19 @@ async def get_duplicates(
     state: ReadyState,
     item_id: Annotated[int, Path(ge=0, le=MAX_ID, description="item id")],
     threshold: Annotated[
-        float,
+        float | None,
         Query(
             gt=-1.0,
             le=1.0,
             allow_inf_nan=False,
-            description=f"cosine similarity, (-1, 1] (default {DEFAULT_THRESHOLD}, chosen on planted copies: docs/BENCHMARKS.md)",
+            description="cosine similarity, (-1, 1] (default: the threshold measured for the index's encoder and "
+            f"recorded in its artifact, else {DEFAULT_THRESHOLD}, chosen on planted copies: docs/BENCHMARKS.md)",
         ),
-    ] = DEFAULT_THRESHOLD,
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_MEMBERS, description=f"most members returned, 1..{MAX_MEMBERS}")] = 100,
 ):
+    if threshold is None:
+        threshold = default_threshold(state.index)
     if not math.isfinite(threshold):  # belt and braces: NaN passes comparisons
         raise ApiError(422, "invalid_request", f"threshold must be a number in (-1, 1], got {threshold}")
     found = await to_thread.run_sync(_find, state, item_id, threshold, limit)

@@ -45,6 +45,7 @@ async def info(state: ReadyState) -> ServiceInfo:
         model=m.id,
         z_dim=m.z_dim,
         output=m.output,
+        whitened=m.whitened,
         input_size=m.input_size,
         in_channels=m.in_channels,
         optimized=m.optimized,
