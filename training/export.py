@@ -121,7 +121,14 @@ def fit_on_images(enc, kind: str, args: argparse.Namespace, dataset: str | None)
         )
     eps = DEFAULT_EPS if args.whiten_eps is None else args.whiten_eps
     whitening = fit_whitening(vectors, eps=eps, dim=args.whiten_dim)
-    name = source.name if source.kind == "dataset" else Path(data).name  # no path of this machine
+    if len(vectors) <= raw_dim:  # the covariance has rank < d: the directions past it are the ridge's
+        print(
+            f"infomax export: note: the whitening is fitted on {len(vectors)} images for {raw_dim} values; with fewer "
+            f"images than values, --whiten-dim {min(raw_dim, max(1, len(vectors) // 4))} or more images fit it better",
+            file=sys.stderr,
+        )
+    # no path of this machine: a data set's name, or the folder's own name
+    name = source.name if source.kind == "dataset" else Path(data).expanduser().resolve().name
     info = {
         "data": name,
         "split": source.split if source.kind == "dataset" else None,
