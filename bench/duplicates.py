@@ -48,6 +48,7 @@ sys.path.insert(0, str(REPO))
 
 KINDS = ("down16", "up64", "jpeg", "crop", "flip", "bright+15", "bright-15")
 COSINE_SWEEP = [0.80, 0.82, 0.84, 0.85, 0.86, 0.87, 0.88, 0.89, 0.90, 0.91, 0.92, 0.93, 0.94, 0.95, 0.96, 0.97, 0.98, 0.99]
+WHITENED_SWEEP = [0.50, 0.55, 0.60, 0.62, 0.64, 0.65, 0.66, 0.68, 0.70, 0.75, 0.80, 0.85, 0.90]
 HAMMING_SWEEP = [0, 2, 4, 6, 8, 10, 12, 14, 16, 20]
 IMAGEDEDUP_DEFAULT = 10  # imagededup's max_distance_threshold default for its hashing methods
 
@@ -184,7 +185,12 @@ def main() -> int:
         default=None,
         help="edges of the cosine bands drawn in --pairs-png, comma-separated (default 0.88,0.90,0.92,...,0.97,1.01)",
     )
-    ap.add_argument("--default", type=float, default=None, help="the threshold to report as chosen (default: the library's)")
+    ap.add_argument(
+        "--default",
+        type=float,
+        default=None,
+        help="the threshold to report as chosen (default: the artifact's duplicates_threshold, else the library's)",
+    )
     args = ap.parse_args()
     sweep = [float(t) for t in args.sweep.split(",")] if args.sweep else COSINE_SWEEP
     t_start = time.perf_counter()
@@ -250,6 +256,14 @@ def main() -> int:
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     enc = load_encoder(args.model)
+    # The threshold reported as chosen: --default, else the one the artifact records for its vectors
+    # (whitened vectors score far lower than codes), else the library's; always among the swept ones.
+    recorded = enc.config.get("duplicates_threshold")
+    chosen = args.default if args.default is not None else recorded if recorded is not None else DEFAULT_THRESHOLD
+    if not args.sweep and enc.whitening is not None:
+        sweep = WHITENED_SWEEP
+    if chosen not in sweep:
+        sweep = sorted([*sweep, chosen])
 
     def embed(pixels: torch.Tensor) -> np.ndarray:
         c = torch.cat([enc.embed(pixels[s : s + 512]) for s in range(0, len(pixels), 512)]).numpy().astype(np.float32)
@@ -263,8 +277,8 @@ def main() -> int:
     clean_codes = embed(test)
     clean["infomax cosine"] = count_pairs(clean_codes, sweep, hamming=False)
     bands = [(0.88, 0.90), (0.90, 0.92), (0.92, 0.93), (0.93, 0.94), (0.94, 0.95), (0.95, 0.96), (0.96, 0.97), (0.97, 1.01)]
-    if args.bands:
-        edges = [float(e) for e in args.bands.split(",")]
+    if args.bands or enc.whitening is not None:
+        edges = [float(e) for e in (args.bands or "0.55,0.6,0.62,0.64,0.66,0.68,0.7,0.75,1.01").split(",")]
         bands = list(zip(edges, edges[1:]))
     shown = band_picture(test, clean_codes, bands, Path(args.pairs_png))
     clean_images = [pil(t) for t in test]
@@ -305,7 +319,6 @@ def main() -> int:
         print(f"  {name} ({r['kind']}):")
         for t, s in r["sweep"].items():
             print(f"    {t:>6}: P {s['precision']:.3f}  R {s['recall']:.3f}  F1 {s['f1']:.3f}  flagged {s['flagged']}")
-    chosen = DEFAULT_THRESHOLD if args.default is None else args.default
     rows = []
     for name, r in results.items():
         if name == "infomax cosine":
