@@ -29,6 +29,7 @@ from torch import nn
 
 from infomax.atomic import atomic_write_bytes
 from infomax.errors import SettingError
+from infomax.validate import optional_positive_int
 
 WHITENING = "whitening.safetensors"
 DEFAULT_EPS = 1e-2
@@ -67,8 +68,7 @@ def check_settings(eps: float, dim: int | None) -> None:
             f"whiten_eps={eps!r}: the ridge, relative to the largest variance, must be a number > 0 (e.g. {DEFAULT_EPS})",
             setting="whiten_eps",
         )
-    if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int) or dim < 1):
-        raise SettingError(f"whiten_dim={dim!r}: the number of directions kept must be a positive integer", setting="whiten_dim")
+    optional_positive_int("whiten_dim", dim, what="a positive integer, the number of directions kept")
 
 
 def fit_whitening(features: torch.Tensor, *, eps: float = DEFAULT_EPS, dim: int | None = None) -> Whitening:

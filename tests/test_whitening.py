@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_artifact_output import export_cli
 from test_service import REPO, build_index, serve
 
 from infomax.artifact import ArtifactError, load_encoder, save_artifact
@@ -87,12 +88,6 @@ def test_too_few_or_broken_vectors_are_refused():
 
 
 # ----------------------------------------------------------------------------- the artifact
-
-
-def export_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "infomax.cli", "export", *args], cwd=REPO, capture_output=True, text=True, timeout=180
-    )
 
 
 @pytest.fixture(scope="module")

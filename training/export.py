@@ -139,6 +139,24 @@ def fit_on_images(enc, kind: str, args: argparse.Namespace, dataset: str | None)
     return whitening, info
 
 
+def save_again(enc, out, output: str, kept: dict, whitening, info: dict | None) -> Path:
+    """Writes the weights of the loaded artifact ``enc`` to ``out``, serving ``output`` (whitened
+    when ``whitening`` is given), with the recorded keys ``kept``."""
+    from infomax.artifact import save_artifact
+
+    return save_artifact(
+        enc.encoder,
+        out,
+        arch=enc.config["arch"],
+        arch_kwargs=enc.config["arch_kwargs"],
+        normalization=enc.config["normalization"],
+        output=output,
+        whitening=whitening,
+        whitening_info=info,
+        **kept,
+    )
+
+
 @flag_names(argparse_flags(parser))
 def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
@@ -150,7 +168,7 @@ def main(argv: list[str]) -> int:
 
     command = shlex.join(["infomax", "export", *argv])
     if args.artifact:
-        from infomax.artifact import DERIVED_KEYS, RENAMED_KEYS, load_encoder, save_artifact
+        from infomax.artifact import DERIVED_KEYS, RENAMED_KEYS, load_encoder
 
         if Path(args.out).resolve() == Path(args.artifact).resolve():
             raise SettingError(f"--out {args.out} is the --artifact folder: write the new artifact to another folder")
@@ -162,20 +180,8 @@ def main(argv: list[str]) -> int:
             kept["duplicates_threshold"] = args.duplicates_threshold
         kept["dataset"] = args.dataset or kept.get("dataset")
         kept["exported_by"] = command  # `command` stays the one that trained the weights
-        whitening, info = None, None
-        if args.whiten:
-            whitening, info = fit_on_images(enc, args.output, args, kept.get("dataset"))
-        path = save_artifact(
-            enc.encoder,
-            args.out,
-            arch=enc.config["arch"],
-            arch_kwargs=enc.config["arch_kwargs"],
-            normalization=enc.config["normalization"],
-            output=args.output,
-            whitening=whitening,
-            whitening_info=info,
-            **kept,
-        )
+        whitening, info = fit_on_images(enc, args.output, args, kept.get("dataset")) if args.whiten else (None, None)
+        path = save_again(enc, args.out, args.output, kept, whitening, info)
         from infomax.explain import carry_local_critic
 
         carry_local_critic(args.artifact, args.out, enc.config["weights_sha256"])  # same weights: same critic
@@ -205,22 +211,12 @@ def main(argv: list[str]) -> int:
         **checkpoint_progress(state),
         **({"duplicates_threshold": args.duplicates_threshold} if args.duplicates_threshold is not None else {}),
     )
-    if args.whiten:
-        from infomax.artifact import DERIVED_KEYS, RENAMED_KEYS, load_encoder, save_artifact
+    if args.whiten:  # the artifact just written, whitened in place (the whitening is fitted on its vectors)
+        from infomax.artifact import DERIVED_KEYS, RENAMED_KEYS, load_encoder
 
         enc = load_encoder(path)
         whitening, info = fit_on_images(enc, args.output, args, args.dataset)
         kept = {k: v for k, v in enc.config.items() if k not in DERIVED_KEYS | RENAMED_KEYS}
-        path = save_artifact(
-            enc.encoder,
-            path,
-            arch=enc.config["arch"],
-            arch_kwargs=enc.config["arch_kwargs"],
-            normalization=enc.config["normalization"],
-            output=args.output,
-            whitening=whitening,
-            whitening_info=info,
-            **kept,
-        )
+        path = save_again(enc, path, args.output, kept, whitening, info)
     print(f"infomax: serving artifact ({args.output}) written to {path}", file=sys.stderr)
     return 0
