@@ -251,3 +251,29 @@ def test_a_recorded_duplicates_threshold_is_the_default_of_the_command_and_the_s
     with pytest.raises(UserError, match="1.5"):
         export.main(["--artifact", str(art), "--out", str(tmp_path / "bad"), "--duplicates-threshold", "1.5"])
     assert not (tmp_path / "bad").exists()
+
+
+def test_a_checkpoint_exports_whitened_only_with_images_to_fit_on(tmp_path, data_dir):
+    """`export --checkpoint --whiten`: a checkpoint names no data set, so the images come from
+    --whiten-data (or --dataset), refused before anything is written; with them the artifact
+    serves its vectors whitened, the checkpoint's weights unchanged."""
+    from infomax.module import DeepInfoMax
+    from training import export
+
+    torch.manual_seed(0)
+    module = DeepInfoMax(z_dim=32)
+    ckpt = tmp_path / "run" / "best.ckpt"
+    ckpt.parent.mkdir()
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, ckpt)
+    with pytest.raises(UserError, match="--whiten-data"):
+        export.main(["--checkpoint", str(ckpt), "--out", str(tmp_path / "a"), "--whiten"])
+    assert not (tmp_path / "a").exists()
+    flags = ["--whiten", "--whiten-data", "cifar10", "--whiten-limit", "300", "--data-dir", str(data_dir)]
+    assert export.main(["--checkpoint", str(ckpt), "--out", str(tmp_path / "a"), *flags]) == 0
+    enc = load_encoder(tmp_path / "a")
+    assert enc.whitening is not None and enc.config["whitening"]["images"] == 300
+    images, _ = load_cifar10(data_dir, "train")
+    with torch.no_grad():
+        torch.testing.assert_close(enc.embed(images[:8], features="mu"), module.eval()(images[:8]), rtol=1e-4, atol=1e-4)
+    codes = enc.embed(images[:300], features="mu")
+    torch.testing.assert_close(enc.embed(images[:300]), fit_whitening(codes)(codes), rtol=1e-4, atol=1e-4)

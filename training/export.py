@@ -188,6 +188,12 @@ def main(argv: list[str]) -> int:
         print(f"infomax: serving artifact ({args.output}) written to {path}", file=sys.stderr)
         return 0
 
+    if args.whiten and not (args.whiten_data or args.dataset):  # before anything is written to --out
+        raise SettingError(
+            "--whiten with --checkpoint: a checkpoint records no data set to fit the whitening on; give --whiten-data "
+            "(a data set name or an image folder) or --dataset",
+            setting="whiten_data",
+        )
     import torch
 
     from infomax.module import DeepInfoMax
