@@ -28,6 +28,26 @@ def data_dir() -> Path:
     return path
 
 
+@pytest.fixture
+def here(capfd):
+    """Runs an ``infomax`` command in this process, through the console script's own ``main``:
+    the same exit code and the same lines on stdout and stderr (captured at the file descriptors,
+    so what a library prints through a handler of its own is seen too), without the ~10 s a new
+    process spends importing torch and Lightning. For the refusals and short commands; what needs a
+    process of its own (signals, DDP, the command line recorded in an artifact) keeps one."""
+    import subprocess
+
+    from infomax.cli import main
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        capfd.readouterr()
+        rc = main(list(args))
+        out = capfd.readouterr()
+        return subprocess.CompletedProcess(["infomax", *args], rc, out.out, out.err)
+
+    return run
+
+
 def make_artifact(path: Path, *, z_dim: int = 32, in_channels: int = 3, input_size: int = 32, seed: int = 0) -> Path:
     """A real serving artifact of a randomly initialised reference encoder (no training: fast)."""
     import torch

@@ -4,6 +4,7 @@ Real commands in subprocesses on real CIFAR-10 images."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -11,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,7 +24,10 @@ from infomax.data import load_cifar10
 INFOMAX = str(Path(sys.executable).parent / "infomax")
 CONFIG = str(Path(__file__).parents[1] / "training" / "configs" / "cifar10.yaml")
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+# A narrow encoder (8-16-32 channels): what these tests check does not depend on the width.
 SMALL = [
+    "--model.arch_kwargs",
+    "{base_width: 8, global_width: 16}",
     "--data.limit_train",
     "96",
     "--data.val_size",
@@ -50,8 +55,17 @@ def infomax(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     return subprocess.run([INFOMAX, *args], capture_output=True, text=True, timeout=timeout, env=env)
 
 
-def start(*args: str, cwd: Path | None = None) -> subprocess.Popen:
-    return subprocess.Popen([INFOMAX, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd)
+@contextlib.contextmanager
+def started(*args: str, cwd: Path | None = None) -> Iterator[subprocess.Popen]:
+    """The command running in the background; killed on the way out if it is still running (a
+    failed assertion must not leave a training process behind, taking a core from the next tests)."""
+    proc = subprocess.Popen([INFOMAX, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
 
 
 def wait_for(proc: subprocess.Popen, path: Path, timeout: float = 240) -> None:
@@ -151,16 +165,16 @@ def test_data_shorthands_name_the_data_module(args, cls, settings, photos, tmp_p
         (["--config", CONFIG, "--trainer.max_epochz", "3"], "unrecognized arguments: --trainer.max_epochz 3"),
     ],
 )
-def test_a_bad_option_is_one_line_not_the_usage(args, says, tmp_path):
+def test_a_bad_option_is_one_line_not_the_usage(args, says, tmp_path, here):
     argv = [a.replace("{tmp}", str(tmp_path)) for a in args]
-    line = one_line_error(infomax("train", *argv, "--trainer.default_root_dir", str(tmp_path)))
+    line = one_line_error(here("train", *argv, "--trainer.default_root_dir", str(tmp_path)))
     assert says.replace("{tmp}", str(tmp_path)) in line
 
 
 # -- item 10: an export folder already there ----------------------------------------------------
 
 
-def test_an_existing_export_folder_is_refused_before_training_unless_overwrite(tmp_path):
+def test_an_existing_export_folder_is_refused_before_training_unless_overwrite(tmp_path, here):
     art, root = tmp_path / "art", tmp_path / "runs"
     art.mkdir()
     (art / "mine.txt").write_text("keep me")
@@ -176,7 +190,8 @@ def test_an_existing_export_folder_is_refused_before_training_unless_overwrite(t
         "--trainer.default_root_dir",
         str(root),
     ]
-    line = one_line_error(infomax(*base))
+    # the refusals in process (the command's own main), the two trainings as a user runs them
+    line = one_line_error(here(*base))
     assert str(art) in line and "--overwrite" in line
     assert not list(tmp_path.rglob("*.ckpt")) and (art / "mine.txt").read_text() == "keep me"
 
@@ -189,18 +204,20 @@ def test_an_existing_export_folder_is_refused_before_training_unless_overwrite(t
     assert r.returncode == 0, r.stderr[-3000:]
     assert json.loads((art / "encoder.json").read_text())["epochs"] == 2
     # ...but a new run does not.
-    assert str(art) in one_line_error(infomax(*base))
+    assert str(art) in one_line_error(here(*base))
 
 
 # -- item 8: Ctrl-C -------------------------------------------------------------------------------
 
 
 def test_ctrl_c_during_training_exports_the_best_checkpoint_and_says_how_to_resume(tmp_path):
-    proc = start("train", "--config", CONFIG, *SMALL, "--trainer.max_epochs", "1000", "--trainer.default_root_dir", str(tmp_path))
     run = tmp_path / "infomax" / "version_0"
-    wait_for(proc, run / "checkpoints" / "last.ckpt")
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
+    with started(
+        "train", "--config", CONFIG, *SMALL, "--trainer.max_epochs", "1000", "--trainer.default_root_dir", str(tmp_path)
+    ) as proc:
+        wait_for(proc, run / "checkpoints" / "last.ckpt")
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-3000:]
     assert "Traceback" not in err
     config = json.loads((run / "artifact" / "encoder.json").read_text())
@@ -211,12 +228,12 @@ def test_ctrl_c_during_training_exports_the_best_checkpoint_and_says_how_to_resu
 
 def test_ctrl_c_during_embed_leaves_no_half_written_folder(tiny_artifact, tmp_path):
     out = tmp_path / "emb"
-    proc = start(
+    with started(
         "embed", "--model", str(tiny_artifact), "--data", "cifar10", "--split", "train", "--out", str(out), "--no-progress"
-    )
-    wait_for(proc, out)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
+    ) as proc:
+        wait_for(proc, out)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-3000:]
     assert "Traceback" not in err and "interrupted" in err
     assert not out.exists(), list(out.rglob("*"))
@@ -258,8 +275,8 @@ def test_a_run_prints_what_helps_and_nothing_else(folder_run, photos):
     assert listing.read_text().startswith(str(photos / "other" / "broken.png"))
 
 
-def test_embed_says_where_the_skipped_files_are_listed(tiny_artifact, photos, tmp_path):
-    r = infomax(
+def test_embed_says_where_the_skipped_files_are_listed(tiny_artifact, photos, tmp_path, here):
+    r = here(
         "embed",
         "--model",
         str(tiny_artifact),

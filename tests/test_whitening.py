@@ -105,11 +105,24 @@ def image_folder(tmp_path_factory, data_dir):
 @pytest.fixture(scope="module")
 def whitened(tiny_artifact, image_folder, tmp_path_factory):
     """tiny_artifact's weights serving their code mu whitened, fitted on the image folder."""
+    from training import export
+
     out = tmp_path_factory.mktemp("whitened") / "art"
-    r = export_cli(
-        "--artifact", str(tiny_artifact), "--out", str(out), "--whiten", "--whiten-data", str(image_folder), "--whiten-dim", "16"
+    # In process: the command line itself is exercised below (a refusal through `infomax export`).
+    rc = export.main(
+        [
+            "--artifact",
+            str(tiny_artifact),
+            "--out",
+            str(out),
+            "--whiten",
+            "--whiten-data",
+            str(image_folder),
+            "--whiten-dim",
+            "16",
+        ]
     )
-    assert r.returncode == 0, r.stderr
+    assert rc == 0
     return out
 
 
@@ -214,7 +227,7 @@ def test_the_service_serves_whitened_vectors_and_refuses_an_index_of_raw_codes(w
     assert "output mu, whitened" in r.stderr
 
 
-def test_a_recorded_duplicates_threshold_is_the_default_of_the_command_and_the_service(tiny_artifact, data_dir, tmp_path):
+def test_a_recorded_duplicates_threshold_is_the_default_of_the_command_and_the_service(tiny_artifact, data_dir, tmp_path, here):
     """Whitened vectors score far lower than codes: the threshold measured for an artifact's vectors
     travels artifact -> embeddings -> index record, and is what `infomax duplicates` and
     GET /v1/items/{id}/duplicates use unless told otherwise; another export of the weights drops it."""
@@ -225,8 +238,8 @@ def test_a_recorded_duplicates_threshold_is_the_default_of_the_command_and_the_s
     from infomax.index import EmbeddingIndex
 
     art = tmp_path / "art"
-    r = export_cli(
-        "--artifact", str(tiny_artifact), "--out", str(art), "--duplicates-threshold", "0.5",
+    r = here(
+        "export", "--artifact", str(tiny_artifact), "--out", str(art), "--duplicates-threshold", "0.5",
         "--whiten", "--whiten-data", "cifar10", "--whiten-limit", "500", "--data-dir", str(data_dir),
     )  # fmt: skip
     assert r.returncode == 0, r.stderr

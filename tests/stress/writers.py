@@ -4,7 +4,8 @@ and nothing the server acknowledged may be lost; a read-only server starts besid
 follows a rebuild made once the writer is gone.
 
 Real processes throughout: a writable ``infomax serve`` (with an API key), a second one on the same
-folder, a ``--read-only`` one, ``infomax embed`` of a folder of pictures and ``infomax index build``.
+folder, a ``--read-only`` one; ``infomax embed`` of a folder of pictures and ``infomax index build``
+run in this process, one more process beside the servers.
 
     python -m tests.stress.writers
 """
@@ -12,8 +13,9 @@ folder, a ``--read-only`` one, ``infomax embed`` of a folder of pictures and ``i
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -21,17 +23,25 @@ from pathlib import Path
 
 import httpx
 
-from stress.harness import REPO, ServerProcess, build_index, infomax_command, make_artifact, unique_png
+from stress.harness import ServerProcess, build_index, make_artifact, unique_png
 
 API_KEY = "writers-test-key-0b7e"
 
 
-def _run(args: list[str], timeout: float = 120.0) -> tuple[int, str, float]:
+def _run(args: list[str]) -> tuple[int, str, float]:
+    """An ``infomax`` command in this process, through the console script's own ``main``: to the
+    servers it is another process all the same (another writer, or a rebuild), without the ~10 s a
+    new interpreter spends importing torch. Its exit code, what it printed, and its seconds."""
+    from infomax.cli import main
+
     t0 = time.monotonic()
-    p = subprocess.run(
-        [*infomax_command(), *args], cwd=REPO, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
-    )
-    return p.returncode, p.stdout + p.stderr, time.monotonic() - t0
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        try:
+            rc = main(args)
+        except SystemExit as e:
+            rc = e.code if isinstance(e.code, int) else 1
+    return rc, out.getvalue(), time.monotonic() - t0
 
 
 def _add(srv: ServerProcess, tag: str, seed: int) -> int:
@@ -90,7 +100,7 @@ def run_writers(tmp: Path, artifact: Path, log=print) -> dict:
     photos.mkdir()
     for i in range(12):
         (photos / f"p{i:02d}.png").write_bytes(unique_png(50_000 + i))
-    rc, out, _ = _run(["embed", "--model", str(artifact), "--data", str(photos), "--out", str(tmp / "emb")])
+    rc, out, _ = _run(["embed", "--model", str(artifact), "--data", str(photos), "--out", str(tmp / "emb"), "--no-progress"])
     if rc != 0:
         raise RuntimeError(f"infomax embed failed ({rc}):\n{out[-2000:]}")
     fig: dict = {"problems": []}
