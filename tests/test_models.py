@@ -80,10 +80,11 @@ def loss_weights(command: str) -> dict[str, float]:
     return weights
 
 
-# models/fmnist still comes from the beta-0 recipe (fmnist-cpu10.yaml). The three-term 10-minute
-# encoders measured so far on this cpu2 (fmnist-cpu10-dim.yaml) fail the test above: raw, level with
-# pixels on its 5,000 / 1,000 images (0.781 against 0.774); whitened, level with the untrained
-# encoder whitened the same way (0.872 against 0.866). docs/BENCHMARKS.md, issue 14.
+# models/fmnist still comes from the beta-0 recipe (fmnist-cpu10.yaml). The three-term encoders
+# measured so far (fmnist-cpu10-dim.yaml) fail the test above: 10 minutes on this cpu2 (5 epochs),
+# raw, 0.781 against pixels' 0.774 on its 5,000 / 1,000 images; whitened, level with the untrained
+# encoder whitened the same way (0.872 against 0.866); the shipped encoder's 20 epochs, raw, 0.788
+# (beta 0: 0.798). docs/BENCHMARKS.md, issue 14.
 THREE_TERMS = [
     pytest.param(f, marks=pytest.mark.xfail(strict=True, reason="models/fmnist is trained with beta 0 (issue 14)"))
     if f.name == "fmnist"

@@ -55,11 +55,20 @@ def infomax(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     return subprocess.run([INFOMAX, *args], capture_output=True, text=True, timeout=timeout, env=env)
 
 
+def _ctrl_c_as_in_a_terminal() -> None:
+    """The child's SIGINT at its default, as a shell in a terminal starts a command: a test run
+    started in the background (``pytest ... &``) ignores SIGINT, its children inherit that, and
+    Python then never turns Ctrl-C into KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @contextlib.contextmanager
 def started(*args: str, cwd: Path | None = None) -> Iterator[subprocess.Popen]:
     """The command running in the background; killed on the way out if it is still running (a
     failed assertion must not leave a training process behind, taking a core from the next tests)."""
-    proc = subprocess.Popen([INFOMAX, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd)
+    proc = subprocess.Popen(
+        [INFOMAX, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd, preexec_fn=_ctrl_c_as_in_a_terminal
+    )
     try:
         yield proc
     finally:
