@@ -285,6 +285,7 @@ def test_a_run_prints_what_helps_and_nothing_else(folder_run, photos):
 
 
 def test_embed_says_where_the_skipped_files_are_listed(tiny_artifact, photos, tmp_path, here):
+    handler_before = signal.getsignal(signal.SIGINT)
     r = here(
         "embed",
         "--model",
@@ -300,3 +301,5 @@ def test_embed_says_where_the_skipped_files_are_listed(tiny_artifact, photos, tm
     assert r.returncode == 0, r.stderr[-3000:]
     line = next(line for line in r.stderr.splitlines() if "unreadable" in line)
     assert str(tmp_path / "e" / "embeddings.json") in line
+    # run inside this process, the command put its Ctrl-C handler back on the way out
+    assert signal.getsignal(signal.SIGINT) is handler_before

@@ -11,10 +11,12 @@ Lightning's distributed prediction (strategy ddp); ``infomax index build`` reads
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shlex
 import shutil
 import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from infomax.commands.flags import argparse_flags, flag_names
@@ -64,29 +66,29 @@ def main(argv: list[str]) -> int:
     out = Path(args.out).expanduser()
     existed = out.exists()
     fresh = not existed or (out.is_dir() and not any(out.iterdir()))
-    interrupted = _watch_sigint()
-    try:
-        manifest = embed(
-            args.model,
-            args.data,
-            args.out,
-            split=args.split,
-            batch_size=args.batch_size,
-            devices=args.devices,
-            accelerator=args.accelerator,
-            num_nodes=args.num_nodes,
-            overwrite=args.overwrite,
-            limit=args.limit,
-            data_dir=args.data_dir,
-            num_workers=args.num_workers,
-            progress=not args.no_progress,
-            command="infomax embed " + shlex.join(argv),
-        )
-    except (KeyboardInterrupt, SystemExit) as e:
-        # Lightning's prediction loop turns Ctrl-C into sys.exit(1); any other exit is not ours.
-        if isinstance(e, SystemExit) and not interrupted:
-            raise
-        return _after_interrupt(out, fresh, existed)
+    with _watch_sigint() as interrupted:
+        try:
+            manifest = embed(
+                args.model,
+                args.data,
+                args.out,
+                split=args.split,
+                batch_size=args.batch_size,
+                devices=args.devices,
+                accelerator=args.accelerator,
+                num_nodes=args.num_nodes,
+                overwrite=args.overwrite,
+                limit=args.limit,
+                data_dir=args.data_dir,
+                num_workers=args.num_workers,
+                progress=not args.no_progress,
+                command="infomax embed " + shlex.join(argv),
+            )
+        except (KeyboardInterrupt, SystemExit) as e:
+            # Lightning's prediction loop turns Ctrl-C into sys.exit(1); any other exit is not ours.
+            if isinstance(e, SystemExit) and not interrupted:
+                raise
+            return _after_interrupt(out, fresh, existed)
     if manifest is not None:  # global rank 0 only
         what = f"{manifest['data']}:{manifest['split']}" if manifest["split"] else manifest["data"]
         print(
@@ -104,18 +106,26 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def _watch_sigint() -> list[bool]:
+@contextlib.contextmanager
+def _watch_sigint() -> Iterator[list[bool]]:
     """A list that turns true when SIGINT arrives (then raised as KeyboardInterrupt as usual), to
-    tell Lightning's exit after Ctrl-C from any other."""
+    tell Lightning's exit after Ctrl-C from any other; the process's own handler is put back on the
+    way out (the command may run inside another program's process: a test, a notebook)."""
     seen: list[bool] = []
 
     def on_sigint(signum, frame):
         seen.append(True)
         raise KeyboardInterrupt
 
-    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+    previous = signal.getsignal(signal.SIGINT)
+    ours = previous is signal.default_int_handler
+    if ours:
         signal.signal(signal.SIGINT, on_sigint)
-    return seen
+    try:
+        yield seen
+    finally:
+        if ours:
+            signal.signal(signal.SIGINT, previous)
 
 
 def _after_interrupt(out: Path, fresh: bool, existed: bool) -> int:
