@@ -193,7 +193,8 @@ def record_eval(path: str | Path, report: dict) -> Path:
             f"({artifact_id(config)[:12]}); evaluate this artifact to record its figures"
         )
     summary = {
-        key: {m: row.get(m) for m in ("knn_top1", "nn1_top1", "probe_top1", "dim")} for key, row in report["results"].items()
+        key: {m: row.get(m) for m in ("knn_top1", "nn1_top1", "probe_top1", "p10", "dim") if m in row}
+        for key, row in report["results"].items()
     }
     entry = {
         "k": report["k"],

@@ -69,7 +69,10 @@ def knn_eval(
     """Weighted k-NN and 1-NN top-1 of ``test_x`` (m, d) against the bank ``train_x`` (n, d).
 
     One pass: the cosine similarities of a chunk of queries to the whole bank (chunk x n floats)
-    give both the top-k vote and the nearest neighbour. Returns ``{"knn_top1", "nn1_top1"}``.
+    give the top-k vote, the nearest neighbour and the ten nearest. Returns ``{"knn_top1",
+    "nn1_top1", "p10"}``: ``p10`` is the precision of the ten nearest (the share of them with the
+    query's label, over all queries): what a search shows, where the weighted vote is a classifier
+    that also moves with how spread the cosine scores are (docs/BENCHMARKS.md, "What a search shows").
     """
     bank = _as_float(train_x, "train features")
     queries = _as_float(test_x, "test features")
@@ -84,9 +87,15 @@ def knn_eval(
         raise ValueError(f"need at least one train and one test item, got {len(bank)} and {len(queries)}")
     if num_classes is None:
         num_classes = int(max(bank_y.max(), query_y.max())) + 1
-    knn, nn1 = knn_predict_with_nearest(queries, bank, bank_y, num_classes, k=k, temperature=temperature, chunk=chunk)
+    knn, nn1, ten = knn_predict_with_nearest(
+        queries, bank, bank_y, num_classes, k=k, temperature=temperature, chunk=chunk, keep=10
+    )
     n = len(queries)
-    return {"knn_top1": int((knn == query_y).sum()) / n, "nn1_top1": int((nn1 == query_y).sum()) / n}
+    return {
+        "knn_top1": int((knn == query_y).sum()) / n,
+        "nn1_top1": int((nn1 == query_y).sum()) / n,
+        "p10": float((ten == query_y[:, None]).float().mean()),
+    }
 
 
 def pixel_features(train_images: torch.Tensor, test_images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -277,7 +286,7 @@ def evaluate_codes(
     seed: int = 0,
 ) -> dict:
     """The whole protocol on one kind of features (codes or pixels): train (n, d) is the bank and
-    the probe's training set, test (m, d) the queries. Returns ``{"knn_top1", "nn1_top1",
+    the probe's training set, test (m, d) the queries. Returns ``{"knn_top1", "nn1_top1", "p10",
     "probe_top1" (None without probe), "probe" (details or None), "k", "temperature", "dim",
     "n_train", "n_test", "seconds": {"knn", "probe"}}``."""
     t0 = time.perf_counter()
@@ -598,15 +607,16 @@ def format_report(report: dict) -> str:
         + (f", {report['split']}" if report.get("split") else "")
         + (f", artifact {art['id'][:12]} ({art['arch']}, z_dim {art['z_dim']})" if art else ""),
         "",
-        f"| features | dim | weighted {report['k']}-NN top-1 (T={report['temperature']}) | 1-NN top-1 | linear probe top-1 |",
-        "|---|---|---|---|---|",
+        f"| features | dim | weighted {report['k']}-NN top-1 (T={report['temperature']}) | 1-NN top-1 | linear probe top-1 "
+        "| precision@10 |",
+        "|---|---|---|---|---|---|",
     ]
     for key, row in report["results"].items():
         probe = row["probe"]
         wd = f" (wd {probe['weight_decay']:g})" if probe else ""
         lines.append(
             f"| {names.get(key, key)} | {row['dim']} | {_fmt(row['knn_top1'])} | {_fmt(row['nn1_top1'])} "
-            f"| {_fmt(row['probe_top1'])}{wd} |"
+            f"| {_fmt(row['probe_top1'])}{wd} | {_fmt(row.get('p10'))} |"
         )
     lines.append("")
     lines.extend(_spread_lines(report, names))

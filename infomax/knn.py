@@ -22,9 +22,11 @@ def knn_predict_with_nearest(
     temperature: float = 0.1,
     weighted: bool = True,
     chunk: int = 1024,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(k-NN prediction, 1-NN prediction), both int64 of shape (n,), for queries (n, d) against a
-    labelled bank (m, d), from one pass over the similarities.
+    keep: int = 10,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(k-NN prediction, 1-NN prediction), both int64 of shape (n,), and the labels of each query's
+    ``keep`` nearest bank vectors, nearest first (int64, (n, min(keep, m))): what a search would
+    show; for queries (n, d) against a labelled bank (m, d), from one pass over the similarities.
 
     Vectors are L2-normalised here; ``weighted=False`` gives a plain majority vote (k=1: 1-NN).
     Queries are processed in chunks so memory stays at chunk x m similarities.
@@ -36,19 +38,21 @@ def knn_predict_with_nearest(
     if bank.shape[0] != bank_labels.shape[0]:
         raise ValueError(f"bank has {bank.shape[0]} vectors but {bank_labels.shape[0]} labels")
     k = min(k, bank.shape[0])
+    keep = min(max(keep, 1), bank.shape[0])
     bank = F.normalize(bank.float(), dim=1)
     bank_labels = bank_labels.to(bank.device)
-    preds, nearest = [], []
+    preds, nearest, kept = [], [], []
     for q in queries.split(chunk):
         sim = F.normalize(q.float().to(bank.device), dim=1) @ bank.T
-        top_sim, top_idx = sim.topk(k, dim=1)
-        top_labels = bank_labels[top_idx]
+        all_sim, all_idx = sim.topk(max(k, keep), dim=1)
+        top_sim, top_labels = all_sim[:, :k], bank_labels[all_idx[:, :k]]
         weights = (top_sim / temperature).exp() if weighted else torch.ones_like(top_sim)
         votes = torch.zeros(q.shape[0], num_classes, device=bank.device)
         votes.scatter_add_(1, top_labels, weights)
         preds.append(votes.argmax(1))
         nearest.append(top_labels[:, 0])
-    return torch.cat(preds).cpu(), torch.cat(nearest).cpu()
+        kept.append(bank_labels[all_idx[:, :keep]])
+    return torch.cat(preds).cpu(), torch.cat(nearest).cpu(), torch.cat(kept).cpu()
 
 
 def knn_predict(queries: torch.Tensor, bank: torch.Tensor, bank_labels: torch.Tensor, num_classes: int, **kwargs) -> torch.Tensor:

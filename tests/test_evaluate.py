@@ -32,11 +32,12 @@ N_TRAIN, N_TEST = 600, 200
 
 def naive_knn(
     train: np.ndarray, train_y: np.ndarray, test: np.ndarray, test_y: np.ndarray, k: int = 200, temperature: float = 0.1
-) -> tuple[float, float]:
-    """Weighted k-NN and 1-NN top-1 the slow, obvious way: float64, one query at a time, argsort."""
+) -> tuple[float, float, float]:
+    """Weighted k-NN and 1-NN top-1 and the precision of the ten nearest, the slow, obvious way:
+    float64, one query at a time, argsort."""
     train = train.astype(np.float64)
     train = train / np.linalg.norm(train, axis=1, keepdims=True)
-    knn_hits = nn1_hits = 0
+    knn_hits = nn1_hits = ten_hits = 0
     for q, y in zip(test.astype(np.float64), test_y):
         sims = train @ (q / np.linalg.norm(q))
         order = np.argsort(-sims, kind="stable")[:k]
@@ -45,7 +46,8 @@ def naive_knn(
             votes[int(train_y[j])] = votes.get(int(train_y[j]), 0.0) + np.exp(sims[j] / temperature)
         knn_hits += max(votes, key=votes.get) == y
         nn1_hits += train_y[order[0]] == y
-    return knn_hits / len(test), nn1_hits / len(test)
+        ten_hits += sum(int(train_y[j] == y) for j in order[:10])
+    return knn_hits / len(test), nn1_hits / len(test), ten_hits / (10 * len(test))
 
 
 def naive_pixels(train_images: torch.Tensor, test_images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -69,9 +71,10 @@ def test_raw_pixel_knn_equals_a_naive_reference(pixel_slice):
     np.testing.assert_allclose(tr.numpy(), ref_tr, atol=1e-6)
     np.testing.assert_allclose(te.numpy(), ref_te, atol=1e-6)
     result = knn_eval(tr, train_y, te, test_y, k=200, temperature=0.1, chunk=64)
-    knn, nn1 = naive_knn(ref_tr, train_y.numpy(), ref_te, test_y.numpy())
+    knn, nn1, p10 = naive_knn(ref_tr, train_y.numpy(), ref_te, test_y.numpy())
     assert result["knn_top1"] == pytest.approx(knn, abs=1e-12)
     assert result["nn1_top1"] == pytest.approx(nn1, abs=1e-12)
+    assert result["p10"] == pytest.approx(p10, abs=1e-6)
     # ... and the same figures as the project's k-NN monitor (infomax.knn), used in training.
     # (knn_accuracy averages in float32: equal up to its rounding)
     assert result["knn_top1"] == pytest.approx(knn_accuracy(te, test_y, tr, train_y, num_classes=10), abs=1e-6)
@@ -114,8 +117,8 @@ def test_evaluate_codes_reports_every_figure(data_dir):
     images, labels = load_dataset("fmnist", data_dir, "test")
     x = images[:300].reshape(300, -1).float()
     res = evaluate_codes(x[:200], labels[:200], x[200:], labels[200:300], k=50)
-    knn, nn1 = naive_knn(x[:200].numpy(), labels[:200].numpy(), x[200:].numpy(), labels[200:300].numpy(), k=50)
-    assert res["knn_top1"] == pytest.approx(knn) and res["nn1_top1"] == pytest.approx(nn1)
+    knn, nn1, p10 = naive_knn(x[:200].numpy(), labels[:200].numpy(), x[200:].numpy(), labels[200:300].numpy(), k=50)
+    assert res["knn_top1"] == pytest.approx(knn) and res["nn1_top1"] == pytest.approx(nn1) and res["p10"] == pytest.approx(p10)
     assert 0.0 <= res["probe_top1"] <= 1.0 and res["dim"] == 784 and res["n_train"] == 200 and res["n_test"] == 100
     assert evaluate_codes(x[:200], labels[:200], x[200:], labels[200:300], probe=False)["probe_top1"] is None
 
@@ -151,11 +154,11 @@ def test_eval_command_reports_the_encoder_and_raw_pixels_against_references(tmp_
     train, train_y, test, test_y = train[:300], train_y[:300], test[:100], test_y[:100]
     px = report["results"]["pixels"]
     ref_train, ref_test = naive_pixels(train, test)
-    knn, nn1 = naive_knn(ref_train, train_y.numpy(), ref_test, test_y.numpy())
-    assert (px["knn_top1"], px["nn1_top1"]) == (pytest.approx(knn), pytest.approx(nn1))
+    knn, nn1, p10 = naive_knn(ref_train, train_y.numpy(), ref_test, test_y.numpy())
+    assert (px["knn_top1"], px["nn1_top1"], px["p10"]) == (pytest.approx(knn), pytest.approx(nn1), pytest.approx(p10))
     encoder = load_encoder(tiny_artifact)
     codes_tr, codes_te = encoder.embed(train).numpy(), encoder.embed(test).numpy()
-    knn, nn1 = naive_knn(codes_tr, train_y.numpy(), codes_te, test_y.numpy())
+    knn, nn1, _ = naive_knn(codes_tr, train_y.numpy(), codes_te, test_y.numpy())
     enc = report["results"]["encoder"]
     assert (enc["knn_top1"], enc["nn1_top1"]) == (pytest.approx(knn), pytest.approx(nn1))
     assert enc["dim"] == 32 and px["dim"] == 3072
@@ -164,7 +167,7 @@ def test_eval_command_reports_the_encoder_and_raw_pixels_against_references(tmp_
     # --local: the same protocol on the flattened local map, computed here straight from local_net.
     with torch.no_grad():
         maps_tr, maps_te = (encoder.encoder.local_net(encoder.normalize(x)).flatten(1).numpy() for x in (train, test))
-    knn, nn1 = naive_knn(maps_tr, train_y.numpy(), maps_te, test_y.numpy())
+    knn, nn1, _ = naive_knn(maps_tr, train_y.numpy(), maps_te, test_y.numpy())
     loc = report["results"]["local"]
     assert (loc["knn_top1"], loc["nn1_top1"]) == (pytest.approx(knn), pytest.approx(nn1))
     assert loc["dim"] == maps_tr.shape[1] == encoder.encoder.local_channels * encoder.encoder.local_size**2
@@ -172,7 +175,7 @@ def test_eval_command_reports_the_encoder_and_raw_pixels_against_references(tmp_
     assert len(table) == 4 and table[1].startswith("| encoder (mu) | 32 | ")
     assert table[2].startswith(f"| local feature map C(x) | {loc['dim']} | ")
     assert table[3].startswith("| raw pixels | 3072 | ")
-    assert table[3].endswith(f"| {px['knn_top1']:.4f} | {px['nn1_top1']:.4f} | - |")
+    assert table[3].endswith(f"| {px['knn_top1']:.4f} | {px['nn1_top1']:.4f} | - | {px['p10']:.4f} |")
 
 
 def test_eval_pixels_only_needs_no_model(capsys, data_dir):
@@ -194,7 +197,7 @@ def test_eval_pixels_only_needs_no_model(capsys, data_dir):
         == 0
     )
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| raw pixels")]
-    assert len(rows) == 1 and rows[0].endswith("| - |")
+    assert len(rows) == 1 and rows[0].split(" | ")[4] == "-"  # no probe
 
 
 @pytest.mark.parametrize(
@@ -236,6 +239,7 @@ def test_record_stores_the_figures_in_the_artifact_and_keeps_it_loadable(tmp_pat
     entry = config["eval"]["cifar10"]
     assert entry["results"]["encoder"]["knn_top1"] == report["results"]["encoder"]["knn_top1"]
     assert entry["results"]["pixels"]["nn1_top1"] == report["results"]["pixels"]["nn1_top1"]
+    assert entry["results"]["encoder"]["p10"] == report["results"]["encoder"]["p10"] is not None
     assert (entry["k"], entry["n_train"], entry["n_test"]) == (200, 200, 50)
     assert (art / "encoder.safetensors").read_bytes() == weights_before
     assert load_encoder(art).id == report["artifact"]["id"]  # still loads: the hash is of the weights
