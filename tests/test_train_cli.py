@@ -199,17 +199,17 @@ def test_an_existing_export_folder_is_refused_before_training_unless_overwrite(t
         "--trainer.default_root_dir",
         str(root),
     ]
-    # the refusals in process (the command's own main), the two trainings as a user runs them
+    # in process (the command's own main): a new interpreter per run would add ~10 s of imports
     line = one_line_error(here(*base))
     assert str(art) in line and "--overwrite" in line
     assert not list(tmp_path.rglob("*.ckpt")) and (art / "mine.txt").read_text() == "keep me"
 
-    r = infomax(*base, "--overwrite")
+    r = here(*base, "--overwrite")
     assert r.returncode == 0, r.stderr[-3000:]
     first = json.loads((art / "encoder.json").read_text())
     assert first["epochs"] == 1
     # Resuming the run that wrote it replaces its own artifact without --overwrite...
-    r = infomax(*base, "--trainer.max_epochs", "2", "--ckpt_path", "last")
+    r = here(*base, "--trainer.max_epochs", "2", "--ckpt_path", "last")
     assert r.returncode == 0, r.stderr[-3000:]
     assert json.loads((art / "encoder.json").read_text())["epochs"] == 2
     # ...but a new run does not.
@@ -251,12 +251,12 @@ def test_ctrl_c_during_embed_leaves_no_half_written_folder(tiny_artifact, tmp_pa
 # -- item 11: too few images ----------------------------------------------------------------------
 
 
-def test_too_few_images_are_refused_in_one_line(photos, tmp_path):
+def test_too_few_images_are_refused_in_one_line(photos, tmp_path, here):
     few = tmp_path / "few"
     few.mkdir()
     for p in sorted((photos / "cat").glob("*.png"))[:5]:
         (few / p.name).write_bytes(p.read_bytes())
-    line = one_line_error(infomax("train", "--data", str(few), "--trainer.default_root_dir", str(tmp_path / "r")))
+    line = one_line_error(here("train", "--data", str(few), "--trainer.default_root_dir", str(tmp_path / "r")))
     assert "5 training image(s)" in line and f"at least {16}" in line
     assert not list(tmp_path.rglob("*.ckpt"))
 
