@@ -120,7 +120,9 @@ def test_a_trained_critic_approaches_the_true_mi(name):
     critic = Critic(d)
     opt = torch.optim.Adam(critic.parameters(), lr=3e-3)
     bound = get_estimator(name)
-    for _ in range(400):
+    # 200 steps: the estimates land within 0.06 of the true 1.022 nats (jsd 0.991, infonce 0.967,
+    # dv 1.002; 400 steps: 1.034 / 0.990 / 1.034) at half the time; the tolerance is 0.25.
+    for _ in range(200):
         x, y = sample(n, d, rho, gen)
         x, y = x.float(), y.float()
         pairs = critic(x.unsqueeze(1).expand(n, n, d), y.unsqueeze(0).expand(n, n, d))  # (n, n): [i, j] = T(x_i, y_j)
