@@ -21,23 +21,19 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from machine import cpu_name  # bench/machine.py (bench/ is on sys.path when a script here runs)
 
 from infomax import load_encoder
 from infomax.data import load_dataset
 from infomax.evaluate import pixel_features
+from infomax.knn import knn_predict_with_nearest
 
 
 def precision_at(bank: torch.Tensor, bank_y: torch.Tensor, queries: torch.Tensor, query_y: torch.Tensor, ks: list[int]) -> dict:
-    """{"P@k": share of the k nearest bank vectors (cosine) with the query's label} for each k."""
-    bank = F.normalize(bank.float(), dim=1)
-    top = max(ks)
-    hits = []
-    for q, y in zip(queries.split(500), query_y.split(500)):
-        idx = (F.normalize(q.float(), dim=1) @ bank.T).topk(top, dim=1).indices
-        hits.append(bank_y[idx] == y[:, None])
-    same = torch.cat(hits).float()
+    """{"P@k": share of the k nearest bank vectors (cosine) with the query's label} for each k: the
+    ranked labels from `infomax eval`'s own neighbour pass (its p10 is P@10 here)."""
+    _, _, ranked = knn_predict_with_nearest(queries, bank, bank_y, int(bank_y.max()) + 1, k=1, keep=max(ks))
+    same = (ranked == query_y[:, None]).float()
     return {f"P@{k}": round(float(same[:, :k].mean()), 4) for k in ks}
 
 

@@ -5,8 +5,6 @@ where they would mix with codes, served over HTTP."""
 from __future__ import annotations
 
 import base64
-import contextlib
-import io
 import json
 import shutil
 import subprocess
@@ -16,7 +14,9 @@ import httpx
 import numpy as np
 import pytest
 import torch
+from stress.harness import infomax_in_process
 from test_service import REPO, build_index, serve
+from test_service_http import serve_cli
 
 from infomax.artifact import ArtifactError, load_encoder, record_eval
 from infomax.data import load_cifar10
@@ -32,17 +32,8 @@ def export_cli(*args: str) -> subprocess.CompletedProcess:
 
 
 def export_here(*args: str) -> subprocess.CompletedProcess:
-    """`infomax export ARGS` in this process, through the console script's main: its exit code
-    (argparse's 2 too) and what it prints, without the ~10 s a new interpreter spends on imports."""
-    from infomax.cli import main
-
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            rc = main(["export", *args])
-        except SystemExit as e:
-            rc = e.code if isinstance(e.code, int) else 1
-    return subprocess.CompletedProcess(["infomax", "export", *args], rc, out.getvalue(), err.getvalue())
+    """`infomax export ARGS` in this process (exit code and output as the command gives them)."""
+    return infomax_in_process(["export", *args])
 
 
 @pytest.fixture(scope="module")
@@ -179,13 +170,7 @@ def test_the_service_serves_local_vectors_and_refuses_an_index_of_codes(local_ar
         assert codes["dim"] == 4096
         np.testing.assert_allclose(codes["codes"][0], enc.embed(template["pixels"][7:8])[0].numpy(), rtol=1e-4, atol=1e-4)
     # The same weights serving codes cannot take this index: the ids differ (and the lengths).
-    r = subprocess.run(
-        [sys.executable, "-m", "infomax.cli", "serve", "--model", str(tiny_artifact), "--index", str(folder)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    r = serve_cli("--model", str(tiny_artifact), "--index", str(folder))
     assert r.returncode == 1 and "Traceback" not in r.stderr and r.stderr.count("\n") == 1, r.stderr
     assert "artifact mismatch" in r.stderr and str(folder) in r.stderr and "output mu" in r.stderr
 

@@ -218,20 +218,20 @@ def test_several_read_only_workers_serve_and_see_the_writer(server, tiny_artifac
         assert len(started) == 2, readers.log()
 
 
-def _serve_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+def serve_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "infomax.cli", "serve", *args], cwd=REPO, capture_output=True, text=True, timeout=60, env=env
     )
 
 
 def test_cli_refuses_bad_setups_with_one_line(tiny_artifact, tmp_path):
-    r = _serve_cli("--model", str(tiny_artifact), "--index", str(tmp_path / "missing"))
+    r = serve_cli("--model", str(tiny_artifact), "--index", str(tmp_path / "missing"))
     assert r.returncode == 1 and "--create-index" in r.stderr and "Traceback" not in r.stderr
-    r = _serve_cli("--model", str(tmp_path), "--index", str(tmp_path), "--create-index")
+    r = serve_cli("--model", str(tmp_path), "--index", str(tmp_path), "--create-index")
     assert r.returncode == 1 and "encoder.json" in r.stderr
-    r = _serve_cli("--model", str(tiny_artifact), "--index", str(tmp_path), "--workers", "2", "--api-key", "do-not-print-me")
+    r = serve_cli("--model", str(tiny_artifact), "--index", str(tmp_path), "--workers", "2", "--api-key", "do-not-print-me")
     assert r.returncode == 1 and "read_only" in r.stderr and "do-not-print-me" not in r.stderr
-    r = _serve_cli("--help")
+    r = serve_cli("--help")
     assert r.returncode == 0 and "--workers" in r.stdout and "--create-index" in r.stdout
 
 
@@ -239,11 +239,11 @@ def test_cli_refuses_an_index_of_another_encoder_or_length_in_one_line(index_tem
     from conftest import make_artifact
 
     other = make_artifact(tmp_path / "other", z_dim=16, seed=1)
-    r = _serve_cli("--model", str(other), "--index", str(index_template["folder"]))
+    r = serve_cli("--model", str(other), "--index", str(index_template["folder"]))
     assert r.returncode == 1 and r.stderr.count("\n") == 1 and "artifact mismatch" in r.stderr, r.stderr
     assert str(index_template["folder"]) in r.stderr and str(other) in r.stderr
     # An index that records no artifact: the lengths still have to agree.
     EmbeddingIndex.create(32, path=tmp_path / "anonymous").close()
-    r = _serve_cli("--model", str(other), "--index", str(tmp_path / "anonymous"))
+    r = serve_cli("--model", str(other), "--index", str(tmp_path / "anonymous"))
     assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
     assert "makes 16-dimensional vectors but the index" in r.stderr and "32-dimensional" in r.stderr

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 
 import httpx
 import numpy as np
@@ -15,7 +13,8 @@ import pytest
 import torch
 from PIL import Image
 from test_artifact_output import export_cli
-from test_service import REPO, build_index, serve
+from test_service import build_index, serve
+from test_service_http import serve_cli
 
 from infomax.artifact import ArtifactError, load_encoder, save_artifact
 from infomax.data import load_cifar10
@@ -216,13 +215,7 @@ def test_the_service_serves_whitened_vectors_and_refuses_an_index_of_raw_codes(w
         assert hits["neighbors"][0]["id"] == 7
     raw_index = tmp_path / "raw-index"
     build_index(raw_index, tiny_artifact, data_dir, n=8)
-    r = subprocess.run(
-        [sys.executable, "-m", "infomax.cli", "serve", "--model", str(whitened), "--index", str(raw_index)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    r = serve_cli("--model", str(whitened), "--index", str(raw_index))
     assert r.returncode == 1 and "Traceback" not in r.stderr and "artifact mismatch" in r.stderr, r.stderr
     assert "output mu, whitened" in r.stderr
 

@@ -13,8 +13,6 @@ run in this process, one more process beside the servers.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import sys
 import tempfile
@@ -23,25 +21,17 @@ from pathlib import Path
 
 import httpx
 
-from stress.harness import ServerProcess, build_index, make_artifact, unique_png
+from stress.harness import ServerProcess, build_index, infomax_in_process, make_artifact, unique_png
 
 API_KEY = "writers-test-key-0b7e"
 
 
 def _run(args: list[str]) -> tuple[int, str, float]:
-    """An ``infomax`` command in this process, through the console script's own ``main``: to the
-    servers it is another process all the same (another writer, or a rebuild), without the ~10 s a
-    new interpreter spends importing torch. Its exit code, what it printed, and its seconds."""
-    from infomax.cli import main
-
+    """An ``infomax`` command in this process (to the servers another process all the same: another
+    writer, or a rebuild): its exit code, what it printed, and its seconds."""
     t0 = time.monotonic()
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
-        try:
-            rc = main(args)
-        except SystemExit as e:
-            rc = e.code if isinstance(e.code, int) else 1
-    return rc, out.getvalue(), time.monotonic() - t0
+    r = infomax_in_process(args)
+    return r.returncode, r.stdout + r.stderr, time.monotonic() - t0
 
 
 def _add(srv: ServerProcess, tag: str, seed: int) -> int:
