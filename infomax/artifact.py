@@ -28,7 +28,7 @@ import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -54,7 +54,9 @@ def output_dim(encoder: nn.Module, output: str, z_dim: int) -> int:
         return int(z_dim)
     if output == "pooled":
         return pooled_dim(encoder)
-    return int(encoder.local_channels * encoder.local_size**2)
+    # Attributes every encoder of infomax.encoders has; nn.Module types them Tensor | Module.
+    channels, size = cast(int, encoder.local_channels), cast(int, encoder.local_size)
+    return int(channels * size**2)
 
 
 class ArtifactError(UserError, ValueError):

@@ -463,7 +463,10 @@ def read_embeddings(folder: str | Path) -> Embeddings:
             f"infomax reads ({FORMAT_VERSION}); upgrade infomax"
         )
     z_dim = int(manifest["z_dim"])
-    vectors, ids, sources, labels = [], [], [], []
+    vectors: list[np.ndarray] = []
+    ids: list[np.ndarray] = []
+    sources: list[str] = []
+    labels: list[int] = []
     for shard in manifest["shards"]:
         sdir = folder / shard["name"]
         for name in (VECTORS, IDS, META):

@@ -8,6 +8,7 @@ that says nothing about the internals (the traceback goes to the server log only
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -95,7 +96,7 @@ def _loc(loc: tuple) -> str:
     return ".".join(parts) or "request"
 
 
-def describe_validation_errors(errors: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
+def describe_validation_errors(errors: Sequence[Mapping[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
     """Pydantic errors -> ("k: Input should be ...; vector.3: ...", JSON-safe list)."""
     clean = [
         {"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))} for e in errors

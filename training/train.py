@@ -193,7 +193,8 @@ def main(argv: list[str]) -> int:
     ckpt_path = cli.config.get("ckpt_path")
     if ckpt_path and ckpt_path != "last" and not Path(ckpt_path).is_file():
         raise MissingFileError(f"--ckpt_path {ckpt_path}: no such checkpoint file")
-    export = next(cb for cb in cli.trainer.callbacks if isinstance(cb, ExportArtifact))
+    # Trainer.callbacks is set by Lightning's callback connector, untyped on the class.
+    export = next(cb for cb in cli.trainer.callbacks if isinstance(cb, ExportArtifact))  # type: ignore[attr-defined]
     _check_export_target(export.target(cli.trainer), export.overwrite, ckpt_path)
     # Load the data now: a missing data set is reported before any training machinery starts.
     cli.datamodule.setup("fit")
@@ -302,8 +303,8 @@ def _report_skipped(dm, trainer) -> None:
         listing.write_text("".join(f"{path}\t{reason}\n" for path, reason in skipped))
     folder = Path(dm.path).expanduser().absolute()
     first_path, first_reason = skipped[0]
-    first = Path(first_path)
-    first = first.relative_to(folder).as_posix() if first.is_relative_to(folder) else first_path
+    first_file = Path(first_path)
+    first = first_file.relative_to(folder).as_posix() if first_file.is_relative_to(folder) else first_path
     _say(
         f"warning: skipped {len(skipped)} unreadable file(s) in {dm.path}, e.g. {first}: {first_reason}; "
         f"all of them listed in {listing}"

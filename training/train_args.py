@@ -61,7 +61,8 @@ def data_args(value: str) -> list[str]:
 def _split(argv: list[str]) -> list[tuple[str, str | None]]:
     """(option, value) pairs of ``--opt value`` / ``--opt=value``; (arg, None) for anything else
     (a flag, or a value whose option is not one rewritten here)."""
-    out, i = [], 0
+    out: list[tuple[str, str | None]] = []
+    i = 0
     while i < len(argv):
         arg = argv[i]
         if arg in ("--data", "--data.path") and i + 1 < len(argv):

@@ -223,6 +223,7 @@ def update(
                 model_path=artifact,
                 command=command,
             )
+            assert manifest is not None  # one process, rank 0: embed_source returns the manifest
             skipped.update({s["source"]: s["reason"] for s in manifest["skipped"]})
             emb = read_embeddings(out)
         skipped.update(failed)
@@ -338,6 +339,7 @@ def main(argv: list[str]) -> int:
     # Lightning's start-up notices (accelerator, tips) would drown the lines of each step.
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
 
+    artifact: Path | None  # None: training was interrupted
     if args.model is not None:
         artifact = Path(args.model).expanduser().absolute()
         from infomax.artifact import read_config

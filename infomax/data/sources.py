@@ -53,6 +53,8 @@ class ImageSource:
         give ``(uint8 image, id, error)`` with ``error`` "" for a good image (:class:`FileImages`)."""
         if self.images is not None:
             return InMemoryDataset(self.images, self.ids)
+        if self.paths is None:
+            raise ValueError(f"image source {self.name!r} holds neither images nor paths")
         return FileImages(self.paths, self.ids, self.size, self.channels)
 
     def position(self, id_: int) -> int:

@@ -81,7 +81,7 @@ def normalized(vectors: Any, dim: int, what: str) -> np.ndarray:
     # slow path: precise diagnostics / tiny or huge values
     bad = np.flatnonzero(~np.isfinite(a32).all(axis=1))
     if len(bad):
-        src_bad = ~np.isfinite(np.asarray(a, dtype=np.float64)).all(axis=1)
+        src_bad = np.asarray(~np.isfinite(np.asarray(a, dtype=np.float64)).all(axis=1))
         kind = "NaN or inf" if src_bad[bad].all() else "NaN/inf or values outside the float32 range"
         raise DataError(f"{what} contain {kind} in {len(bad)} row(s), first rows {bad[:10].tolist()}")
     a64 = a32.astype(np.float64)
@@ -101,7 +101,7 @@ def metadata_rows(metadata: Any, ids: np.ndarray | None, n: int) -> list[tuple[A
         raise DataError(f"metadata must be a list of {n} dicts (or None), got {type(metadata).__name__}")
     if len(metadata) != n:
         raise DataError(f"metadata has {len(metadata)} entries for {n} vectors")
-    rows = []
+    rows: list[tuple[Any, Any, Any]] = []
     for i, md in enumerate(metadata):
         if md is None:
             rows.append((None, None, None))

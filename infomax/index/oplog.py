@@ -21,7 +21,8 @@ def log_entry(conn: sqlite3.Connection, op: str, ids: np.ndarray) -> int:
         "INSERT INTO oplog(op, ids, n, created_at) VALUES(?, ?, ?, ?)",
         (op, np.ascontiguousarray(ids, dtype="<i8").tobytes(), len(ids), time.time()),
     )
-    return int(cur.lastrowid)
+    assert cur.lastrowid is not None  # an INSERT into a rowid table always sets it
+    return cur.lastrowid
 
 
 def logged_ids(blob: bytes) -> np.ndarray:
