@@ -48,6 +48,23 @@ def here(capfd):
     return run
 
 
+@pytest.fixture(scope="session")
+def bench_script():
+    """Loads a script of ``bench/`` (a folder of scripts, not a package) as a module, by name:
+    ``bench_script("loss_curves")``."""
+    import importlib.util
+    from types import ModuleType
+
+    def load(name: str) -> ModuleType:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "bench" / f"{name}.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load
+
+
 def make_artifact(path: Path, *, z_dim: int = 32, in_channels: int = 3, input_size: int = 32, seed: int = 0) -> Path:
     """A real serving artifact of a randomly initialised reference encoder (no training: fast)."""
     import torch

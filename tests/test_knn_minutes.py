@@ -4,7 +4,6 @@ times, so every expected cell of the table follows from the numbers below by han
 
 from __future__ import annotations
 
-import importlib.util
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -12,18 +11,13 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
-REPO = Path(__file__).resolve().parents[1]
 SVG = "{http://www.w3.org/2000/svg}"
 T0 = 1_790_000_000.0  # any wall clock: minutes are counted from a run's first event
 
 
 @pytest.fixture(scope="module")
-def knn_minutes():
-    spec = importlib.util.spec_from_file_location("knn_minutes", REPO / "bench" / "knn_minutes.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def knn_minutes(bench_script):
+    return bench_script("knn_minutes")
 
 
 def _events(folder: Path, scalars: list[tuple[float, str, float]], start: float = T0) -> Path:

@@ -6,7 +6,6 @@ tests/test_promises.py's test_loss_curves_join_a_resumed_runs_parts.)"""
 from __future__ import annotations
 
 import csv
-import importlib.util
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -14,17 +13,12 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
-REPO = Path(__file__).resolve().parents[1]
 SVG = "{http://www.w3.org/2000/svg}"
 
 
 @pytest.fixture(scope="module")
-def loss_curves():
-    spec = importlib.util.spec_from_file_location("loss_curves", REPO / "bench" / "loss_curves.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def loss_curves(bench_script):
+    return bench_script("loss_curves")
 
 
 def _write(path: Path, rows: list[dict]) -> None:
