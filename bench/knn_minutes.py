@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import statistics
 import sys
 from pathlib import Path
 
@@ -76,8 +77,8 @@ def table(curves: Curves, marks: list[float]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for label, (curve, end) in curves.items():
         cells = [label]
-        gaps = sorted(b[0] - a[0] for a, b in zip(curve, curve[1:]))
-        interval = gaps[len(gaps) // 2] if gaps else 0.0
+        gaps = [b[0] - a[0] for a, b in zip(curve, curve[1:])]
+        interval = statistics.median_high(gaps) if gaps else 0.0
         for m in marks:
             v = at(curve, m)
             cells.append("stopped" if m > end + interval else "-" if v is None else f"{v:.3f}")
