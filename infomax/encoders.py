@@ -18,7 +18,7 @@ store the name and its keyword arguments and rebuild the network without any tra
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import torch
 from torch import nn
@@ -64,7 +64,7 @@ VECTORS = ("mu", "pooled", "local")
 
 def pooled_dim(encoder: nn.Module) -> int:
     """Length of an encoder's pooled vector: the input of its mu head."""
-    return int(encoder.mu.in_features)
+    return cast(nn.Linear, encoder.mu).in_features
 
 
 def check_vectors(name: str, kind: str) -> None:
@@ -255,20 +255,24 @@ def _run_named(x: torch.Tensor, encoder: nn.Module, maps: tuple[str, ...]):
     """Runs ``local_net`` then ``global_net`` module by module (the same computation as calling
     them), keeping the outputs named in ``maps``: (local map, last map, maps in the order asked)."""
     found: dict[str, torch.Tensor] = {}
+    # Attributes of our encoders that nn.Module's __getattr__ types as Tensor | Module.
+    local_names, global_names = cast("list[str]", encoder._local_names), cast("list[str]", encoder._global_names)
+    local_net, global_net = cast(nn.Sequential, encoder.local_net), cast(nn.Sequential, encoder.global_net)
     h = x
-    for name, block in zip(encoder._local_names, encoder.local_net):
+    for name, block in zip(local_names, local_net):
         h = block(h)
         if name in maps:
             found[name] = h
     local = h
-    for name, block in zip(encoder._global_names, encoder.global_net):
+    for name, block in zip(global_names, global_net):
         h = block(h)
         if name in maps:
             found[name] = h
     missing = [m for m in maps if m not in found]
     if missing:
+        map_channels = cast("dict[str, int]", encoder.map_channels)
         raise SettingError(
-            f"maps={maps!r}: {missing} not maps of this encoder; choose among {sorted(encoder.map_channels)}", setting="maps"
+            f"maps={maps!r}: {missing} not maps of this encoder; choose among {sorted(map_channels)}", setting="maps"
         )
     return local, h, tuple(found[m] for m in maps)
 

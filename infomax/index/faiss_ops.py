@@ -34,9 +34,9 @@ def new_faiss_index(dim: int, factory: str) -> Any:
     except RuntimeError as e:
         msg = str(e).strip().splitlines()[-1] if str(e).strip() else repr(e)
         raise SettingError(f"invalid FAISS factory string {factory!r}: {msg}") from None
-    ivf = faiss.try_extract_index_ivf(base)
-    if ivf is not None:
-        ivf = faiss.downcast_index(ivf)
+    found = faiss.try_extract_index_ivf(base)
+    if found is not None:
+        ivf = faiss.downcast_index(found)
         if hasattr(ivf, "do_polysemous_training"):
             ivf.do_polysemous_training = False  # slow (annealing) and unused: we never search in polysemous mode
         return base
@@ -55,7 +55,7 @@ def faiss_ids(index: Any, kind: str) -> np.ndarray:
     """All live ids stored in the FAISS index."""
     if kind == "ivf":
         ivf = faiss.extract_index_ivf(index)
-        invlists = ivf.invlists
+        invlists: Any = ivf.invlists  # an ArrayInvertedLists: faiss's stubs type it as the base class or None
         parts = []
         for lst in range(ivf.nlist):
             size = invlists.list_size(lst)

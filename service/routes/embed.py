@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from fastapi import APIRouter, Request
 
@@ -24,7 +25,9 @@ _MULTIPART = {"type": "object", "required": ["file"], "properties": {"file": fil
     ),
 )
 async def embed(request: Request, state: ReadyState) -> EmbedResponse:
-    s = state.settings
+    s, model = state.settings, state.model
+    assert model is not None  # ReadyState: the model is loaded
+    blobs: list[tuple[str, bytes | str]]
     if body_kind(request) == "json":
         req = await read_json(request, EmbedRequest)
         if len(req.images) > s.max_images_per_request:
@@ -33,8 +36,9 @@ async def embed(request: Request, state: ReadyState) -> EmbedResponse:
             )
         blobs = [(f"images[{i}]", b64) for i, b64 in enumerate(req.images)]
     else:
-        blobs = await uploads(await read_form(request, s.max_images_per_request), s.max_images_per_request)
+        blobs = list(await uploads(await read_form(request, s.max_images_per_request), s.max_images_per_request))
     with state.coming():
         decoded = await decode_images(state, blobs)
     codes = await state.encode(torch.stack([d.pixels for d in decoded]))
-    return EmbedResponse(model=state.model.id, dim=state.model.z_dim, codes=codes.tolist())
+    assert isinstance(codes, np.ndarray)  # without k, encode returns the codes, not hits
+    return EmbedResponse(model=model.id, dim=model.z_dim, codes=codes.tolist())
