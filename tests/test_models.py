@@ -44,16 +44,19 @@ def test_shipped_model_loads_and_records_its_command_and_figures(folder):
 
 @pytest.mark.parametrize("folder", MODELS, ids=lambda p: p.name)
 def test_shipped_model_beats_its_architecture_untrained_and_raw_pixels(folder, data_dir):
-    # On 5,000 train / 1,000 test images of its data set, with the vectors it serves (its output,
-    # whitened when it whitens: the untrained encoder then gets the same whitening, fitted on its own
-    # vectors of these 5,000 train images, so that what is measured is what training did).
+    # On 5,000 train images (the bank) and the whole test split (10,000 queries) of its data set,
+    # with the vectors it serves (its output, whitened when it whitens: the untrained encoder then
+    # gets the same whitening, fitted on its own vectors of these 5,000 train images, so that what
+    # is measured is what training did). All 10,000 queries: on 1,000 an accuracy's standard error is
+    # ~1.3 points, as much as the gaps the 2-point margin below has to tell apart (issue 14: two
+    # Fashion-MNIST encoders ranked one way by the full eval and the other way on 1,000 queries).
     shipped = load_encoder(folder)
     torch.manual_seed(0)
     untrained = InferenceEncoder(shipped.config, build_encoder(shipped.config["arch"], **shipped.config["arch_kwargs"]))
     data = shipped.config["dataset"]
     train, train_y = load_dataset(data, data_dir, "train")
     test, test_y = load_dataset(data, data_dir, "test")
-    train, train_y, test, test_y = train[:5000], train_y[:5000], test[:1000], test_y[:1000]
+    train, train_y = train[:5000], train_y[:5000]
     if shipped.whitening is not None:
         record = shipped.config["whitening"]
         untrained.whitening = fit_whitening(untrained.embed(train), eps=record["eps"], dim=record["dim"])
@@ -80,20 +83,7 @@ def loss_weights(command: str) -> dict[str, float]:
     return weights
 
 
-# models/fmnist still comes from the beta-0 recipe (fmnist-cpu10.yaml). The three-term encoders
-# measured so far (fmnist-cpu10-dim.yaml) fail the test above: 10 minutes on this cpu2 (5 epochs),
-# raw, 0.781 against pixels' 0.774 on its 5,000 / 1,000 images; whitened, level with the untrained
-# encoder whitened the same way (0.872 against 0.866); the shipped encoder's 20 epochs, raw, 0.788
-# (beta 0: 0.798). docs/BENCHMARKS.md, issue 14.
-THREE_TERMS = [
-    pytest.param(f, marks=pytest.mark.xfail(strict=True, reason="models/fmnist is trained with beta 0 (issue 14)"))
-    if f.name == "fmnist"
-    else f
-    for f in MODELS
-]
-
-
-@pytest.mark.parametrize("folder", THREE_TERMS, ids=lambda p: p.name)
+@pytest.mark.parametrize("folder", MODELS, ids=lambda p: p.name)
 def test_shipped_model_has_all_three_terms_and_its_critic_pairs_each_code_with_its_image(folder, data_dir):
     """The product's method is global + local MI + prior: a shipped encoder trained with beta 0
     fails here, and so does one whose critic.json is missing (cannot explain) or untrained (scores
