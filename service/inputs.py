@@ -9,6 +9,7 @@ declared on the routes with :func:`request_body`.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any, Literal, TypeVar
 
 from anyio import to_thread
@@ -167,7 +168,7 @@ def parse_metadata_field(text: str, name: str) -> dict[str, Any]:
     return md
 
 
-async def decode_images(state: ServiceState, blobs: list[tuple[str, bytes | str]]) -> list[DecodedImage]:
+async def decode_images(state: ServiceState, blobs: Sequence[tuple[str, bytes | str]]) -> list[DecodedImage]:
     """Decode (base64 strings first) in the thread pool: PIL work never runs on the event loop."""
     model, s = state.model, state.settings
     assert model is not None  # the routes that decode take ReadyState: the model is loaded

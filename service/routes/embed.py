@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 from fastapi import APIRouter, Request
@@ -27,7 +29,7 @@ _MULTIPART = {"type": "object", "required": ["file"], "properties": {"file": fil
 async def embed(request: Request, state: ReadyState) -> EmbedResponse:
     s, model = state.settings, state.model
     assert model is not None  # ReadyState: the model is loaded
-    blobs: list[tuple[str, bytes | str]]
+    blobs: Sequence[tuple[str, bytes | str]]  # base64 strings from JSON, bytes from multipart
     if body_kind(request) == "json":
         req = await read_json(request, EmbedRequest)
         if len(req.images) > s.max_images_per_request:
@@ -36,7 +38,7 @@ async def embed(request: Request, state: ReadyState) -> EmbedResponse:
             )
         blobs = [(f"images[{i}]", b64) for i, b64 in enumerate(req.images)]
     else:
-        blobs = list(await uploads(await read_form(request, s.max_images_per_request), s.max_images_per_request))
+        blobs = await uploads(await read_form(request, s.max_images_per_request), s.max_images_per_request)
     with state.coming():
         decoded = await decode_images(state, blobs)
     codes = await state.encode(torch.stack([d.pixels for d in decoded]))
