@@ -21,13 +21,14 @@ from infomax.index.folders import check_target, folder_id, install_as_writer
 from infomax.index.inputs import metadata_rows, new_ids
 from infomax.index.record import RECORD_FILE, check_artifact
 from infomax.index.snapshot import INDEX_FILE, write_snapshot_tmp
+from infomax.index.state import IndexState
 from infomax.index.store import METADATA_FILE, connect, kv_set, transaction
 
-if TYPE_CHECKING:  # the front class, which mixes this one in
-    from infomax.index.embedding_index import EmbeddingIndex
+if TYPE_CHECKING:
+    from typing_extensions import Self  # EmbeddingIndex, which mixes this class in
 
 
-class Building:
+class Building(IndexState):
     """EmbeddingIndex.build (a mixin: ``cls`` is EmbeddingIndex)."""
 
     @classmethod
@@ -48,7 +49,7 @@ class Building:
         k: int = 10,
         durable: bool = True,
         prepare: Any = None,
-    ) -> EmbeddingIndex:
+    ) -> Self:
         """Build an index from ``vectors`` (n, dim).
 
         ``factory`` None -> :func:`choose_factory` (n, dim, ``memory_budget``).
@@ -88,7 +89,7 @@ class Building:
             self = cls._new(int(dim), factory, artifact, durable, tmpdir / METADATA_FILE if tmpdir else ":memory:")
             try:
                 self._build_into(raw, ids, metadata, budget, float(recall_target), int(seed), int(tune_queries), int(k), t_start)
-                if tmpdir is not None:
+                if tmpdir is not None and target is not None:
                     self._finish_build(tmpdir, target, prepare)
             except BaseException:
                 self.close()

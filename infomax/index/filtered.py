@@ -33,10 +33,9 @@ The matching ids of a filter are resolved once per state of the index: the last
 from __future__ import annotations
 
 import math
-import sqlite3
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import faiss
@@ -44,6 +43,7 @@ import numpy as np
 
 from infomax.index.faiss_ops import id_map_view
 from infomax.index.filters import Filter, as_filter, distinct_labels, matching_ids
+from infomax.index.state import IndexState
 from infomax.index.store import fetch_vectors
 
 # HNSW and IVF search exactly (exhaustively) when at most this many items match: choose_factory's
@@ -161,23 +161,9 @@ class MatchCache:
                 total -= len(self._items.popitem(last=False)[1].ids)
 
 
-class FilteredSearching:
-    """EmbeddingIndex's filtered searches (a mixin of ``Searching``: the attributes below are set
-    by ``EmbeddingIndex.__init__``; the callers hold ``_rw.read()`` around ``_filtered_locked``)."""
-
-    _index: Any
-    _kind: str
-    _dim: int
-    _rconn: sqlite3.Connection
-    _rconn_lock: Any
-    _generation: int
-    _matches: MatchCache
-    _quantizer_hnsw: bool
-    _no_selectors: bool
-
-    _check_open: Callable[[], None]
-    _param_value: Callable[[], int | None]
-    __len__: Callable[[], int]
+class FilteredSearching(IndexState):
+    """EmbeddingIndex's filtered searches (a mixin of ``Searching``: the state it reads is set by
+    ``EmbeddingIndex.__init__``; the callers hold ``_rw.read()`` around ``_filtered_locked``)."""
 
     # ----------------------------------------------------------------- the matching ids
 

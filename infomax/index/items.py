@@ -8,11 +8,12 @@ from typing import Any
 import numpy as np
 
 from infomax.index.inputs import MAX_ID, as_id_array
+from infomax.index.state import IndexState
 from infomax.index.store import chunks, first_free_id
 from infomax.validate import non_negative_int
 
 
-class Items:
+class Items(IndexState):
     """EmbeddingIndex's reads of the metadata store (a mixin: ``_rconn`` and ``_rconn_lock`` are
     set by ``EmbeddingIndex.__init__``)."""
 

@@ -17,6 +17,7 @@ from infomax.index.folders import lock_for_writing
 from infomax.index.locks import WriterLock
 from infomax.index.record import RECORD_FILE, read_record
 from infomax.index.snapshot import INDEX_FILE, read_snapshot
+from infomax.index.state import IndexState
 from infomax.index.store import (
     FILTER_INDEXES,
     METADATA_FILE,
@@ -27,14 +28,14 @@ from infomax.index.store import (
     transaction,
 )
 
-if TYPE_CHECKING:  # the front class, which mixes this one in
-    from infomax.index.embedding_index import EmbeddingIndex
+if TYPE_CHECKING:
+    from typing_extensions import Self  # EmbeddingIndex, which mixes this class in
 
 
 log = logging.getLogger(__name__)
 
 
-class Loading:
+class Loading(IndexState):
     """EmbeddingIndex.load (a mixin: ``cls`` is EmbeddingIndex)."""
 
     @classmethod
@@ -48,7 +49,7 @@ class Loading:
         read_only: bool = False,
         durable: bool = True,
         verify: bool | None = None,
-    ) -> EmbeddingIndex:
+    ) -> Self:
         """Open an index folder.
 
         ``mmap``: memory-map the FAISS data where the type allows it (flat codes,
@@ -101,7 +102,7 @@ class Loading:
         durable: bool,
         verify: bool | None,
         lock: WriterLock | None,
-    ) -> EmbeddingIndex:
+    ) -> Self:
         rec = read_record(folder / RECORD_FILE)
         dim = int(rec["dim"])
         if expected_dim is not None and int(expected_dim) != dim:
@@ -174,15 +175,15 @@ class Loading:
         )
         self._lock = lock
         try:
-            self._recover()
+            self._recover(folder)
         except BaseException:
             self.close()
             raise
         return self
 
-    def _recover(self) -> None:
-        """Replay log entries newer than the snapshot; reconcile fully if the
-        counts still disagree."""
+    def _recover(self, folder: Path) -> None:
+        """Replay log entries newer than the snapshot of ``folder`` (the one just opened); reconcile
+        fully if the counts still disagree."""
         with self._wmutex:
             conn, lock = (self._rconn, self._rconn_lock) if self._read_only else (self._conn, self._conn_lock)
             try:
@@ -209,7 +210,7 @@ class Loading:
                     self._apply_plan(plan)
                     if int(len(self)) != stored:
                         raise IndexLoadError(
-                            f"{self._path / INDEX_FILE}: holds {len(self)} items but {METADATA_FILE} holds {stored} and they cannot be reconciled"
+                            f"{folder / INDEX_FILE}: holds {len(self)} items but {METADATA_FILE} holds {stored} and they cannot be reconciled"
                         )
             except sqlite3.DatabaseError as e:
-                raise IndexLoadError(f"{self._path / METADATA_FILE}: corrupt or unreadable: {e}") from None
+                raise IndexLoadError(f"{folder / METADATA_FILE}: corrupt or unreadable: {e}") from None

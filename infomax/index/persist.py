@@ -15,6 +15,7 @@ from infomax.atomic import atomic_write_json, fsync_dir, fsync_file, temp_dir_be
 from infomax.index.folders import check_target, folder_id, install_as_writer, same_path
 from infomax.index.record import RECORD_FILE, now_iso
 from infomax.index.snapshot import INDEX_FILE, write_snapshot_tmp
+from infomax.index.state import IndexState
 from infomax.index.store import (
     METADATA_FILE,
     connect,
@@ -27,7 +28,7 @@ from infomax.index.store import (
 log = logging.getLogger(__name__)
 
 
-class Saving:
+class Saving(IndexState):
     """EmbeddingIndex's save / checkpoint (a mixin: the state it uses is set by
     ``EmbeddingIndex.__init__``)."""
 

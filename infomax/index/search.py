@@ -13,6 +13,7 @@ from infomax.index.filters import Filter, as_filter
 from infomax.index.inputs import MAX_ID
 
 _SINGLE_THREAD_BELOW = 4  # searches of fewer queries run FAISS on one OpenMP thread
+_faiss: Any = faiss  # the python wrappers take keywords faiss's type hints do not know
 
 
 class Searching(FilteredSearching):
@@ -28,21 +29,21 @@ class Searching(FilteredSearching):
             if p is None:
                 nprobe = int(value or 1)
                 if self._quantizer_hnsw:
-                    p = faiss.SearchParametersIVF(
-                        nprobe=nprobe, quantizer_params=faiss.SearchParametersHNSW(efSearch=max(64, 2 * nprobe))
+                    p = _faiss.SearchParametersIVF(
+                        nprobe=nprobe, quantizer_params=_faiss.SearchParametersHNSW(efSearch=max(64, 2 * nprobe))
                     )
                 else:
-                    p = faiss.SearchParametersIVF(nprobe=nprobe)
+                    p = _faiss.SearchParametersIVF(nprobe=nprobe)
                 self._params_cache[key] = p
             return p
         ef = max(int(value or 16), k)
         if self._tombstones:
             # IndexIDMap temporarily rewrites params.sel during a search: never share
-            return faiss.SearchParametersHNSW(efSearch=ef, sel=faiss.IDSelectorRange(0, MAX_ID))
+            return _faiss.SearchParametersHNSW(efSearch=ef, sel=faiss.IDSelectorRange(0, MAX_ID))
         key = ("hnsw", ef)
         p = self._params_cache.get(key)
         if p is None:
-            p = faiss.SearchParametersHNSW(efSearch=ef)
+            p = _faiss.SearchParametersHNSW(efSearch=ef)
             self._params_cache[key] = p
         return p
 

@@ -10,8 +10,10 @@ from typing import Any
 import faiss
 import numpy as np
 
+from infomax.index.state import IndexState
 
-class Tuning:
+
+class Tuning(IndexState):
     """EmbeddingIndex's search-parameter tuning, part of build (a mixin: the state it uses is set by
     ``EmbeddingIndex.__init__``)."""
 
@@ -75,6 +77,7 @@ class Tuning:
                     RuntimeWarning,
                     stacklevel=4,
                 )
+            assert chosen is not None  # cands is never empty and any recall beats -1: best_val is set
             out["search_params"] = {name: int(chosen)}
         self._info["search_params"] = out["search_params"]
         self._params_cache.clear()
