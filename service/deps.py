@@ -20,8 +20,7 @@ StateDep = Annotated[ServiceState, Depends(get_state)]
 
 def ready_state(state: StateDep) -> ServiceState:
     if not state.ready:
-        detail = f"model and index failed to load: {state.error}" if state.error else "model and index are loading"
-        raise ApiError(503, "not_ready", detail, headers={"Retry-After": "1"})
+        raise state.not_ready()
     return state
 
 

@@ -171,7 +171,6 @@ def parse_metadata_field(text: str, name: str) -> dict[str, Any]:
 async def decode_images(state: ServiceState, blobs: Sequence[tuple[str, bytes | str]]) -> list[DecodedImage]:
     """Decode (base64 strings first) in the thread pool: PIL work never runs on the event loop."""
     model, s = state.model, state.settings
-    assert model is not None  # the routes that decode take ReadyState: the model is loaded
 
     def work() -> list[DecodedImage]:
         return [

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from anyio import to_thread
+from anyio import CapacityLimiter, to_thread
 
 from infomax.artifact import load_encoder
 from infomax.discriminators import CRITICS
@@ -62,10 +62,12 @@ class ServiceState:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.metrics = Metrics()
-        self.model: ServingModel | None = None
-        self.index: EmbeddingIndex | None = None
-        self.images: ImageStore | None = None
-        self.batcher: Batcher | None = None
+        # Set together once loading succeeded; until then (or after stop) the properties below
+        # answer 503 not_ready, which is what the routes behind ReadyState never see.
+        self._model: ServingModel | None = None
+        self._index: EmbeddingIndex | None = None
+        self._batcher: Batcher[EncodeJob, np.ndarray | Hits | ApiError] | None = None
+        self.images: ImageStore | None = None  # None also when serving read-only without pictures
         # The artifact's local critic (POST /v1/search with explain): None, and why, when it has none.
         self.explainer: Explainer | None = None
         self.explain_critic: str | None = None
@@ -74,20 +76,58 @@ class ServiceState:
         self.error: str | None = None
         self._write_lock: asyncio.Lock | None = None
         self._coming = 0  # requests decoding images that they will submit to the batcher
-        self.decode_limiter = None  # anyio.CapacityLimiter, made on the event loop by start()
-        self.explain_limiter = None  # the same, for heat-map work (decoding k pictures + a forward pass)
+        self._decode_limiter: CapacityLimiter | None = None  # made on the event loop by start()
+        self._explain_limiter: CapacityLimiter | None = None  # the same, for heat-map work
         self._tasks: list[asyncio.Task] = []
+
+    # ----------------------------------------------------------------- what is served
+
+    def not_ready(self) -> ApiError:
+        """503 with why: still loading, or what failed."""
+        detail = f"model and index failed to load: {self.error}" if self.error else "model and index are loading"
+        return ApiError(503, "not_ready", detail, headers={"Retry-After": "1"})
+
+    @property
+    def model(self) -> ServingModel:
+        if self._model is None:
+            raise self.not_ready()
+        return self._model
+
+    @property
+    def index(self) -> EmbeddingIndex:
+        """The index served now (a read-only server's refresh may swap it for a rebuilt folder's:
+        code that makes several calls takes it once)."""
+        if self._index is None:
+            raise self.not_ready()
+        return self._index
+
+    @property
+    def batcher(self) -> Batcher[EncodeJob, np.ndarray | Hits | ApiError]:
+        if self._batcher is None:
+            raise self.not_ready()
+        return self._batcher
+
+    @property
+    def decode_limiter(self) -> CapacityLimiter:
+        """Bounds how many uploads are decoded at once (a decoded image can take max_image_pixels x
+        4 bytes before it is resized; the thread pool itself allows 40)."""
+        if self._decode_limiter is None:
+            raise self.not_ready()
+        return self._decode_limiter
+
+    @property
+    def explain_limiter(self) -> CapacityLimiter:
+        """The same for heat-map work (decoding k pictures and a forward pass)."""
+        if self._explain_limiter is None:
+            raise self.not_ready()
+        return self._explain_limiter
 
     # ----------------------------------------------------------------- lifecycle
 
     async def start(self) -> None:
-        from anyio import CapacityLimiter
-
         self._write_lock = asyncio.Lock()
-        # A decoded image can take max_image_pixels x 4 bytes before it is resized: bound how
-        # many are decoded at once (the thread pool itself allows 40).
-        self.decode_limiter = CapacityLimiter(max(2, self.settings.compute_threads * 2))
-        self.explain_limiter = CapacityLimiter(max(1, self.settings.compute_threads))
+        self._decode_limiter = CapacityLimiter(max(2, self.settings.compute_threads * 2))
+        self._explain_limiter = CapacityLimiter(max(1, self.settings.compute_threads))
         if self.settings.background_load:
             self._tasks.append(asyncio.create_task(self._load_and_refresh(raise_errors=False)))
         else:
@@ -105,23 +145,29 @@ class ServiceState:
         if self.settings.read_only and self.settings.refresh_s > 0:
             self._tasks.append(asyncio.create_task(self._refresh_loop()))
 
-    def _load(self) -> None:
+    def _paths(self) -> tuple[Path, Path]:
+        """The artifact and index folders the settings name."""
         s = self.settings
         if s.artifact is None:
             raise SettingError("no model: give --model ARTIFACT (or set INFOMAX_ARTIFACT)")
         if s.index is None:
             raise SettingError("no index: give --index INDEX_DIR (or set INFOMAX_INDEX)")
+        return Path(s.artifact), Path(s.index)
+
+    def _load(self) -> None:
+        s = self.settings
+        artifact, _ = self._paths()
         torch.set_num_threads(s.compute_threads)
-        model = ServingModel(load_encoder(s.artifact, "cpu"), optimize=s.optimize)
+        model = ServingModel(load_encoder(artifact, "cpu"), optimize=s.optimize)
         index = self._open_index(model)
         try:
             images = self._open_images(index)
         except BaseException:
             index.close()
             raise
-        self.model, self.index, self.images = model, index, images
-        self._load_explainer(model)
-        self.batcher = Batcher(
+        self._model, self._index, self.images = model, index, images
+        self._load_explainer(model, artifact)
+        self._batcher = Batcher(
             self._run_batch,
             max_batch_size=s.max_batch_size,
             max_wait_ms=s.max_wait_ms,
@@ -131,7 +177,7 @@ class ServiceState:
             initializer=self._init_batch_thread,
             pending=lambda: self._coming,
         )
-        self.metrics.track_index_size(lambda: len(self.index) if self.index is not None else 0)
+        self.metrics.track_index_size(lambda: len(self._index) if self._index is not None else 0)
         # torch, FastAPI and the loaded model leave a million long-lived objects behind; a full
         # cyclic-GC pass over them stalls every request for tens of ms (the p99 tail under load).
         # Freezing them moves them out of the collector's sight; garbage made later is still collected.
@@ -150,10 +196,9 @@ class ServiceState:
             ", read-only" if s.read_only else "",
         )
 
-    def _load_explainer(self, model: ServingModel) -> None:
+    def _load_explainer(self, model: ServingModel, path: Path) -> None:
         """The artifact's local critic, when it carries one. None is no error at startup: only a
         search asking for explain is refused (409), with the reason kept here (no server path in it)."""
-        path = Path(self.settings.artifact)
         try:
             self.explainer = Explainer.from_artifact(model.encoder, path)
         except ExplainUnavailable as e:
@@ -171,7 +216,7 @@ class ServiceState:
 
     def _open_index(self, model: ServingModel) -> EmbeddingIndex:
         s = self.settings
-        path = Path(s.index)
+        _, path = self._paths()
         missing = not path.exists() or (path.is_dir() and not any(path.iterdir()))
         if missing and s.create_index:
             if s.read_only:
@@ -195,10 +240,13 @@ class ServiceState:
         return index
 
     def _open_images(self, index: EmbeddingIndex) -> ImageStore | None:
+        folder = index.path
+        if folder is None:  # _open_index always gives a folder's index
+            raise SettingError("the served index is not bound to a folder")
         if not self.settings.read_only:
-            return ImageStore(index.path)
+            return ImageStore(folder)
         try:
-            return ImageStore(index.path, read_only=True)
+            return ImageStore(folder, read_only=True)
         except FileNotFoundError:
             return None  # an index built without pictures: /image answers 404
 
@@ -232,7 +280,7 @@ class ServiceState:
         except BaseException:
             index.close()
             raise
-        self.index, self.images = index, images
+        self._index, self.images = index, images
         log.info("index folder %s was replaced: now serving the new one (%d items)", index.path, len(index))
 
     async def stop(self) -> None:
@@ -243,10 +291,10 @@ class ServiceState:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        if self.batcher is not None:
-            await to_thread.run_sync(self.batcher.close)
-        if self.index is not None:
-            self.index.close()
+        if self._batcher is not None:
+            await to_thread.run_sync(self._batcher.close)
+        if self._index is not None:
+            self._index.close()
         if self.images is not None:
             self.images.close()
 
@@ -260,21 +308,19 @@ class ServiceState:
         codes = self.model.encode(x)
         bounds = np.cumsum([0] + [len(j.pixels) for j in jobs])
         results: list = [codes[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
-        want = [i for i, j in enumerate(jobs) if j.k is not None]
+        want = [(i, j.k) for i, j in enumerate(jobs) if j.k is not None]  # (job, its k)
         if want:
             # A code FAISS cannot compare (all zeros, NaN) fails its own request only.
-            rows = np.concatenate([results[i] for i in want])
+            rows = np.concatenate([results[i] for i, _ in want])
             norms = np.linalg.norm(rows, axis=1)
             usable = np.isfinite(norms) & (norms > 0)
-            kmax = max(jobs[i].k for i in want)
+            kmax = max(k for _, k in want)
             scores = np.full((len(rows), kmax), -np.inf, np.float32)
             ids = np.full((len(rows), kmax), -1, np.int64)
             # one FAISS search per distinct filter (most batches: one, unfiltered)
-            filters = {f.key: f for f in (jobs[i].filter for i in want) if f is not None}
-            row_filter = np.array(
-                [jobs[i].filter.key if jobs[i].filter is not None else "" for i in want for _ in range(len(results[i]))],
-                dtype=object,
-            )
+            filters = {f.key: f for f in (jobs[i].filter for i, _ in want) if f is not None}
+            keys = [f.key if (f := jobs[i].filter) is not None else "" for i, _ in want]
+            row_filter = np.array([key for (i, _), key in zip(want, keys) for _ in range(len(results[i]))])
             for key in ["", *filters]:
                 rows_of = usable & (row_filter == key)
                 if rows_of.any():
@@ -282,8 +328,8 @@ class ServiceState:
             # one metadata query for the whole batch rather than one per request
             found = {m["id"]: m for m in index.get_many(np.unique(ids[ids >= 0])) if m is not None}
             r = 0
-            for i in want:
-                n, k = len(results[i]), jobs[i].k
+            for i, k in want:
+                n = len(results[i])
                 if not usable[r : r + n].all():
                     results[i] = ApiError(
                         422,
@@ -307,11 +353,24 @@ class ServiceState:
         finally:
             self._coming -= 1
 
-    async def encode(self, pixels: torch.Tensor, k: int | None = None, filter: Filter | None = None) -> np.ndarray | Hits:  # noqa: A002
-        result = await self.batcher.submit(EncodeJob(pixels, k, filter), size=len(pixels))
+    async def _submit(self, job: EncodeJob) -> np.ndarray | Hits:
+        result = await self.batcher.submit(job, size=len(job.pixels))
         if isinstance(result, ApiError):
             raise result
         return result
+
+    async def encode(self, pixels: torch.Tensor) -> np.ndarray:
+        """The codes of ``pixels`` (n, C, S, S), encoded in the next batch."""
+        codes = await self._submit(EncodeJob(pixels))
+        assert isinstance(codes, np.ndarray)  # a job without k gets its codes only
+        return codes
+
+    async def encode_search(self, pixels: torch.Tensor, k: int, filter: Filter | None = None) -> Hits:  # noqa: A002
+        """The codes of ``pixels``, their ``k`` nearest items (among those ``filter`` matches) and the
+        items' metadata, all in the next batch."""
+        hits = await self._submit(EncodeJob(pixels, k, filter))
+        assert isinstance(hits, Hits)  # a job with k gets its hits
+        return hits
 
     def check_vector(self, vector: Sequence[float]) -> np.ndarray:
         v = np.asarray(vector, dtype=np.float64)
@@ -403,7 +462,7 @@ class ServiceState:
             code = explainer.codes(pixels[None])[0]
         elif vector is not None:
             code = torch.from_numpy(vector)
-        else:
+        elif item_id is not None:
             own = self.stored_pixels(item_id)
             if own is None:
                 raise ApiError(
@@ -414,12 +473,13 @@ class ServiceState:
                     f"or without explain",
                 )
             code = explainer.codes(own[None])[0]
-        pictures = [self.stored_pixels(i) for i in ids]
-        have = [n for n, p in enumerate(pictures) if p is not None]
+        else:
+            raise ValueError("explain takes the query as pixels, vector or item_id")
+        pictures = [(n, p) for n, i in enumerate(ids) if (p := self.stored_pixels(i)) is not None]
         out: list[dict | None] = [None] * len(ids)
-        if have:
-            maps = explainer.heatmaps(code, torch.stack([pictures[n] for n in have])).numpy()
-            for n, m in zip(have, maps):
+        if pictures:
+            maps = explainer.heatmaps(code, torch.stack([p for _, p in pictures])).numpy()
+            for (n, _), m in zip(pictures, maps):
                 out[n] = {
                     "h": int(m.shape[0]),
                     "w": int(m.shape[1]),

@@ -43,6 +43,7 @@ from infomax.imagestore import ImageStore
 from infomax.index import INDEX_FILE, EmbeddingIndex
 from service.app import create_app
 from service.batching import Batcher
+from service.errors import ApiError
 from service.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -718,9 +719,15 @@ def test_readiness_before_load_and_after_a_failed_load(tiny_artifact, writable):
     assert r.status_code == 503 and r.json()["code"] == "not_ready"
     r = c.post("/v1/search", json={"id": 1})
     assert r.status_code == 503 and r.json()["code"] == "not_ready"
+    # What is served is not there yet: reaching for it is the same 503, never a None to trip on.
+    for name in ("model", "index", "batcher", "decode_limiter"):
+        with pytest.raises(ApiError) as e:
+            getattr(app.state.service, name)
+        assert (e.value.status, e.value.code, e.value.message) == (503, "not_ready", "model and index are loading")
 
     (folder / INDEX_FILE).write_bytes(b"garbage, not a FAISS index")
-    with TestClient(create_app(Settings(artifact=tiny_artifact, index=folder, background_load=True))) as c:
+    app = create_app(Settings(artifact=tiny_artifact, index=folder, background_load=True))
+    with TestClient(app) as c:
         deadline = time.monotonic() + 20
         while "failed" not in c.get("/readyz").text and time.monotonic() < deadline:
             time.sleep(0.02)
@@ -728,6 +735,8 @@ def test_readiness_before_load_and_after_a_failed_load(tiny_artifact, writable):
         assert r.status_code == 503 and INDEX_FILE in r.json()["detail"]
         assert c.get("/healthz").status_code == 200
         assert c.post("/v1/search", json={"id": 1}).status_code == 503
+        with pytest.raises(ApiError, match=f"failed to load: .*{INDEX_FILE}"):
+            _ = app.state.service.index
 
 
 def test_startup_refuses_an_index_of_another_encoder(tiny_grey_artifact, writable):

@@ -28,11 +28,11 @@ async def healthz() -> Health:
 )
 async def readyz(state: StateDep):
     if not state.ready:
-        detail = f"model and index failed to load: {state.error}" if state.error else "model and index are loading"
+        e = state.not_ready()
         return JSONResponse(
-            ErrorBody(detail=detail, code="not_ready").model_dump(exclude_none=True),
-            status_code=503,
-            headers={"Retry-After": "1"},
+            ErrorBody(detail=e.message, code=e.code).model_dump(exclude_none=True),
+            status_code=e.status,
+            headers=e.headers,
         )
     return Readiness(model=state.model.id, items=len(state.index), read_only=state.settings.read_only)
 

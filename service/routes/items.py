@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 import torch
@@ -28,6 +29,7 @@ from service.inputs import (
 )
 from service.routes.common import to_item
 from service.schemas import MAX_CALLER_ID, MAX_ID, AddItemsRequest, Item, ItemDeleted, ItemMetadata, ItemsAdded, ItemSample
+from service.state import ServiceState
 
 router = APIRouter(prefix="/v1/items", tags=["items"], responses=ERROR_RESPONSES)
 
@@ -67,22 +69,26 @@ def _with_file_names(metadata: list[dict[str, Any]], names: list[str | None]) ->
     return [md if md.get("source") is not None or name is None else {**md, "source": name} for md, name in zip(metadata, names)]
 
 
-async def _parse_new_items(request: Request, state) -> tuple[list[tuple[str, Any]], list[int] | None, list[dict]]:
+async def _parse_new_items(
+    request: Request, state: ServiceState
+) -> tuple[Sequence[tuple[str, bytes | str]], list[int] | None, list[dict]]:
     s = state.settings
     limit = s.max_images_per_request
+    blobs: Sequence[tuple[str, bytes | str]]  # (name for messages, bytes or base64)
+    ids: list[int] | None
     if body_kind(request) == "json":
         req = await read_json(request, AddItemsRequest)
         if len(req.items) > limit:
             raise ApiError(422, "invalid_request", f"{len(req.items)} items in one request; the limit is {limit}")
         blobs = [(f"items[{i}].image", it.image) for i, it in enumerate(req.items)]
-        given = [it.id for it in req.items]
+        given = [it.id for it in req.items if it.id is not None]
         metadata = [
             _metadata(it.metadata.model_dump(exclude_none=True) if it.metadata else {}, f"items[{i}].metadata")
             for i, it in enumerate(req.items)
         ]
-        if all(i is None for i in given):
+        if not given:
             ids = None
-        elif any(i is None for i in given):
+        elif len(given) < len(req.items):
             raise ApiError(422, "invalid_request", "give an id for every item or for none")
         else:
             ids = given

@@ -5,7 +5,7 @@ where it agrees with the query (``explain``: the artifact's local critic, infoma
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, Literal
 
 from anyio import to_thread
 from fastapi import APIRouter, Request, Response
@@ -67,7 +67,9 @@ _EXPLAIN_RESPONSES: dict[int | str, dict] = {
     ),
 )
 async def search(request: Request, state: ReadyState) -> Response:
-    image = vector = item_id = None
+    image: tuple[str, bytes | str] | None = None  # (name for messages, bytes or base64)
+    vector: list[float] | None = None
+    item_id: int | None = None
     if body_kind(request) == "json":
         req = await read_json(request, SearchRequest)
         k = check_k(req.k, state)
@@ -90,11 +92,12 @@ async def search(request: Request, state: ReadyState) -> Response:
     if explain:
         check_explain(state, "image" if image is not None else "vector" if vector is not None else "id")
 
+    kind: Literal["image", "vector", "id"]
     if image is not None:
         kind = "image"
         with state.coming():
             decoded = await decode_images(state, [image])
-        hits = await state.encode(decoded[0].pixels[None], k=k, filter=flt)  # encoded, searched, looked up in the batch
+        hits = await state.encode_search(decoded[0].pixels[None], k, flt)  # encoded, searched, looked up in the batch
         scores, ids, metadata = hits.scores[0], hits.ids[0], hits.metadata[0]
         query: dict[str, Any] = {"pixels": decoded[0].pixels}
     elif vector is not None:
@@ -102,10 +105,12 @@ async def search(request: Request, state: ReadyState) -> Response:
         v = state.check_vector(vector)
         scores, ids, metadata = await to_thread.run_sync(state.search_vector, v, k, flt)
         query = {"vector": v}
-    else:
+    elif item_id is not None:
         kind = "id"
         scores, ids, metadata = await to_thread.run_sync(state.search_id, item_id, k, flt)
         query = {"item_id": item_id}
+    else:  # SearchRequest's validator and read_form's one file leave no other case
+        raise ApiError(422, "invalid_request", "give exactly one of image, vector, id")
     neighbors = to_neighbors(scores, ids, metadata)
     if explain:
         maps = await to_thread.run_sync(
