@@ -30,8 +30,7 @@ browser:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null; }
 
 # Lint, format and types first: a finding fails the run before the tests start (`ruff format .`
-# fixes the format). mypy checks the modules listed in pyproject.toml ([tool.mypy] files: the ones
-# that type-check clean today).
+# fixes the format). mypy checks every module of infomax, service and training (pyproject.toml).
 test: install browser
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .

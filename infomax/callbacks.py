@@ -6,14 +6,18 @@ import logging
 import shlex
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 
 from infomax.encoders import check_vectors
 from infomax.knn import knn_accuracy
 from infomax.validate import positive_int
+
+if TYPE_CHECKING:
+    from infomax.module import DeepInfoMax
 
 log = logging.getLogger(__name__)
 
@@ -55,14 +59,16 @@ class KNNMonitor(Callback):
         self.features = features
         self._warned = False
 
-    def _labelled(self, dm) -> bool:
+    def _labelled(self, dm: Any) -> bool:
+        val, train = getattr(dm, "val_labels", None), getattr(dm, "train_labels", None)
         ok = (
             dm is not None
-            and getattr(dm, "num_classes", 0)
-            and getattr(dm, "val_labels", None) is not None
-            and len(dm.val_labels) > 0
-            and bool((dm.val_labels >= 0).all())
-            and bool((dm.train_labels >= 0).all())
+            and getattr(dm, "num_classes", 0) > 0
+            and val is not None
+            and train is not None
+            and len(val) > 0
+            and bool((val >= 0).all())
+            and bool((train >= 0).all())
         )
         if not ok and not self._warned:
             self._warned = True
@@ -79,7 +85,7 @@ class KNNMonitor(Callback):
         codes = torch.cat([module(images[i].to(module.device), self.features) for i in idx.split(self.batch_size)])
         if world == 1:
             return codes.float()
-        gathered = module.all_gather(codes)  # (world, per_rank, d)
+        gathered = cast(torch.Tensor, module.all_gather(codes))  # (world, per_rank, d): a tensor in, a tensor out
         out = torch.empty(len(images), codes.shape[1], device=codes.device)
         for r in range(world):
             n_r = len(range(r, len(images), world))
@@ -89,7 +95,7 @@ class KNNMonitor(Callback):
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs:
             return
-        dm = trainer.datamodule
+        dm: Any = getattr(trainer, "datamodule", None)
         if not self._labelled(dm):
             return
         g = torch.Generator().manual_seed(self.seed)
@@ -136,16 +142,16 @@ class ExportArtifact(Callback):
             return
         target = self.target(trainer)  # on every rank: trainer.log_dir is a collective under DDP
         if trainer.is_global_zero:
-            self._export(trainer, pl_module, target)
+            self._export(trainer, cast("DeepInfoMax", pl_module), target)
 
-    def _export(self, trainer: pl.Trainer, pl_module: pl.LightningModule, target: Path) -> None:
+    def _export(self, trainer: pl.Trainer, pl_module: DeepInfoMax, target: Path) -> None:
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
         info: dict = {"metrics": metrics, "epochs": trainer.current_epoch, "steps": trainer.global_step}
         # The exported weights are the best checkpoint's: its score is the artifact's metric, and
         # the last epoch's figures are kept apart so the two are never confused.
         ckpt = trainer.checkpoint_callback
         state = None
-        if self.use_best and ckpt is not None and getattr(ckpt, "best_model_path", ""):
+        if self.use_best and isinstance(ckpt, ModelCheckpoint) and ckpt.best_model_path:
             saved = torch.load(ckpt.best_model_path, map_location="cpu", weights_only=True)
             state = saved["state_dict"]
             # relative to the run root, not this machine's path (an artifact travels; its record must not leak paths)
@@ -155,7 +161,7 @@ class ExportArtifact(Callback):
             info["metrics"] = {}
             if ckpt.monitor and ckpt.best_model_score is not None:
                 info["metrics"][ckpt.monitor] = float(ckpt.best_model_score)
-        dm = trainer.datamodule
+        dm = getattr(trainer, "datamodule", None)
         self.path = pl_module.export(
             target, state_dict=state, dataset=getattr(dm, "name", None), command=self.command, output=self.output, **info
         )

@@ -33,7 +33,19 @@ def _mlp_tail(hidden: int, n_layers: int) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-class ConcatCritic(nn.Module):
+class Critic(nn.Module):
+    """What the bounds need of a critic: ``forward`` for aligned pairs, ``pairs`` for all of them."""
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """x (..., dx), y (..., dy), leading dimensions broadcast -> one score per pair (...)."""
+        raise NotImplementedError
+
+    def pairs(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """x (N, dx), y (M, ..., dy) -> scores (N, M, ...): every x_i against every y_j."""
+        raise NotImplementedError
+
+
+class ConcatCritic(Critic):
     """T(x, y) = MLP([x, y]) with ``n_layers`` linear layers of width ``hidden``.
 
     The first layer on a concatenation is W [x, y] + b = W_x x + W_y y + b, so ``pairs`` computes
@@ -60,7 +72,7 @@ class ConcatCritic(nn.Module):
         return self.tail(hx + hy.unsqueeze(0)).squeeze(-1)
 
 
-class DotCritic(nn.Module):
+class DotCritic(Critic):
     """T(x, y) = <f(x), g(y)> / sqrt(d) with two-layer embeddings f and g of width ``hidden``.
 
     The 1/sqrt(d) keeps initial scores O(1) whatever the width.
@@ -107,13 +119,15 @@ class _Normalize(nn.Module):
         return nn.functional.normalize(x, dim=-1)
 
 
-CRITICS = {"concat": ConcatCritic, "dot": DotCritic, "cosine": CosineCritic}
+CRITICS: dict[str, type[Critic]] = {"concat": ConcatCritic, "dot": DotCritic, "cosine": CosineCritic}
 
 
-def build_critic(kind: str, x_dim: int, y_dim: int, hidden: int = 512, temperature: float = 0.1) -> nn.Module:
+def build_critic(kind: str, x_dim: int, y_dim: int, hidden: int = 512, temperature: float = 0.1) -> Critic:
     """``temperature`` is used by the ``cosine`` critic only."""
     if kind not in CRITICS:
         raise SettingError(f"critic={kind!r} is unknown; choose one of {sorted(CRITICS)}", setting="critic")
     if kind == "cosine":
         return CosineCritic(x_dim, y_dim, hidden=hidden, temperature=temperature)
-    return CRITICS[kind](x_dim, y_dim, hidden=hidden)
+    if kind == "dot":
+        return DotCritic(x_dim, y_dim, hidden=hidden)
+    return ConcatCritic(x_dim, y_dim, hidden=hidden)

@@ -85,7 +85,21 @@ def _conv_block(c_in: int, c_out: int, pool: bool, ceil_mode: bool = True) -> nn
     return nn.Sequential(*layers)
 
 
-class ConvEncoder(nn.Module):
+class Encoder(nn.Module):
+    """What the objective, the artifact and explain need of an encoder: the sizes below (set by
+    each architecture's ``__init__``) and ``forward(x, maps) -> EncoderOutput``."""
+
+    z_dim: int
+    local_channels: int  # c of C(x)
+    local_size: int  # h = w of C(x)
+    local_map: str  # the name of C(x) among map_channels
+    map_channels: dict[str, int]  # the channels of every map forward(x, maps=...) can return
+
+    def forward(self, x: torch.Tensor, maps: tuple[str, ...] = ()) -> EncoderOutput:
+        raise NotImplementedError
+
+
+class ConvEncoder(Encoder):
     """The reference CNN of the method.
 
     ``n_blocks`` x [conv3x3 - BN - LeakyReLU(0.2) - maxpool 2] -> local map (4x4 at 28, 32 or 64 px),
@@ -171,7 +185,7 @@ class ConvEncoder(nn.Module):
         return EncoderOutput(local, self.mu(h), self.logvar(h), found, h)
 
 
-class ResNet18Encoder(nn.Module):
+class ResNet18Encoder(Encoder):
     """torchvision's ResNet-18 with a CIFAR stem (3x3 first conv, stride 1, no max-pool).
 
     The local map is the output of ``local_stage`` (``layer3`` by default: 8x8x256 at 32 px); the
@@ -220,10 +234,10 @@ class ResNet18Encoder(nn.Module):
         return EncoderOutput(local, self.mu(h), self.logvar(h), found, h)
 
 
-ARCHITECTURES: dict[str, type[nn.Module]] = {"conv": ConvEncoder, "resnet18": ResNet18Encoder}
+ARCHITECTURES: dict[str, type[Encoder]] = {"conv": ConvEncoder, "resnet18": ResNet18Encoder}
 
 
-def build_encoder(arch: str, **kwargs) -> nn.Module:
+def build_encoder(arch: str, **kwargs) -> Encoder:
     """Builds an encoder by name; unknown names raise ``ValueError`` listing the known ones."""
     if arch not in ARCHITECTURES:
         raise SettingError(f"arch={arch!r} is not a known architecture; choose one of {sorted(ARCHITECTURES)}", setting="arch")

@@ -6,6 +6,7 @@ import copy
 import json
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import pytorch_lightning as pl
 import torch
@@ -16,6 +17,9 @@ from infomax.encoders import build_encoder, check_maps
 from infomax.errors import SettingError, UserError
 from infomax.objective import DIMObjective
 from infomax.transforms import Normalize
+
+if TYPE_CHECKING:
+    from lightning_fabric.utilities.data import AttributeDict
 
 
 class NonFiniteLossError(UserError, FloatingPointError):
@@ -151,16 +155,22 @@ class DeepInfoMax(pl.LightningModule):
         self._first_bad_step: torch.Tensor | None = None
         self._compiled: tuple | None = None  # (encoder, objective) compiled, kept out of the state dict
 
+    @property
+    def hp(self) -> AttributeDict:
+        """The ``__init__`` arguments as save_hyperparameters() recorded them (what ``hparams`` is,
+        typed so that attribute reads type-check)."""
+        return cast("AttributeDict", self.hparams)
+
     def setup(self, stage: str) -> None:
-        if self.hparams.channels_last:
+        if self.hp.channels_last:
             self.to(memory_format=torch.channels_last)  # parameters keep their identity: optimisers see them
-        if self.hparams.compile and self._compiled is None:
+        if self.hp.compile and self._compiled is None:
             self._compiled = (torch.compile(self.encoder), torch.compile(self.objective))
 
     # -- the encoder as the rest of the product sees it ------------------------------------------
     def encoder_config(self) -> dict:
         """What a serving artifact needs to rebuild the encoder without this module."""
-        hp = self.hparams
+        hp = self.hp
         return {
             "arch": hp.arch,
             "arch_kwargs": {
@@ -206,7 +216,7 @@ class DeepInfoMax(pl.LightningModule):
             critic = copy.deepcopy(critic)
             prefix = "objective.local_critic."
             critic.load_state_dict({k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)})
-        hp = self.hparams
+        hp = self.hp
         sha = json.loads((folder / "encoder.json").read_text())["weights_sha256"]
         save_local_critic(
             critic,
@@ -233,7 +243,7 @@ class DeepInfoMax(pl.LightningModule):
         encoder, objective = self._compiled or (self.encoder, self.objective)
         x = images.float().div_(255.0) if images.dtype == torch.uint8 else images
         maps = {"maps": self._maps} if self._maps else {}
-        if self.hparams.views == 2:
+        if self.hp.views == 2:
             # One encoder pass over both views: batch norm sees them together, and half the launches.
             both = self._prepare(torch.cat([self.augment(x), self.augment(x)]))
             out = encoder(both, **maps)
@@ -243,7 +253,7 @@ class DeepInfoMax(pl.LightningModule):
 
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
         x = self.normalize(x)
-        return x.contiguous(memory_format=torch.channels_last) if self.hparams.channels_last else x
+        return x.contiguous(memory_format=torch.channels_last) if self.hp.channels_last else x
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         losses = self._losses(batch)
@@ -276,7 +286,7 @@ class DeepInfoMax(pl.LightningModule):
         self._first_bad_step = torch.where(
             bad & (self._first_bad_step < 0), torch.full_like(self._first_bad_step, step), self._first_bad_step
         )
-        if loss.device.type == "cpu" or step % self.hparams.nonfinite_check_every == 0:
+        if loss.device.type == "cpu" or step % self.hp.nonfinite_check_every == 0:
             self.raise_if_nonfinite()
 
     def raise_if_nonfinite(self) -> None:
@@ -284,21 +294,21 @@ class DeepInfoMax(pl.LightningModule):
             raise NonFiniteLossError(
                 f"the training loss became NaN or infinite at step {first} (epoch {self.current_epoch}); "
                 f"training stopped so that no NaN model is exported. Try a lower learning rate "
-                f"(model.lr={self.hparams.lr}), precision 32, or check the input data."
+                f"(model.lr={self.hp.lr}), precision 32, or check the input data."
             )
 
     def on_train_epoch_end(self) -> None:
         self.raise_if_nonfinite()
 
     def configure_optimizers(self):
-        opt = torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
-        if self.hparams.lr_schedule == "constant" and not self.hparams.lr_warmup:
+        opt = torch.optim.Adam(self.parameters(), lr=self.hp.lr, weight_decay=self.hp.weight_decay)
+        if self.hp.lr_schedule == "constant" and not self.hp.lr_warmup:
             return opt
         total = max(1, int(self.trainer.estimated_stepping_batches))
         timer = next((cb for cb in self.trainer.callbacks if isinstance(cb, Timer)), None)
 
-        warmup = self.hparams.lr_warmup
-        cosine = self.hparams.lr_schedule == "cosine"
+        warmup = self.hp.lr_warmup
+        cosine = self.hp.lr_schedule == "cosine"
 
         def factor(step: int) -> float:
             frac = run_progress(step, total, timer)

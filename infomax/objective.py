@@ -7,12 +7,12 @@ the very same computation.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import torch
 from torch import nn
 
-from infomax.discriminators import build_critic
+from infomax.discriminators import Critic, build_critic
 from infomax.encoders import EncoderOutput
 from infomax.errors import SettingError
 from infomax.estimators import derangement, get_estimator, off_diagonal
@@ -109,6 +109,7 @@ class DIMObjective(nn.Module):
         self.adversarial = AdversarialPrior(z_dim) if prior == "adversarial" and gamma > 0 else None
         self.delta, self.score_penalty, self.score_clip = delta, score_penalty, score_clip
         # Created only when used, so that checkpoints without these options keep their keys.
+        self.extra_critics: nn.ModuleList | None
         if extra_channels and beta > 0:
             self.extra_critics = nn.ModuleList(
                 build_critic(critic, z_dim, c, critic_hidden, critic_temperature) for c in extra_channels
@@ -137,13 +138,14 @@ class DIMObjective(nn.Module):
         z = reparameterize(out.mu, out.logvar)
         off = (z.new_zeros(()), None)
         if other is None:
-            glob = self._global(z, z) if self.global_critic is not None else off
+            glob = self._global(z, z, self.global_critic) if self.global_critic is not None else off
             local = self._local(z, out.local, self.local_critic) if self.local_critic is not None else off
             prior = self._prior(z, out)
-            extra = [self._local(z, m, c) for m, c in zip(out.maps, self.extra_critics or ())]
+            extra = [self._local(z, m, c) for m, c in zip(out.maps, self._extra_critics())]
         else:
             z2 = reparameterize(other.mu, other.logvar)
-            glob = _both(self._global(z, z2), self._global(z2, z)) if self.global_critic is not None else off
+            g = self.global_critic
+            glob = _both(self._global(z, z2, g), self._global(z2, z, g)) if g is not None else off
             local = (
                 _both(self._local(z, other.local, self.local_critic), self._local(z2, out.local, self.local_critic))
                 if self.local_critic is not None
@@ -152,15 +154,18 @@ class DIMObjective(nn.Module):
             prior = 0.5 * (self._prior(z, out) + self._prior(z2, other))
             extra = [
                 _both(self._local(z, m2, c), self._local(z2, m1, c))
-                for m1, m2, c in zip(out.maps, other.maps, self.extra_critics or ())
+                for m1, m2, c in zip(out.maps, other.maps, self._extra_critics())
             ]
         if extra:  # the local term over every scale: C(x)'s bound and each extra map's, averaged
             local = _mean([local, *extra])
         (global_mi, global_pen), (local_mi, local_pen) = glob, local
         loss = -self.alpha * global_mi - self.beta * local_mi + self.gamma * prior
         local_local_mi = penalty = None
-        if self.local_local_critic is not None:
-            local_local_mi, ll_pen = _both(self._local_local(out.local, other.local), self._local_local(other.local, out.local))
+        if self.local_local_critic is not None and other is not None:  # forward refused one view above
+            c = self.local_local_critic
+            local_local_mi, ll_pen = _both(
+                self._local_local(out.local, other.local, c), self._local_local(other.local, out.local, c)
+            )
             loss = loss - self.delta * local_local_mi
             local_local_mi = local_local_mi.detach()
         if self.score_penalty > 0:
@@ -171,6 +176,10 @@ class DIMObjective(nn.Module):
             loss = loss + penalty
             penalty = penalty.detach()
         return Losses(loss, global_mi.detach(), local_mi.detach(), prior.detach(), local_local_mi, penalty)
+
+    def _extra_critics(self) -> Sequence[Critic]:
+        """The critics of the extra maps, in the encoder's order (a ModuleList holds only critics)."""
+        return cast(Sequence[Critic], self.extra_critics or ())
 
     def _prior(self, z: torch.Tensor, out: EncoderOutput) -> torch.Tensor:
         if self.gamma == 0:
@@ -193,18 +202,18 @@ class DIMObjective(nn.Module):
         # P-fold (the same values as clipping the expansion, at 1/P of the memory).
         return soft_clip(scores, self.score_clip) if self.score_clip > 0 else scores
 
-    def _global(self, z: torch.Tensor, target: torch.Tensor):
+    def _global(self, z: torch.Tensor, target: torch.Tensor, critic: Critic):
         """Positive: T(z_i, target_i); negatives: T(z_i, target_j), j != i. (bound, penalty)."""
         if self.negatives == "one":
             perm = derangement(z.shape[0], device=z.device)
-            pos = self.global_critic(z, target)
-            neg = self.global_critic(z, target[perm])
+            pos = critic(z, target)
+            neg = critic(z, target[perm])
             return self._bound(self.global_bound, pos, neg.unsqueeze(-1), (pos, neg))
-        raw = self.global_critic.pairs(z, target)  # (N, N): [i, j] = T(z_i, target_j)
+        raw = critic.pairs(z, target)  # (N, N): [i, j] = T(z_i, target_j)
         scores = self._clip(raw)
         return self._bound(self.global_bound, scores.diagonal(), off_diagonal(scores), (raw,), clipped=True)
 
-    def _local(self, z: torch.Tensor, local: torch.Tensor, critic: nn.Module):
+    def _local(self, z: torch.Tensor, local: torch.Tensor, critic: Critic):
         """z (N, d) against every position of ``local`` (N, c, h, w) through ``critic``: positive
         T(z_i, local_i,q), negatives from other images. (bound, penalty)."""
         feats = local.flatten(2).transpose(1, 2)  # (N, P, c): one vector per position
@@ -222,13 +231,13 @@ class DIMObjective(nn.Module):
         neg = off_diagonal(scores).transpose(1, 2).reshape(n, 1, -1).expand(n, p, -1)
         return self._bound(self.local_bound, pos, neg, (raw,), clipped=True)
 
-    def _local_local(self, source: torch.Tensor, target: torch.Tensor):
+    def _local_local(self, source: torch.Tensor, target: torch.Tensor, critic: Critic):
         """AMDIM's 5->5: one random position of each image's ``source`` map (N, c, h, w) against
         every position of its ``target`` map (the other view), as the local term pairs z."""
         n, c = source.shape[:2]
         at = torch.randint(source.shape[2] * source.shape[3], (n,), device=source.device)
         vec = source.flatten(2)[torch.arange(n, device=source.device), :, at]  # (N, c)
-        return self._local(vec, target, self.local_local_critic)
+        return self._local(vec, target, critic)
 
 
 def _both(a, b):

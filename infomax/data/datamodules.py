@@ -125,7 +125,7 @@ class InMemoryDataModule(pl.LightningDataModule):
         logger.info(
             "%s: %d train, %d val, %d test images",
             self.name,
-            len(self.train_images),
+            len(splits.train_images),
             0 if self.val_images is None else len(self.val_images),
             0 if self.test_images is None else len(self.test_images),
         )
@@ -137,7 +137,7 @@ class InMemoryDataModule(pl.LightningDataModule):
     # -- loaders ----------------------------------------------------------------------------
     def _loader(self, images: torch.Tensor | None, labels: torch.Tensor | None, train: bool = False) -> DataLoader | list:
         self._ensure_loaded()
-        if images is None or len(images) == 0:
+        if images is None or labels is None or len(images) == 0:  # setup sets both or neither
             return []
         drop_last = train
         if train and len(images) < self.batch_size:
@@ -163,16 +163,17 @@ class InMemoryDataModule(pl.LightningDataModule):
         whole train split is copied to the GPU once and batches are sliced there."""
         self._ensure_loaded()
         trainer = getattr(self, "trainer", None)
+        images, labels = self.train_images, self.train_labels
         if self.on_device and trainer is not None and trainer.strategy.root_device.type != "cpu":
-            if len(self.train_images) < self.batch_size * trainer.world_size:
+            if images is None or labels is None or len(images) < self.batch_size * trainer.world_size:
                 raise SettingError(
-                    f"{self.name}: {len(self.train_images)} train images are too few for batch_size="
+                    f"{self.name}: {0 if images is None else len(images)} train images are too few for batch_size="
                     f"{self.batch_size} on {trainer.world_size} device(s) with on_device=True",
                     setting="batch_size",
                 )
             return DeviceBatches(
-                self.train_images,
-                self.train_labels,
+                images,
+                labels,
                 self.batch_size,
                 trainer.strategy.root_device,
                 seed=self.seed,
@@ -395,13 +396,18 @@ class ImageFolder(InMemoryDataModule):
 
     @property
     def mean(self) -> tuple[float, ...]:
-        self._ensure_loaded()
-        return self._mean
+        return self._stats()[0]
 
     @property
     def std(self) -> tuple[float, ...]:
+        return self._stats()[1]
+
+    def _stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """The train split's channel mean and std (measured by _load)."""
         self._ensure_loaded()
-        return self._std
+        if self._mean is None or self._std is None:  # _load measures them, or raises
+            raise DataError(f"{self.path}: no train images to measure the channel statistics on")
+        return self._mean, self._std
 
     @property
     def num_classes(self) -> int:

@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 # --------------------------------------------------------------------------------------------
 
 # idx type codes (third byte of the magic number) -> big-endian numpy dtype.
-_IDX_DTYPES = {
+_IDX_DTYPES: dict[int, np.dtype] = {
     0x08: np.dtype(">u1"),
     0x09: np.dtype(">i1"),
     0x0B: np.dtype(">i2"),
@@ -109,9 +109,9 @@ def _load_idx_dataset(
     if download and None in files:
         downloader(root, split)
         files = [_idx_file(raw, stem) for stem in stems]
-    if None in files:
-        raise DataNotFoundError(raw, [f"{stem}[.gz]" for stem in stems])
     image_file, label_file = files
+    if image_file is None or label_file is None:
+        raise DataNotFoundError(raw, [f"{stem}[.gz]" for stem in stems])
     images, labels = read_idx(image_file), read_idx(label_file)
     if images.ndim != 3 or images.dtype != np.uint8:
         raise DataError(f"{image_file}: expected uint8 images [N, H, W], got {images.dtype} {list(images.shape)}")
@@ -160,7 +160,7 @@ def _numpy_multiarray(name: str) -> Callable[[], Any]:
         try:  # numpy >= 2 moved the internals; importing numpy.core would warn there
             from numpy._core import multiarray
         except ImportError:  # pragma: no cover - numpy 1.x
-            from numpy.core import multiarray
+            from numpy.core import multiarray  # type: ignore[no-redef]
         return getattr(multiarray, name)
 
     return get
