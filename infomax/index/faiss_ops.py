@@ -11,6 +11,8 @@ import numpy as np
 from infomax.errors import SettingError
 
 TOMBSTONE = -2  # id-map value of a removed HNSW entry (never a valid id)
+# faiss untyped: its python wrappers take arguments (keywords, arrays) faiss's type hints do not know
+untyped_faiss: Any = faiss
 
 
 def index_kind(index: Any) -> str:

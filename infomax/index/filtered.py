@@ -42,6 +42,7 @@ import faiss
 import numpy as np
 
 from infomax.index.faiss_ops import id_map_view
+from infomax.index.faiss_ops import untyped_faiss as _faiss
 from infomax.index.filters import Filter, as_filter, distinct_labels, matching_ids
 from infomax.index.state import IndexState
 from infomax.index.store import fetch_vectors
@@ -54,7 +55,6 @@ CACHE_IDS = 4_000_000  # ... holding at most this many ids in all (32 MB)
 _EXACT_CHUNK = 4096  # vectors scored at once on the exact path (bounds its memory)
 _HNSW_WIDENINGS = 2  # x4 each, before the short rows go exact
 _BITMAP_BYTES_PER_ID, _BITMAP_BYTES_FREE = 16, 1 << 16  # a bitmap selector up to this size (a hash set's)
-_faiss: Any = faiss  # the python wrappers take arguments (keywords, arrays) faiss's type hints do not know
 
 
 class Match:

@@ -8,12 +8,12 @@ from typing import Any
 import faiss
 import numpy as np
 
+from infomax.index.faiss_ops import untyped_faiss as _faiss
 from infomax.index.filtered import FilteredSearching, Match
 from infomax.index.filters import Filter, as_filter
 from infomax.index.inputs import MAX_ID
 
 _SINGLE_THREAD_BELOW = 4  # searches of fewer queries run FAISS on one OpenMP thread
-_faiss: Any = faiss  # the python wrappers take keywords faiss's type hints do not know
 
 
 class Searching(FilteredSearching):
