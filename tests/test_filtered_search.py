@@ -14,6 +14,7 @@ import pytest
 
 from infomax.index import METADATA_FILE, EmbeddingIndex
 from infomax.index import filtered as filtered_mod
+from infomax.index import matches as matches_mod
 from infomax.index.filters import MAX_CONDITIONS, MAX_IN_VALUES, parse_filter
 
 N, DIM, K = 3000, 16, 10
@@ -443,8 +444,8 @@ def test_sparse_ids_as_folders_have_them(factory):
             assert_same_neighbours(D, I, *brute_force(x, ids, allowed, x[:8], K))
     finally:
         index.close()
-    assert isinstance(filtered_mod.Match(ids[:100], 0).selector(), faiss.IDSelectorBatch)
-    assert isinstance(filtered_mod.Match(np.arange(0, 3000, 3, dtype=np.int64), 0).selector(), faiss.IDSelectorBitmap)
+    assert isinstance(matches_mod.Match(ids[:100], 0).selector(), faiss.IDSelectorBatch)
+    assert isinstance(matches_mod.Match(np.arange(0, 3000, 3, dtype=np.int64), 0).selector(), faiss.IDSelectorBitmap)
 
 
 def test_hnsw_tombstones_never_count_as_matches_whatever_the_ids():

@@ -9,7 +9,6 @@ import copy
 import logging
 import os
 import sqlite3
-import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -23,15 +22,12 @@ from infomax.index.faiss_ops import (
     TOMBSTONE,
     count_tombstones,
     id_map_view,
-    index_kind,
     new_faiss_index,
 )
-from infomax.index.filtered import MatchCache
 from infomax.index.folders import folder_id
 from infomax.index.inputs import MAX_ID, as_id_array, metadata_rows, new_ids, normalized
 from infomax.index.items import Items
 from infomax.index.load import Loading
-from infomax.index.locks import RWLock, WriterLock
 from infomax.index.oplog import Plan, catch_up, log_entry
 from infomax.index.persist import Saving
 from infomax.index.record import base_record, check_artifact
@@ -65,52 +61,6 @@ class EmbeddingIndex(Loading, Saving, Building, Tuning, Searching, Items):
     """
 
     # ------------------------------------------------------------------ construction
-
-    def __init__(
-        self,
-        *,
-        index: Any,
-        info: dict,
-        path: Path | None,
-        conn: sqlite3.Connection,
-        read_conn: sqlite3.Connection | None,
-        read_only: bool,
-        durable: bool,
-        mmapped: bool,
-        applied_seq: int,
-        logging_enabled: bool,
-    ) -> None:
-        # Private: use create(), build() or load().
-        self._index = index
-        self._kind = index_kind(index)
-        self._info = info
-        self._dim = int(info["dim"])
-        self._path = path
-        self._conn = conn
-        self._rconn = read_conn if read_conn is not None else conn
-        self._read_only = read_only
-        self._durable = durable
-        self._mmapped = mmapped
-        self._applied_seq = int(applied_seq)
-        self._logging = logging_enabled
-        self._tombstones = count_tombstones(index, self._kind)
-        self._rw = RWLock()
-        self._wmutex = threading.RLock()
-        self._conn_lock = threading.RLock()
-        self._rconn_lock = self._conn_lock if self._rconn is conn else threading.Lock()
-        self._closed = False
-        self._lock: WriterLock | None = None  # held by a writable instance bound to a folder
-        self._folder_id: tuple[int, int] | None = folder_id(path) if path is not None else None
-        self._params_cache: dict[Any, Any] = {}
-        # Filtered search: resolved filters are kept while _generation stays (each change of the
-        # FAISS structure bumps it, under the write lock).
-        self._generation = 0
-        self._matches = MatchCache()
-        self._no_selectors = False  # set when the FAISS type's search refuses an id selector
-        self._quantizer_hnsw = False
-        if self._kind == "ivf":
-            ivf = faiss.extract_index_ivf(index)
-            self._quantizer_hnsw = isinstance(faiss.downcast_index(ivf.quantizer), faiss.IndexHNSW)
 
     @classmethod
     def create(

@@ -9,9 +9,10 @@ import faiss
 import numpy as np
 
 from infomax.index.faiss_ops import untyped_faiss as _faiss
-from infomax.index.filtered import FilteredSearching, Match
+from infomax.index.filtered import FilteredSearching
 from infomax.index.filters import Filter, as_filter
 from infomax.index.inputs import MAX_ID
+from infomax.index.matches import Match
 
 _SINGLE_THREAD_BELOW = 4  # searches of fewer queries run FAISS on one OpenMP thread
 

@@ -1,82 +1,91 @@
-"""IndexState: what EmbeddingIndex's mixins share, declared once for the type checker.
+"""IndexState: the state EmbeddingIndex's mixins share, set in one place.
 
 ``EmbeddingIndex`` (``embedding_index.py``) is one class split into files by purpose: loading,
-saving, building, tuning, searching and item reads are mixins that read the state its
-``__init__`` sets and call each other's methods. Each mixin derives from this class, so mypy
-checks every such use against one declaration, and every definition against it too (a mixin's
-method must keep the signature declared here).
+saving, building, tuning, searching and item reads are mixins that read the state set here and
+call each other's methods. Each mixin derives from this class, so mypy checks every such use
+against one ``__init__`` and one set of declarations, and every definition against them too (a
+mixin's method must keep the signature declared here).
 
-Nothing here exists at run time: the attributes are bare annotations (no class attribute is
-created) and the methods are declared under ``TYPE_CHECKING`` only, so a method no class defines
-raises AttributeError as before instead of silently returning None from a stub.
+The methods one mixin calls on another are declared under ``TYPE_CHECKING`` only, so a method no
+class defines raises AttributeError as before instead of silently returning None from a stub.
 """
 
 from __future__ import annotations
 
 import sqlite3
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import faiss
+
+from infomax.index.faiss_ops import count_tombstones, index_kind
+from infomax.index.folders import folder_id
+from infomax.index.locks import RWLock, WriterLock
+from infomax.index.matches import MatchCache
 
 if TYPE_CHECKING:
     import _thread
     import os
-    import threading
 
     import numpy as np
     from typing_extensions import Self
 
-    from infomax.index.filtered import Match, MatchCache
     from infomax.index.filters import Filter
-    from infomax.index.locks import RWLock, WriterLock
+    from infomax.index.matches import Match
     from infomax.index.oplog import Plan
 
 
 class IndexState:
-    """The state ``EmbeddingIndex.__init__`` sets (see there for what each holds) and the methods
-    one mixin calls on another."""
+    """The state of an EmbeddingIndex and the methods one mixin calls on another."""
 
-    _index: Any  # the FAISS index (an IndexIDMap2 around the chosen type)
-    _kind: str  # "flat", "ivf", "hnsw", ...: faiss_ops.index_kind
-    _info: dict[str, Any]  # the build record, index.json's content
-    _dim: int
-    _path: Path | None  # the bound folder; None for an index in memory
-    _conn: sqlite3.Connection  # the writer's connection
-    _rconn: sqlite3.Connection  # the readers' connection (the writer's when in memory)
-    _read_only: bool
-    _durable: bool
-    _mmapped: bool
-    _applied_seq: int  # the last log entry the FAISS structure holds
-    _logging: bool
-    _tombstones: int
-    _rw: RWLock
-    _wmutex: threading.RLock
-    _conn_lock: threading.RLock
-    _rconn_lock: threading.RLock | _thread.LockType
-    _closed: bool
-    _lock: WriterLock | None
-    _folder_id: tuple[int, int] | None
-    _params_cache: dict[Any, Any]
-    _generation: int
-    _matches: MatchCache
-    _no_selectors: bool
-    _quantizer_hnsw: bool
+    def __init__(
+        self,
+        *,
+        index: Any,
+        info: dict[str, Any],
+        path: Path | None,
+        conn: sqlite3.Connection,
+        read_conn: sqlite3.Connection | None,
+        read_only: bool,
+        durable: bool,
+        mmapped: bool,
+        applied_seq: int,
+        logging_enabled: bool,
+    ) -> None:
+        # Private: use EmbeddingIndex.create(), build() or load().
+        self._index: Any = index  # the FAISS index (an IndexIDMap2 around the chosen type)
+        self._kind: str = index_kind(index)  # "flat", "ivf", "hnsw", ...
+        self._info = info  # the build record, index.json's content
+        self._dim = int(info["dim"])
+        self._path = path  # the bound folder; None for an index in memory
+        self._conn = conn  # the writer's connection
+        self._rconn = read_conn if read_conn is not None else conn  # the readers' (the writer's in memory)
+        self._read_only = read_only
+        self._durable = durable
+        self._mmapped = mmapped
+        self._applied_seq = int(applied_seq)  # the last log entry the FAISS structure holds
+        self._logging = logging_enabled
+        self._tombstones = count_tombstones(index, self._kind)
+        self._rw = RWLock()
+        self._wmutex = threading.RLock()
+        self._conn_lock = threading.RLock()
+        self._rconn_lock: threading.RLock | _thread.LockType = self._conn_lock if self._rconn is conn else threading.Lock()
+        self._closed = False
+        self._lock: WriterLock | None = None  # held by a writable instance bound to a folder
+        self._folder_id: tuple[int, int] | None = folder_id(path) if path is not None else None
+        self._params_cache: dict[Any, Any] = {}
+        # Filtered search: resolved filters are kept while _generation stays (each change of the
+        # FAISS structure bumps it, under the write lock).
+        self._generation = 0
+        self._matches = MatchCache()
+        self._no_selectors = False  # set when the FAISS type's search refuses an id selector
+        self._quantizer_hnsw = False
+        if self._kind == "ivf":
+            ivf = faiss.extract_index_ivf(index)
+            self._quantizer_hnsw = isinstance(faiss.downcast_index(ivf.quantizer), faiss.IndexHNSW)
 
     if TYPE_CHECKING:
-
-        def __init__(
-            self,
-            *,
-            index: Any,
-            info: dict[str, Any],
-            path: Path | None,
-            conn: sqlite3.Connection,
-            read_conn: sqlite3.Connection | None,
-            read_only: bool,
-            durable: bool,
-            mmapped: bool,
-            applied_seq: int,
-            logging_enabled: bool,
-        ) -> None: ...
 
         def __len__(self) -> int: ...
 
