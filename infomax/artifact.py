@@ -40,7 +40,7 @@ from infomax.errors import SettingError, UserError
 from infomax.identity import artifact_id, served_dim
 from infomax.transforms import Normalize
 from infomax.whitening import WHITENING as WHITENING_FILE
-from infomax.whitening import Whitening, load_whitening, remove_whitening, save_whitening
+from infomax.whitening import Whitening, remove_whitening, save_whitening, whitening_from_bytes
 
 WEIGHTS = "encoder.safetensors"
 CONFIG = "encoder.json"
@@ -355,7 +355,7 @@ def load_encoder(path: str | Path, device: str | torch.device = "cpu", *, settin
         record = config["whitening"]
         if not isinstance(record, dict) or not isinstance(record.get("sha256"), str):
             raise ArtifactError(f"{path / CONFIG}: its whitening record has no sha256; re-export the artifact")
-        whitening = load_whitening(path, record["sha256"])
+        whitening = _load_whitening(path, record["sha256"])
         if whitening.in_dim != served:
             raise ArtifactError(
                 f"{path / WHITENING_FILE} takes vectors of {whitening.in_dim} values, but the encoder's "
@@ -371,3 +371,21 @@ def load_encoder(path: str | Path, device: str | torch.device = "cpu", *, settin
     model = InferenceEncoder(config, encoder, whitening).to(device)
     model.eval()
     return model
+
+
+def _load_whitening(folder: Path, sha256: str) -> Whitening:
+    """The whitening of an artifact folder, checked against the sha256 its ``encoder.json`` records;
+    ``ArtifactError`` naming the file when it is missing, damaged or another artifact's."""
+    path = folder / WHITENING_FILE
+    if not path.is_file():
+        raise ArtifactError(f"{path} is missing: {folder / CONFIG} says the vectors are whitened; re-export the artifact")
+    blob = path.read_bytes()
+    if hashlib.sha256(blob).hexdigest() != sha256:
+        raise ArtifactError(
+            f"{path} does not match the whitening sha256 recorded in {folder / CONFIG}: the file is damaged or "
+            f"belongs to another artifact; re-export it"
+        )
+    try:
+        return whitening_from_bytes(blob)
+    except ValueError as e:
+        raise ArtifactError(f"{path} is not a readable whitening ({e}); re-export the artifact") from None

@@ -108,25 +108,14 @@ def remove_whitening(folder: str | Path) -> None:
     (Path(folder) / WHITENING).unlink(missing_ok=True)
 
 
-def load_whitening(folder: str | Path, sha256: str) -> Whitening:
-    """The whitening of an artifact folder, checked against the sha256 its ``encoder.json`` records;
-    ``ArtifactError`` naming the file when it is missing, damaged or another artifact's."""
+def whitening_from_bytes(blob: bytes) -> Whitening:
+    """The whitening a ``whitening.safetensors`` file holds; ValueError when the bytes are not one.
+    (``infomax.artifact`` reads the file and checks it against the sha256 its record holds.)"""
     from safetensors import SafetensorError
     from safetensors.torch import load
 
-    from infomax.artifact import CONFIG, ArtifactError
-
-    path = Path(folder) / WHITENING
-    if not path.is_file():
-        raise ArtifactError(f"{path} is missing: {Path(folder) / CONFIG} says the vectors are whitened; re-export the artifact")
-    blob = path.read_bytes()
-    if hashlib.sha256(blob).hexdigest() != sha256:
-        raise ArtifactError(
-            f"{path} does not match the whitening sha256 recorded in {Path(folder) / CONFIG}: the file is damaged or "
-            f"belongs to another artifact; re-export it"
-        )
     try:
         state = load(blob)
         return Whitening(state["mean"], state["matrix"])
     except (SafetensorError, KeyError, ValueError) as e:
-        raise ArtifactError(f"{path} is not a readable whitening ({e}); re-export the artifact") from None
+        raise ValueError(str(e)) from None

@@ -4,6 +4,7 @@ that fits it, and the places that must not mix whitened and unwhitened vectors."
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 
@@ -161,6 +162,13 @@ def test_a_whitened_artifact_whose_files_disagree_is_refused(whitened, tmp_path)
     blob[-3] ^= 0xFF
     (broken / WHITENING).write_bytes(bytes(blob))
     with pytest.raises(ArtifactError, match="does not match the whitening sha256"):
+        load_encoder(broken)
+    # Not a whitening at all, though the record's sha256 matches it (an edited encoder.json).
+    (broken / WHITENING).write_bytes(b"not a safetensors file")
+    cfg = json.loads((broken / "encoder.json").read_text())
+    cfg["whitening"]["sha256"] = hashlib.sha256(b"not a safetensors file").hexdigest()
+    (broken / "encoder.json").write_text(json.dumps(cfg))
+    with pytest.raises(ArtifactError, match=f"{WHITENING} is not a readable whitening"):
         load_encoder(broken)
     (broken / WHITENING).unlink()
     with pytest.raises(ArtifactError, match=f"{WHITENING} is missing"):
