@@ -16,7 +16,8 @@
 # `infomax eval --local` of mu and C(x) with the probe (-> out/eval/NAME.json), then C(x) whitened
 # to 256 dimensions as models/cifar10 serves it (artifacts/NAME-white, -> out/eval/NAME-white.json).
 # Logs: runs/NAME/train.log and out/eval/NAME*.txt; each step's exit status and time are appended
-# to out/eval/progress.log. Environment: CONFIG, DATA (default cifar10), EVAL_ARGS (e.g.
+# to out/eval/progress.log. The table's rows, from these files: `python bench/pair_rows.py
+# LABEL=NAME ...`. Environment: CONFIG, DATA (default cifar10), EVAL_ARGS (e.g.
 # "--limit-train 500 --limit-test 200" for a smoke run), INFOMAX_DATA_DIR for the data sets.
 # nice -5 needs root (or CAP_SYS_NICE); without it the run stays at the normal priority.
 set -uo pipefail

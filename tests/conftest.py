@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -55,8 +56,13 @@ def bench_script():
     import importlib.util
     from types import ModuleType
 
+    bench = Path(__file__).resolve().parents[1] / "bench"
+
     def load(name: str) -> ModuleType:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "bench" / f"{name}.py")
+        # As when a script of bench/ runs: its folder is on sys.path, so it imports its neighbours.
+        if str(bench) not in sys.path:
+            sys.path.insert(0, str(bench))
+        spec = importlib.util.spec_from_file_location(name, bench / f"{name}.py")
         assert spec is not None and spec.loader is not None
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
@@ -86,3 +92,27 @@ def tiny_artifact(tmp_path_factory) -> Path:
 def tiny_grey_artifact(tmp_path_factory) -> Path:
     """Artifact folder of a random-init conv encoder for 28 px grey images, z_dim 32."""
     return make_artifact(tmp_path_factory.mktemp("artifact") / "fmnist", in_channels=1, input_size=28)
+
+
+@pytest.fixture
+def tb_events():
+    """Writes an events file as Lightning's TensorBoard logger leaves one, record by record with
+    chosen wall times: ``write(folder, [(minute, tag, value), ...], start)``, a first record when the
+    logger starts (at ``start``, any wall clock: readers count minutes from it), then each scalar at
+    start + minute. Returns the folder."""
+
+    def write(folder: Path, scalars: list[tuple[float, str, float]], start: float = 1_790_000_000.0) -> Path:
+        from tensorboard.compat.proto.event_pb2 import Event
+        from tensorboard.compat.proto.summary_pb2 import Summary
+        from tensorboard.summary.writer.record_writer import RecordWriter
+
+        folder.mkdir(parents=True)
+        with open(folder / f"events.out.tfevents.{int(start)}.test.0", "wb") as f:
+            w = RecordWriter(f)
+            w.write(Event(wall_time=start, file_version="brain.Event:2").SerializeToString())
+            for step, (minute, tag, value) in enumerate(scalars):
+                summary = Summary(value=[Summary.Value(tag=tag, simple_value=value)])
+                w.write(Event(wall_time=start + 60 * minute, step=step, summary=summary).SerializeToString())
+        return folder
+
+    return write

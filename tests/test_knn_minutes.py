@@ -12,7 +12,6 @@ import pytest
 pytest.importorskip("matplotlib")
 
 SVG = "{http://www.w3.org/2000/svg}"
-T0 = 1_790_000_000.0  # any wall clock: minutes are counted from a run's first event
 
 
 @pytest.fixture(scope="module")
@@ -20,34 +19,19 @@ def knn_minutes(bench_script):
     return bench_script("knn_minutes")
 
 
-def _events(folder: Path, scalars: list[tuple[float, str, float]], start: float = T0) -> Path:
-    """An events file as Lightning's TensorBoard logger leaves one: a first record when the logger
-    starts (at ``start``), then (minute, tag, value) scalars at start + minute."""
-    from tensorboard.compat.proto.event_pb2 import Event
-    from tensorboard.compat.proto.summary_pb2 import Summary
-    from tensorboard.summary.writer.record_writer import RecordWriter
-
-    folder.mkdir(parents=True)
-    with open(folder / f"events.out.tfevents.{int(start)}.test.0", "wb") as f:
-        w = RecordWriter(f)
-        w.write(Event(wall_time=start, file_version="brain.Event:2").SerializeToString())
-        for step, (minute, tag, value) in enumerate(scalars):
-            summary = Summary(value=[Summary.Value(tag=tag, simple_value=value)])
-            w.write(Event(wall_time=start + 60 * minute, step=step, summary=summary).SerializeToString())
-    return folder
-
-
-def _run(folder: Path, knn: list[tuple[float, float]], last_row: float) -> Path:
+def _run(events, folder: Path, knn: list[tuple[float, float]], last_row: float) -> Path:
+    """A run's events: validations (minute, k-NN), a training row half a minute after each, and the
+    run's last row at ``last_row``."""
     rows = [(m, "val/knn_top1", v) for m, v in knn] + [(m + 0.5, "train/loss", -1.0) for m, _ in knn]
-    return _events(folder, sorted([*rows, (last_row, "train/loss", -2.0)]))
+    return events(folder, sorted([*rows, (last_row, "train/loss", -2.0)]))
 
 
-def test_table_reads_each_run_at_the_minutes_it_had_trained(knn_minutes, tmp_path, capsys):
+def test_table_reads_each_run_at_the_minutes_it_had_trained(knn_minutes, tb_events, tmp_path, capsys):
     # A root folder holding two versions: the newest (version_10, not version_9 by string order) is read.
-    _run(tmp_path / "a" / "infomax" / "version_9", [(5, 0.9)], last_row=6)
-    _run(tmp_path / "a" / "infomax" / "version_10", [(10, 0.30), (20, 0.50), (30, 0.45), (40, 0.50)], last_row=41)
+    _run(tb_events, tmp_path / "a" / "infomax" / "version_9", [(5, 0.9)], last_row=6)
+    _run(tb_events, tmp_path / "a" / "infomax" / "version_10", [(10, 0.30), (20, 0.50), (30, 0.45), (40, 0.50)], last_row=41)
     # A version folder given directly; it stopped at minute 25 (validations every 10 minutes).
-    b = _run(tmp_path / "b" / "version_0", [(5, 0.20), (15, 0.40), (25, 0.40)], last_row=25.5)
+    b = _run(tb_events, tmp_path / "b" / "version_0", [(5, 0.20), (15, 0.40), (25, 0.40)], last_row=25.5)
     code = knn_minutes.main([f"long=a={tmp_path / 'a'}", f"short={b}", "--at", "9", "15", "29", "36", "60"])
     assert code == 0
     rows = [line.split(" | ") for line in capsys.readouterr().out.splitlines()[2:]]
@@ -60,11 +44,11 @@ def test_table_reads_each_run_at_the_minutes_it_had_trained(knn_minutes, tmp_pat
     assert rows[1] == ["| short", "0.200", "0.400", "0.400", "stopped", "stopped", "0.400 (15)", "3 |"]
 
 
-def test_refusals_name_what_to_give(knn_minutes, tmp_path, capsys):
+def test_refusals_name_what_to_give(knn_minutes, tb_events, tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
-    no_knn = _events(tmp_path / "noknn", [(1, "train/loss", -1.0)])
-    run = _run(tmp_path / "ok", [(1, 0.5)], last_row=2)
+    no_knn = tb_events(tmp_path / "noknn", [(1, "train/loss", -1.0)])
+    run = _run(tb_events, tmp_path / "ok", [(1, 0.5)], last_row=2)
     cases = [
         ([str(run)], "give each run as LABEL=PATH"),
         ([f"x={empty}"], "no TensorBoard events here nor in"),
@@ -79,9 +63,9 @@ def test_refusals_name_what_to_give(knn_minutes, tmp_path, capsys):
         assert message in capsys.readouterr().err, argv
 
 
-def test_figure_draws_one_named_line_per_run_the_same_bytes_each_time(knn_minutes, tmp_path):
-    a = _run(tmp_path / "a", [(2, 0.3), (4, 0.4)], last_row=5)
-    b = _run(tmp_path / "b", [(3, 0.2), (6, 0.5)], last_row=7)
+def test_figure_draws_one_named_line_per_run_the_same_bytes_each_time(knn_minutes, tb_events, tmp_path):
+    a = _run(tb_events, tmp_path / "a", [(2, 0.3), (4, 0.4)], last_row=5)
+    b = _run(tb_events, tmp_path / "b", [(3, 0.2), (6, 0.5)], last_row=7)
     outs = [tmp_path / "one.svg", tmp_path / "two.svg"]
     for out in outs:
         assert knn_minutes.main([f"A={a}", f"B={b}", "--out", str(out)]) == 0
