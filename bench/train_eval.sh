@@ -21,6 +21,9 @@
 # "--limit-train 500 --limit-test 200" for a smoke run), INFOMAX_DATA_DIR for the data sets.
 # nice -5 needs root (or CAP_SYS_NICE); without it the run stays at the normal priority.
 set -uo pipefail
+# The body is one { ...; exit; } group: bash reads the whole group before running any of it, so an
+# edit of this file while a 150-minute run is under way cannot shift what it runs next.
+{
 
 if [ $# -lt 2 ]; then
   echo "usage: bench/train_eval.sh NAME CORE [infomax train options...]" >&2
@@ -63,3 +66,5 @@ step export-white $?
 "${pin[@]}" infomax eval --model "artifacts/$name-white" --data "$data" --no-pixels --no-probe "${eval_args[@]}" \
   --json "out/eval/$name-white.json" > "out/eval/$name-white.txt" 2>&1
 step eval-white $?
+exit 0
+}
