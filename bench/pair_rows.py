@@ -26,6 +26,7 @@ import sys
 from pathlib import Path
 
 from knn_minutes import at, knn_curve, version_folder  # bench/knn_minutes.py (bench/ is on sys.path)
+from loss_curves import metrics_files
 
 FIGURES = ("knn_top1", "nn1_top1", "p10", "probe_top1")
 
@@ -45,16 +46,18 @@ def _read_json(path: Path, what: str) -> dict:
 
 
 def steps_per_epoch(version: Path) -> int:
-    """The steps of one epoch: the first validation's row in ``metrics.csv`` is logged at the last
-    step of epoch 0 (steps count from 0)."""
-    path = version / "metrics.csv"
-    if not path.is_file():
-        raise ValueError(f"{path}: not found; give a run trained with the CSV logger (infomax train's default)")
-    with path.open(newline="") as f:
-        for row in csv.DictReader(f):
-            if row.get("val/knn_top1"):
-                return int(row["step"]) + 1
-    raise ValueError(f"{path}: no validation row yet; the steps of an epoch are read from the first one")
+    """The steps of one epoch: the run's first validation row is logged at the last step of epoch 0
+    (steps count from 0). Read through loss_curves.metrics_files, so a resumed run's rows before
+    the resume (metrics.partN.csv) come first, as they were logged."""
+    paths = metrics_files(version)
+    if not paths:
+        raise ValueError(f"{version}/metrics.csv: not found; give a run trained with the CSV logger (infomax train's default)")
+    for path in paths:
+        with path.open(newline="") as f:
+            for row in csv.DictReader(f):
+                if row.get("val/knn_top1"):
+                    return int(row["step"]) + 1
+    raise ValueError(f"{paths[-1]}: no validation row yet; the steps of an epoch are read from the first one")
 
 
 def run_figures(name: str, root: Path, marks: list[float]) -> dict:
@@ -85,13 +88,14 @@ def table(runs: dict[str, dict], marks: list[float]) -> str:
     def cells(key: str, fmt: str) -> list[list[str]]:
         columns = list(zip(*(r[key] for r in runs.values())))
         best = [max((v for v in col if v is not None), default=None) for col in columns]
-        return [
-            [
-                "-" if v is None else (f"**{v:{fmt}}**" if len(runs) > 1 and f"{v:{fmt}}" == f"{b:{fmt}}" else f"{v:{fmt}}")
-                for v, b in zip(r[key], best)
-            ]
-            for r in runs.values()
-        ]
+
+        def cell(v: float | None, b: float | None) -> str:
+            if v is None:
+                return "-"
+            text = f"{v:{fmt}}"
+            return f"**{text}**" if len(runs) > 1 and text == f"{b:{fmt}}" else text
+
+        return [[cell(v, b) for v, b in zip(r[key], best)] for r in runs.values()]
 
     marks_txt = " / ".join(f"{m:g}" for m in marks)
     head = [

@@ -67,6 +67,18 @@ def test_rows_hold_each_runs_figures_with_the_best_of_each_in_bold(pair_rows, tb
     )
 
 
+def test_a_resumed_run_reads_the_epoch_length_from_its_rows_before_the_resume(pair_rows, tb_events, tmp_path, capsys):
+    figures = {"mu": (0.5, 0.5, 0.5, 0.5), "local": (0.5, 0.5, 0.5, 0.5), "white": (0.5, 0.5, 0.5)}
+    _write_run(tmp_path, "re", tb_events, steps=1000, per_epoch=100, exported=9, knn=[(1, 0.5)], **figures)
+    # infomax train --ckpt_path last set epoch 0's rows aside as metrics.part0.csv; the resumed
+    # part's first validation (end of epoch 4, step 499) is not an epoch's length.
+    version = tmp_path / "runs" / "re" / "infomax" / "version_0"
+    (version / "metrics.csv").rename(version / "metrics.part0.csv")
+    (version / "metrics.csv").write_text("epoch,step,train/loss,val/knn_top1\n4,449,-1.0,\n4,499,,0.4\n")
+    assert pair_rows.main(["re", "--at", "1", "--root", str(tmp_path)]) == 0
+    assert "| re | 1,000 (10.0; exported: 9th) |" in capsys.readouterr().out
+
+
 def test_ordinals(pair_rows):
     assert [pair_rows.ordinal(n) for n in (1, 2, 3, 4, 11, 12, 13, 21, 22, 23, 36, 101, 111)] == [
         "1st", "2nd", "3rd", "4th", "11th", "12th", "13th", "21st", "22nd", "23rd", "36th", "101st", "111th",
