@@ -10,7 +10,7 @@ Each run is LABEL=NAME (or NAME alone, its own label). Read, relative to the wor
 - ``runs/NAME``: the steps of one epoch (the first validation's step in ``metrics.csv``) and the
   online k-NN at each minute of ``--at`` (the TensorBoard events, as ``bench/knn_minutes.py``);
 - ``out/eval/NAME.json`` (mu and C(x), with the probe) and ``out/eval/NAME-white.json`` (C(x)
-  whitened to 256 dimensions, what ``models/cifar10`` serves).
+  whitened to 256 dimensions, what ``models/cifar10`` served until 2026-12-02, kept for every row).
 
 Prints the Markdown table, one row per run, the columns of the item 2 tables: steps (epochs;
 exported: the Nth), online k-NN at each mark, then weighted k-NN / 1-NN / P@10 (/ linear probe)

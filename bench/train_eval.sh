@@ -14,7 +14,8 @@
 # Steps: `infomax train` (CONFIG, default training/configs/cifar10-cpu-dim.yaml, its max_time the
 # budget; seed 0; at nice -5 with one thread, so that tests run beside it take the leftover), then
 # `infomax eval --local` of mu and C(x) with the probe (-> out/eval/NAME.json), then C(x) whitened
-# to 256 dimensions as models/cifar10 serves it (artifacts/NAME-white, -> out/eval/NAME-white.json).
+# to 256 dimensions, eps 0.01, as models/cifar10 served it until 2026-12-02 and kept so for every row
+# to compare (artifacts/NAME-white, -> out/eval/NAME-white.json; bench/whiten_grid.py picks a setting).
 # Logs: runs/NAME/train.log and out/eval/NAME*.txt; each step's exit status and time are appended
 # to out/eval/progress.log. The table's rows, from these files: `python bench/pair_rows.py
 # LABEL=NAME ...`. Environment: CONFIG, DATA (default cifar10), EVAL_ARGS (e.g.

@@ -50,6 +50,25 @@ def local_artifact(tiny_artifact, tmp_path_factory):
     return out
 
 
+def test_exporting_an_artifact_again_keeps_its_vectors_unless_told_otherwise(local_artifact, tmp_path, data_dir):
+    """`infomax export --artifact models/cifar10 --out DIR --whiten --whiten-dim 256` whitens the
+    artifact's local map again to another length (docs); without --output it used to fall back to
+    the code mu, a different kind of vector from what the user re-exported."""
+    out = tmp_path / "again"
+    r = export_here(
+        "--artifact", str(local_artifact), "--out", str(out), "--whiten", "--whiten-dim", "8",
+        "--whiten-data", "cifar10", "--whiten-limit", "200", "--data-dir", str(data_dir),
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    again, local = load_encoder(out), load_encoder(local_artifact)
+    assert again.output == "local" and again.z_dim == 8
+    assert json.loads((out / "encoder.json").read_text())["whitening"]["input_dim"] == local.z_dim
+    assert "(local)" in r.stderr
+    r = export_here("--artifact", str(local_artifact), "--out", str(tmp_path / "mu"), "--output", "mu")
+    assert r.returncode == 0, r.stderr
+    assert load_encoder(tmp_path / "mu").output == "mu"
+
+
 def test_a_local_artifact_serves_the_flattened_local_map(tiny_artifact, local_artifact, data_dir):
     mu_enc, loc_enc = load_encoder(tiny_artifact), load_encoder(local_artifact)
     before, after = (json.loads((p / "encoder.json").read_text()) for p in (tiny_artifact, local_artifact))

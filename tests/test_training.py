@@ -431,6 +431,10 @@ def test_every_shipped_config_parses_and_takes_effect(config, tmp_path):
         timer = next(cb for cb in cli.trainer.callbacks if isinstance(cb, pl.callbacks.Timer))
         d, h, m, s = map(int, spec["trainer"]["max_time"].split(":"))
         assert timer.time_remaining() == ((d * 24 + h) * 60 + m) * 60 + s
+    # The step and epoch bounds (cifar10-cpu-w32.yaml's budget is its max_steps).
+    for key in ("max_steps", "max_epochs"):
+        if key in (spec.get("trainer") or {}):
+            assert getattr(cli.trainer, key) == spec["trainer"][key], key
     for key, value in (spec.get("export") or {}).items():
         from infomax.callbacks import ExportArtifact
 

@@ -33,9 +33,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--output",
         choices=("mu", "pooled", "local"),
-        default="mu",
-        help="vectors the artifact serves: mu (the code, default), pooled (the vector the code's "
-        "heads read) or local (the flattened local feature map C(x), c*h*w values)",
+        default=None,
+        help="vectors the artifact serves: mu (the code), pooled (the vector the code's heads read) or "
+        "local (the flattened local feature map C(x), c*h*w values); default: what the --artifact "
+        "serves (so that re-whitening one keeps its vectors), mu for a --checkpoint",
     )
     p.add_argument("--dataset", default=None, help="name of the training data, recorded in encoder.json")
     w = p.add_argument_group("whitening (what is served: issue 14)")
@@ -173,8 +174,10 @@ def main(argv: list[str]) -> int:
         if Path(args.out).resolve() == Path(args.artifact).resolve():
             raise SettingError(f"--out {args.out} is the --artifact folder: write the new artifact to another folder")
         enc = load_encoder(args.artifact, setting="artifact")
-        # not what save_artifact derives again, nor the eval report (it measured the other output)
-        # nor the eval report (it measured the other output) nor a duplicates threshold (measured for other vectors)
+        if args.output is None:  # the same vectors, e.g. whitened again to another length
+            args.output = enc.output
+        # not what save_artifact derives again, nor the eval report (it measured other vectors), nor a
+        # duplicates threshold (measured for other vectors)
         kept = {k: v for k, v in enc.config.items() if k not in DERIVED_KEYS | RENAMED_KEYS | {"eval", "duplicates_threshold"}}
         if args.duplicates_threshold is not None:
             kept["duplicates_threshold"] = args.duplicates_threshold
@@ -188,6 +191,8 @@ def main(argv: list[str]) -> int:
         print(f"infomax: serving artifact ({args.output}) written to {path}", file=sys.stderr)
         return 0
 
+    if args.output is None:
+        args.output = "mu"
     if args.whiten and not (args.whiten_data or args.dataset):  # before anything is written to --out
         raise SettingError(
             "--whiten with --checkpoint: a checkpoint records no data set to fit the whitening on; give --whiten-data "
