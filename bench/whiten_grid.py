@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -29,21 +28,17 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-def pick(rows: dict[str, dict], full: int) -> str | None:
+def pick(rows: dict[str, dict]) -> str | None:
     """The rule: among whitened settings that lose neither 1-NN nor P@10 against ``rows["raw"]``, the
-    shortest within 0.002 of their best weighted k-NN (ties in length: the higher k-NN)."""
+    shortest (``dim``, the vectors' length) within 0.002 of their best weighted k-NN (ties in length:
+    the higher k-NN)."""
     raw = rows["raw"]
     fair = {name: r for name, r in rows.items() if name != "raw" and r["nn1_top1"] >= raw["nn1_top1"] and r["p10"] >= raw["p10"]}
     if not fair:
         return None
     best = max(r["knn_top1"] for r in fair.values())
-
-    def length(name: str) -> int:
-        kept = name.rsplit(", ", 1)[1]
-        return full if kept == "all" else int(kept)
-
     close = [name for name, r in fair.items() if r["knn_top1"] >= best - 0.002]
-    return min(close, key=lambda name: (length(name), -fair[name]["knn_top1"]))
+    return min(close, key=lambda name: (fair[name]["dim"], -fair[name]["knn_top1"]))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,12 +54,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eps", type=float, nargs="+", default=[1e-3, 1e-2, 1e-1])
     p.add_argument("--dims", type=int, nargs="+", default=[0, 512, 256, 128])
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-dir", default=None, help="folder holding the data sets (default: $INFOMAX_DATA_DIR)")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
 
     encoder = load_encoder(args.model)
     encoder.output, encoder.whitening = args.output, None  # the raw vectors of that kind
-    images, labels = load_dataset(args.data, os.environ.get("INFOMAX_DATA_DIR", "data"), "train")
+    images, labels = load_dataset(args.data, args.data_dir, "train")
     bank, queries = _held_out(labels, 0.1, args.seed)
     t0 = time.perf_counter()
     with torch.inference_mode():
@@ -72,15 +68,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(images)} {args.output} vectors of {vectors.shape[1]} values in {time.perf_counter() - t0:.0f} s")
     xb, yb, xq, yq = vectors[bank], labels[bank], vectors[queries], labels[queries]
 
-    rows = {"raw": knn_eval(xb, yb, xq, yq)}
+    rows = {"raw": knn_eval(xb, yb, xq, yq) | {"dim": vectors.shape[1]}}
     for eps in args.eps:
         for dim in args.dims:
             if dim >= vectors.shape[1]:
                 continue
             w = fit_whitening(xb, eps=eps, dim=dim or None)
             with torch.inference_mode():
-                rows[f"eps {eps:g}, {dim or 'all'}"] = knn_eval(w(xb), yb, w(xq), yq)
-    chosen = pick(rows, vectors.shape[1])
+                rows[f"eps {eps:g}, {dim or 'all'}"] = knn_eval(w(xb), yb, w(xq), yq) | {"dim": w.out_dim}
+    chosen = pick(rows)
     best = max(r["knn_top1"] for r in rows.values())
     print(f"held-out tenth of {args.data}'s train split: {len(bank)} bank, {len(queries)} queries")
     print(f"  {'':>18}  weighted 200-NN / 1-NN / P@10")
